@@ -1,0 +1,5 @@
+import sys
+
+from sipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""Multi-scale IS-CAM inference (the official ``make_cam`` semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sipe.models.sipe_net import SIPENet
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
+
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """(H, W, 3) uint8 -> (round(H*s), round(W*s), 3) uint8 with PIL bicubic; scale 1.0 is untouched."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (int(np.round(w * scale)), int(np.round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised with the ImageNet mean and std."""
+    x = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def scale_batch(image: np.ndarray, scale: float, flip: bool = True) -> torch.Tensor:
+    """The network input for one scale: (2, 3, h, w) image + horizontal flip, or (1, 3, h, w)."""
+    x = to_tensor(rescale_image(image, scale))
+    return torch.stack([x, x.flip(-1)]) if flip else x[None]
+
+
+def kept_classes(labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(K-1,) multi-hot -> int64 class indices kept in the output: background 0, then labels (1-based)."""
+    labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+    return np.concatenate([[0], np.flatnonzero(labels > 0) + 1]).astype(np.int64)
+
+
+def model_memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """channels_last if the model's first spatial conv weight is stored that way, else contiguous."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[-1] > 1:
+            return torch.channels_last if not p.is_contiguous() and p.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format
+    return torch.contiguous_format
+
+
+@torch.no_grad()
+def fuse_scales(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Per-scale IS-CAMs (K, h_s, w_s) -> (K, H, W): bilinear resize, sum, per-channel max-normalise."""
+    total = None
+    for m in maps:
+        up = F.interpolate(m[None].float(), size, mode="bilinear", align_corners=False)[0]
+        total = up if total is None else total + up
+    return total / (total.amax(dim=(1, 2), keepdim=True) + 1e-5)
+
+
+@torch.no_grad()
+def multiscale_is_cam(
+    model: SIPENet,
+    image: np.ndarray,
+    labels: np.ndarray | torch.Tensor,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-scale (+ flip) IS-CAM of one image.
+
+    image (H, W, 3) uint8 RGB; labels (K-1,) 0/1 over the foreground classes.
+    Returns keys (M,) int64 (background 0 then the labelled classes) and maps (M, H, W) float32
+    in [0, 1]: the content of the official per-image ``.npy`` (``{"keys", "IS_CAM"}``).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+    keys = kept_classes(labels)
+    if len(labels) != model.num_classes - 1:
+        raise ValueError(
+            f"labels has {len(labels)} entries but the model has {model.num_classes - 1} foreground classes"
+        )
+    device = next(model.parameters()).device
+    lab = torch.as_tensor(np.asarray(labels, dtype=np.float32), device=device)
+    memory_format = model_memory_format(model)
+    per_scale = []
+    for s in scales:
+        x = scale_batch(image, s, flip).to(device).contiguous(memory_format=memory_format)
+        _, is_cam = model.infer(x, lab, fuse_flip=flip, autocast_dtype=autocast_dtype)
+        per_scale.append(is_cam[torch.as_tensor(keys, device=device)])
+    maps = fuse_scales(per_scale, image.shape[:2])
+    return keys, maps.cpu().numpy().astype(np.float32)

@@ -1,0 +1,102 @@
+"""Atomic file output: every file sipe writes appears whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+# PASCAL VOC colour map: index i gets the colour of the standard VOC palette; 255 is white.
+def voc_palette() -> np.ndarray:
+    """Return the 256x3 uint8 PASCAL VOC palette (index 255 drawn white for 'ignore')."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    palette[255] = (255, 255, 255)
+    return palette
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a half-written checkpoint."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Compressed ``.npz`` written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def save_npy_dict(path: str | os.PathLike, obj: dict) -> None:
+    """A pickled dict in ``.npy`` form (the official per-image IS-CAM layout), atomically."""
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=True)
+    write_bytes(path, buf.getvalue())
+
+
+def save_image(path: str | os.PathLike, image: Image.Image | np.ndarray) -> None:
+    """Save an image (format from the suffix) atomically."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    image.save(buf, format=fmt)
+    write_bytes(path, buf.getvalue())
+
+
+def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
+    """Save an (H, W) integer label map as a palette PNG in the VOC colours (255 = ignore)."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map for {path} must be 2-D (H, W), got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values for {path} must lie in [0, 255]")
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette().reshape(-1).tolist())
+    save_image(path, img)

@@ -1,0 +1,110 @@
+"""Image-specific prototype exploration (IPE) as batched matrix products.
+
+Shapes: N images, K classes including background (index 0), C feature channels, h x w grid,
+P = h * w positions. Nothing here materialises an (N, K, P, P) or (N, K, C, h, w) tensor: the
+P x P correlation of an image is built once (in row blocks when it is large) and used through
+matrix products.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Rows of the P x P correlation processed at once; 2**22 floats = 16 MiB per block row set.
+_BLOCK_ELEMS = 1 << 24
+
+
+def normalize_cam(raw_cam: torch.Tensor) -> torch.Tensor:
+    """Foreground CAMs to normalised CAMs with a background channel.
+
+    raw_cam (N, K-1, h, w) raw classifier maps -> (N, K, h, w): ReLU, per-channel division by
+    (max + 1e-5), background = 1 - max over the foreground channels, prepended as channel 0.
+    """
+    cam = F.relu(raw_cam)
+    cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + 1e-5)
+    bkg = 1 - cam.amax(dim=1, keepdim=True)
+    return torch.cat([bkg, cam], dim=1)
+
+
+def lowres_valid_mask(valid: torch.Tensor, labels: torch.Tensor, stride: int = 16) -> torch.Tensor:
+    """Training mask of the official recipe.
+
+    valid (N, H, W) crop validity, labels (N, K-1) multi-hot -> (N, K, H//stride, W//stride):
+    channel 0 = validity, channel k = validity x label k, nearest-resized as the official code.
+    """
+    n, h, w = valid.shape
+    full = torch.cat([valid[:, None], valid[:, None] * labels[:, :, None, None].to(valid.dtype)], dim=1)
+    return F.interpolate(full, size=(h // stride, w // stride), mode="nearest")
+
+
+def _normalize_features(feats: torch.Tensor) -> torch.Tensor:
+    # (N, C, P) with the official epsilon: x / (||x|| + 1e-5)
+    return feats / (feats.norm(dim=1, keepdim=True) + 1e-5)
+
+
+def structure_iou(cam: torch.Tensor, feats: torch.Tensor, block_elems: int = _BLOCK_ELEMS) -> torch.Tensor:
+    """Soft IoU between every position's correlation map and every class's CAM.
+
+    cam (N, K, h, w), feats (N, C, h, w) -> iou (N, K, h, w) where, with
+    corr[i, j] = ReLU(cos(f_i, f_j)), inter[k, i] = sum_j corr[i, j] cam[k, j] and
+    iou[k, i] = inter / (sum_j corr[i, j] + sum_j cam[k, j] - inter).
+    """
+    n, k, h, w = cam.shape
+    p = h * w
+    f = _normalize_features(feats.reshape(n, -1, p).float())
+    c = cam.reshape(n, k, p).float()
+    inter = torch.empty(n, k, p, dtype=f.dtype, device=f.device)
+    corr_sum = torch.empty(n, 1, p, dtype=f.dtype, device=f.device)
+    rows = max(1, min(p, block_elems // max(p, 1)))
+    ft = f.transpose(1, 2)  # (N, P, C)
+    for start in range(0, p, rows):
+        stop = min(p, start + rows)
+        corr = torch.relu(torch.bmm(ft[:, start:stop], f))  # (N, B, P)
+        inter[:, :, start:stop] = torch.bmm(c, corr.transpose(1, 2))
+        corr_sum[:, 0, start:stop] = corr.sum(-1)
+    union = corr_sum + c.sum(-1, keepdim=True) - inter
+    return (inter / union).reshape(n, k, h, w)
+
+
+def structure_seeds(
+    cam: torch.Tensor,
+    feats: torch.Tensor,
+    mask: torch.Tensor,
+    bg_scale: float = 0.5,
+    block_elems: int = _BLOCK_ELEMS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Structure-aware seeds.
+
+    cam (N, K, h, w) normalised CAM, feats (N, C, h, w) structure features, mask broadcastable to
+    (N, K, h, w) (labels with background = 1, or the training valid mask).
+    Returns seeds (N, K, h, w) one-hot of the best-matching class times ``mask``, and the IoU map
+    (N, K, h, w) with the background channel scaled by ``bg_scale`` (its softmax is the official
+    ``probs``).
+    """
+    iou = structure_iou(cam, feats, block_elems)
+    iou = torch.cat([iou[:, :1] * bg_scale, iou[:, 1:]], dim=1)
+    seeds = F.one_hot(iou.argmax(1), cam.shape[1]).permute(0, 3, 1, 2).to(cam.dtype)
+    return seeds * mask, iou
+
+
+def prototypes(seeds: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Background-aware prototypes: seeds (N, K, h, w), feats (N, C, h, w) -> (N, K, C).
+
+    The official prototype is the mean over ALL h*w positions of seed x feature (not divided by
+    the seed area); cosine similarity later makes the scale irrelevant.
+    """
+    n, k, h, w = seeds.shape
+    if seeds.shape[2:] != feats.shape[2:]:
+        seeds = F.interpolate(seeds, feats.shape[2:], mode="nearest")
+    p = feats.shape[2] * feats.shape[3]
+    return torch.bmm(seeds.reshape(n, k, p).to(feats.dtype), feats.reshape(n, -1, p).transpose(1, 2)) / p
+
+
+def is_cam(protos: torch.Tensor, feats: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """IS-CAM = ReLU(cos(prototype, feature)): protos (N, K, C), feats (N, C, h, w) -> (N, K, h, w)."""
+    n, c, h, w = feats.shape
+    f = feats.reshape(n, c, h * w)
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(eps)
+    q = protos / protos.norm(dim=2, keepdim=True).clamp_min(eps)
+    return torch.relu(torch.bmm(q, f)).reshape(n, -1, h, w)

@@ -1,0 +1,158 @@
+"""Backbones for the SIPE head.
+
+Any module works as a SIPE backbone if ``forward(x)`` returns four feature maps at strides
+(4, 8, 16, 16) and it has an ``out_channels`` tuple with their channel counts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+_DEPTHS = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50, 101: models.resnet101}
+_WEIGHTS = {
+    18: models.ResNet18_Weights,
+    34: models.ResNet34_Weights,
+    50: models.ResNet50_Weights,
+    101: models.ResNet101_Weights,
+}
+
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that always normalises with its running statistics.
+
+    The affine parameters still train (the official code trains them in stages 3-4); only the
+    statistics are frozen, in train and eval mode alike.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def freeze_bn_stats(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by :class:`FrozenStatsBatchNorm2d` in place."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            frozen = FrozenStatsBatchNorm2d(child.num_features, eps=child.eps, affine=child.affine)
+            frozen.load_state_dict(child.state_dict())
+            frozen.to(device=child.running_mean.device)
+            setattr(module, name, frozen)
+        else:
+            freeze_bn_stats(child)
+    return module
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local ``.pth``/``.pt`` file (torchvision's format or wrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {path} does not exist; pass the path of a downloaded torchvision "
+            "checkpoint (e.g. resnet50-0676ba61.pth) or weights=None for random initialisation"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    for key in ("state_dict", "model", "net"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet adapted as the official SIPE backbone.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        weights: ``None`` (random), a torchvision weights name such as ``"IMAGENET1K_V1"``
+            (the weights the paper used) or a local state-dict file for offline machines.
+        strides: strides of (stem conv, layer2, layer3, layer4); the official (2, 2, 2, 1) gives
+            output stride 16 with dilation 1 everywhere.
+        frozen_stages: the stem and layers ``1..frozen_stages`` run without gradient (official: 2,
+            because the training forward detaches the output of layer2).
+        freeze_bn: batch-norm statistics frozen (official); affine parameters train where the
+            stage trains.
+
+    ``forward(x)`` with x (N, 3, H, W) returns the outputs of layer1..layer4:
+    (N, C1, H/4, W/4), (N, C2, H/8, W/8), (N, C3, H/16, W/16), (N, C4, H/16, W/16).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        weights: str | os.PathLike | None = None,
+        strides: tuple[int, int, int, int] = (2, 2, 2, 1),
+        frozen_stages: int = 2,
+        freeze_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        if depth not in _DEPTHS:
+            raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_DEPTHS)}")
+        net = _DEPTHS[depth](weights=None)
+        if weights is not None:
+            net.load_state_dict(_resolve_weights(depth, weights), strict=False)
+        self.depth = depth
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self._set_strides(strides)
+        if freeze_bn:
+            freeze_bn_stats(self)
+        self.frozen_stages = frozen_stages
+        # The stem never trains in the official code, even with frozen_stages=0.
+        for module in self._frozen_modules(max(frozen_stages, 0)):
+            for p in module.parameters():
+                p.requires_grad_(False)
+        widths = [layer[-1].conv3.out_channels if hasattr(layer[-1], "conv3") else layer[-1].conv2.out_channels
+                  for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        self.out_channels: tuple[int, int, int, int] = tuple(widths)  # type: ignore[assignment]
+
+    def _set_strides(self, strides: tuple[int, int, int, int]) -> None:
+        self.conv1.stride = (strides[0], strides[0])
+        for layer, s in zip((self.layer2, self.layer3, self.layer4), strides[1:], strict=True):
+            block = layer[0]
+            # torchvision puts the stride in the 3x3 conv (ResNet v1.5), as the official code does.
+            conv = block.conv2 if hasattr(block, "conv3") else block.conv1
+            conv.stride = (s, s)
+            if block.downsample is not None:
+                block.downsample[0].stride = (s, s)
+
+    def _frozen_modules(self, n: int) -> list[nn.Module]:
+        mods: list[nn.Module] = [self.conv1, self.bn1]
+        return mods + [self.layer1, self.layer2, self.layer3, self.layer4][:n]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_stages < 1):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i > self.frozen_stages):
+                x = layer(x)
+            feats.append(x)
+        return feats
+
+
+def _resolve_weights(depth: int, weights: str | os.PathLike) -> dict[str, torch.Tensor]:
+    name = str(weights)
+    if name in _WEIGHTS[depth].__members__ or name == "DEFAULT":
+        enum = _WEIGHTS[depth][name] if name != "DEFAULT" else _WEIGHTS[depth].DEFAULT
+        try:
+            return enum.get_state_dict(progress=False)
+        except Exception as exc:  # noqa: BLE001 - network errors vary by platform
+            raise RuntimeError(
+                f"could not obtain torchvision weights {enum} ({exc}). On an offline machine, copy the "
+                f"file from {enum.url} and pass its local path as the weights option; "
+                "refusing to continue with random weights"
+            ) from exc
+    if Path(name).suffix in {".pth", ".pt", ".bin"} or Path(name).exists():
+        state = load_weights_file(name)
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    raise ValueError(
+        f"unknown weights {name!r} for ResNet-{depth}: use None, one of "
+        f"{list(_WEIGHTS[depth].__members__)} or a local .pth file"
+    )

@@ -1,0 +1,151 @@
+"""The SIPE network: a backbone, hierarchical side features and a CAM classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sipe import ipe
+
+Structure = Literal["backbone", "hierarchical"]
+
+
+@dataclass
+class Features:
+    """One forward pass of the trunk.
+
+    raw_cam (N, K-1, h, w) classifier maps before ReLU; hie (N, 768, h, w) hierarchical features;
+    last (N, C4, h, w) the last backbone stage (the official training structure map).
+    """
+
+    raw_cam: torch.Tensor
+    hie: torch.Tensor
+    last: torch.Tensor
+
+
+class SIPENet(nn.Module):
+    """SIPE head on any four-stage backbone (strides 4, 8, 16, 16, ``out_channels`` declared).
+
+    Args:
+        backbone: module returning four feature maps.
+        num_classes: K, including the background.
+        side_channels: widths of the four 1x1 side convs (official 128, 128, 256, 256).
+        train_structure / infer_structure: features whose pixel correlations define the seeds;
+            the official code uses the last backbone stage in training and the hierarchical
+            features at inference.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        side_channels: tuple[int, int, int, int] = (128, 128, 256, 256),
+        train_structure: Structure = "backbone",
+        infer_structure: Structure = "hierarchical",
+        bg_scale: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        channels = tuple(backbone.out_channels)
+        if len(channels) != 4:
+            raise ValueError(f"the backbone must declare four out_channels, got {channels}")
+        self.encoder = backbone
+        self.num_classes = num_classes
+        self.side1, self.side2, self.side3, self.side4 = (
+            nn.Conv2d(c_in, c_out, 1, bias=False) for c_in, c_out in zip(channels, side_channels, strict=True)
+        )
+        self.classifier = nn.Conv2d(channels[3], num_classes - 1, 1, bias=False)
+        self.train_structure = train_structure
+        self.infer_structure = infer_structure
+        self.bg_scale = bg_scale
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters, new-layer parameters), trainable ones only (official lr 1x / 10x)."""
+        backbone = [p for p in self.encoder.parameters() if p.requires_grad]
+        new = [p for m in (self.classifier, self.side1, self.side2, self.side3, self.side4) for p in m.parameters()]
+        return backbone, new
+
+    def features(self, x: torch.Tensor) -> Features:
+        """x (N, 3, H, W) normalised images -> :class:`Features` on the stride-16 grid."""
+        x1, x2, x3, x4 = self.encoder(x)
+        size = x3.shape[2:]
+        sides = []
+        for conv, feat in zip((self.side1, self.side2, self.side3, self.side4), (x1, x2, x3, x4), strict=True):
+            s = conv(feat.detach())
+            s = s / (s.norm(dim=1, keepdim=True) + 1e-5)
+            if s.shape[2:] != size:
+                s = F.interpolate(s, size, mode="bilinear", align_corners=False)
+            sides.append(s)
+        raw_cam = self.classifier(x4)
+        if raw_cam.shape[2:] != size:
+            raw_cam = F.interpolate(raw_cam, size, mode="bilinear", align_corners=True)
+        return Features(raw_cam=raw_cam, hie=torch.cat(sides, dim=1), last=x4)
+
+    def _structure(self, f: Features, which: Structure) -> torch.Tensor:
+        last = f.last if f.last.shape[2:] == f.hie.shape[2:] else F.interpolate(
+            f.last, f.hie.shape[2:], mode="bilinear", align_corners=False
+        )
+        return last if which == "backbone" else f.hie
+
+    def forward(self, x: torch.Tensor, valid_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training forward.
+
+        x (N, 3, H, W); valid_mask (N, K, h, w) low-resolution validity x labels (background
+        channel = crop validity), see :func:`sipe.ipe.lowres_valid_mask`.
+        Returns score (N, K-1), cam (N, K, h, w) masked normalised CAM, seeds (N, K, h, w),
+        prototypes (N, K, 768), is_cam (N, K, h, w) before max-normalisation, probs (N, K, h, w).
+        """
+        f = self.features(x)
+        score = f.raw_cam.mean(dim=(2, 3))
+        cam = ipe.normalize_cam(f.raw_cam) * valid_mask
+        with torch.no_grad():
+            seeds, iou = ipe.structure_seeds(
+                cam.detach(), self._structure(f, self.train_structure).detach(), valid_mask, self.bg_scale
+            )
+        protos = ipe.prototypes(seeds, f.hie)
+        out = ipe.is_cam(protos, f.hie)
+        return {
+            "score": score,
+            "cam": cam,
+            "seeds": seeds,
+            "prototypes": protos,
+            "is_cam": out,
+            "probs": torch.softmax(iou, dim=1),
+        }
+
+    @torch.no_grad()
+    def infer(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        fuse_flip: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference for one image.
+
+        x (2, 3, H, W) the image and its horizontal flip when ``fuse_flip`` (the pair is fused
+        inside the network as the official code does: raw maps and hierarchical features summed
+        before normalisation), else (1, 3, H, W). labels (K-1,) multi-hot.
+        ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the trunk under autocast; IPE stays float32.
+        Returns cam and is_cam, each (K, h, w); is_cam is not max-normalised.
+        """
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            f = self.features(x)
+        # IPE stays in float32: seeds come from an argmax over soft IoUs that low precision would flip.
+        raw, hie, last = f.raw_cam.float(), f.hie.float(), f.last.float()
+        if fuse_flip:
+            if x.shape[0] != 2:
+                raise ValueError(f"fuse_flip expects the image and its flip as a batch of 2, got {x.shape[0]}")
+            raw = raw[:1] + raw[1:].flip(-1)
+            hie = hie[:1] + hie[1:].flip(-1)
+            last = last[:1] + last[1:].flip(-1)
+        cam = ipe.normalize_cam(raw)
+        fused = Features(raw_cam=raw, hie=hie, last=last)
+        mask = torch.cat([labels.new_ones(1), labels]).to(cam.dtype).view(1, -1, 1, 1)
+        seeds, _ = ipe.structure_seeds(cam, self._structure(fused, self.infer_structure), mask, self.bg_scale)
+        return cam[0], ipe.is_cam(ipe.prototypes(seeds, hie), hie)[0]

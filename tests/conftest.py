@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PARITY = Path(__file__).parent / "data" / "parity"
+
+
+def official_checkpoint() -> dict:
+    """Rebuild the official-format checkpoint ({"net": state_dict} with every alias key)."""
+    d = np.load(PARITY / "official_weights_int8.npz")
+    state: dict[str, torch.Tensor] = {}
+    for key in d.files:
+        if key.startswith("q/"):
+            name = key[2:]
+            state[name] = torch.from_numpy(d[key].astype(np.float32) * d["s/" + name])
+        elif key.startswith("i/"):
+            state[key[2:]] = torch.from_numpy(d[key])
+    for alias, canon in d["aliases"]:
+        state[str(alias)] = state[str(canon)]
+    return {"net": state}
+
+
+@pytest.fixture(scope="session")
+def official_state() -> dict:
+    return official_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, np.ndarray]:
+    with np.load(PARITY / "reference_outputs.npz") as d:
+        return {k: d[k] for k in d.files}
