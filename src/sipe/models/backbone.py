@@ -146,8 +146,8 @@ def _resolve_weights(depth: int, weights: str | os.PathLike) -> dict[str, torch.
         except Exception as exc:  # noqa: BLE001 - network errors vary by platform
             raise RuntimeError(
                 f"could not obtain torchvision weights {enum} ({exc}). On an offline machine, copy the "
-                f"file from {enum.url} and pass its local path as the weights option; "
-                "refusing to continue with random weights"
+                f"file from {enum.url} into {torch.hub.get_dir()}/checkpoints/ or pass its local path as "
+                "the weights option; refusing to continue with random weights"
             ) from exc
     if Path(name).suffix in {".pth", ".pt", ".bin"} or Path(name).exists():
         state = load_weights_file(name)
