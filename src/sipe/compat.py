@@ -7,8 +7,10 @@ names because the official ``Net`` keeps the same modules in ``resnet50.*``, ``s
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -59,15 +61,19 @@ def official_to_sipe(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def _depth_of(state: Mapping[str, torch.Tensor]) -> int:
+def backbone_name(state: Mapping[str, torch.Tensor]) -> str:
+    """The torchvision ResNet a canonical SIPE state dict was built on (``resnet18`` ... ``resnet101``)."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer3\.(\d+)\.", k))}
     if not blocks:
         raise ValueError("checkpoint has no encoder.layer3.* / resnet50.layer3.* weights: not a SIPE ResNet checkpoint")
-    return {6: 50, 23: 101}.get(max(blocks) + 1, 0) or _unknown_depth(max(blocks) + 1)
-
-
-def _unknown_depth(n: int) -> int:
-    raise ValueError(f"checkpoint's layer3 has {n} blocks; expected 6 (ResNet-50) or 23 (ResNet-101)")
+    bottleneck = "encoder.layer3.0.conv3.weight" in state
+    depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get((max(blocks) + 1, bottleneck))
+    if depth is None:
+        raise ValueError(
+            f"checkpoint's layer3 has {max(blocks) + 1} {'bottleneck' if bottleneck else 'basic'} blocks; "
+            "expected a ResNet-18/34/50/101"
+        )
+    return f"resnet{depth}"
 
 
 def load_into(model: SIPENet, state: Mapping[str, torch.Tensor]) -> SIPENet:
@@ -104,5 +110,33 @@ def from_official(state_dict: Mapping[str, torch.Tensor], num_classes: int) -> S
             f"checkpoint classifier has {cls.shape[0]} foreground classes but num_classes={num_classes} "
             f"asks for {num_classes - 1}; pass num_classes={cls.shape[0] + 1}"
         )
-    model = build_sipe(f"resnet{_depth_of(state)}", num_classes=num_classes, weights=None)
+    model = build_sipe(backbone_name(state), num_classes=num_classes, weights=None)
     return load_into(model, state)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[SIPENet, dict]:
+    """A SIPE model from a checkpoint file: the authors' ``{"net": ...}`` or one written by ``sipe train``.
+
+    Returns the model (eval mode) and the checkpoint's metadata dict (``config``, ``class_names``
+    where present; empty for official checkpoints). The class count comes from the classifier.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the .pt/.pth written by 'sipe train'")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read checkpoint {path}: {exc}. Is the file complete?") from exc
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "net", "optimizer", "scaler")}
+    state = ckpt.get("model", ckpt)
+    state = official_to_sipe(state)
+    cls = state.get("classifier.weight")
+    if cls is None:
+        raise ValueError(f"checkpoint {path} has no classifier.weight: not a SIPE checkpoint")
+    try:
+        model = load_into(build_sipe(backbone_name(state), num_classes=cls.shape[0] + 1, weights=None), state)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from exc
+    return model.eval(), meta

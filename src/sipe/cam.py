@@ -1,0 +1,176 @@
+"""IS-CAM generation over a dataset (``sipe cam``): one file per image, atomic, resumable, sharded.
+
+Outputs in ``out_dir``:
+- ``is_cam/<name>.npz`` (default, ``keys`` int64, ``maps`` float16 (M, H, W), ``kind="is_cam"``) or
+  ``is_cam/<name>.npy`` (the official layout, a pickled ``{"keys", "IS_CAM"}`` with float32 maps);
+- ``cam/<name>.npz`` with the fused plain CAMs of the labelled classes (``kind="cam"``) when asked,
+  for the CAM baseline that ``sipe eval --kind cam`` sweeps;
+- ``overlays/<name>_<k>_<class>.png`` heat maps per class when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from sipe import io
+from sipe.data.base import SkipCounter
+from sipe.data.image import ImageReadError
+from sipe.inference import DEFAULT_SCALES, fuse_scales, kept_classes, model_memory_format, scale_batch
+from sipe.models.sipe_net import SIPENet
+
+logger = logging.getLogger("sipe.cam")
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class CamConfig:
+    """Options of ``sipe cam`` (defaults: the official ``make_cam``)."""
+
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+    format: str = "npz"  # "npz" (float16, compact) or "npy" (official layout, float32)
+    save_cam: bool = False  # also the fused plain CAM (for the CAM baseline)
+    overlays: bool = False
+    precision: str = "fp32"  # "fp32", "bf16" (CPU and CUDA) or "fp16" (CUDA); IPE stays float32
+    channels_last: bool = False
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.format not in ("npz", "npy"):
+            raise ValueError(f"format must be 'npz' or 'npy', got {self.format!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        self.scales = tuple(float(s) for s in self.scales)
+
+
+def output_path(out_dir: str | os.PathLike, name: str, fmt: str = "npz") -> Path:
+    """Where the IS-CAM of image ``name`` goes."""
+    return Path(out_dir) / "is_cam" / f"{name}.{fmt}"
+
+
+class _ScaledInputs(Dataset):
+    """Decodes and rescales in DataLoader workers so that the network never waits for the CPU side."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int], scales: Sequence[float], flip: bool) -> None:
+        self.dataset, self.indices, self.scales, self.flip = dataset, list(indices), scales, flip
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        idx = self.indices[i]
+        name = self.dataset.names[idx]
+        try:
+            image = self.dataset.read_image(idx)
+        except ImageReadError as err:
+            return {"name": name, "error": str(err)}
+        return {
+            "name": name,
+            "image": image,
+            "labels": self.dataset.get_labels(idx),
+            "inputs": [scale_batch(image, s, self.flip) for s in self.scales],
+        }
+
+
+@torch.no_grad()
+def image_maps(
+    model: SIPENet,
+    image: np.ndarray,
+    labels: np.ndarray,
+    inputs: Sequence[torch.Tensor],
+    flip: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    with_cam: bool = False,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+    """Fused multi-scale maps of one image from its prepared per-scale inputs.
+
+    Returns keys (M,), IS-CAM (M, H, W) and, when ``with_cam``, the fused plain CAM of the
+    labelled classes (M-1, H, W); all max-normalised per channel, on the model's device.
+    """
+    device = next(model.parameters()).device
+    fmt = model_memory_format(model)
+    keys = kept_classes(labels)
+    sel = torch.as_tensor(keys, device=device)
+    lab = torch.as_tensor(labels, dtype=torch.float32, device=device)
+    is_cams, cams = [], []
+    for x in inputs:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        cam, is_cam = model.infer(x, lab, fuse_flip=flip, autocast_dtype=autocast_dtype)
+        is_cams.append(is_cam[sel])
+        if with_cam:
+            cams.append(cam[sel[1:]])
+    size = image.shape[:2]
+    return keys, fuse_scales(is_cams, size), fuse_scales(cams, size) if with_cam else None
+
+
+def _write(out_dir: Path, name: str, keys: np.ndarray, maps: np.ndarray, fmt: str, kind: str) -> None:
+    sub = out_dir / kind
+    if fmt == "npy" and kind == "is_cam":
+        io.save_npy_dict(sub / f"{name}.npy", {"keys": keys, "IS_CAM": maps.astype(np.float32)})
+    else:
+        io.save_npz(sub / f"{name}.npz", keys=keys, maps=maps.astype(np.float16), kind=np.array(kind))
+
+
+def generate_cams(
+    model: SIPENet,
+    dataset: Any,
+    out_dir: str | os.PathLike,
+    cfg: CamConfig | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Write the multi-scale IS-CAM of every image of ``dataset`` this rank owns (every
+    ``world_size``-th image from ``rank``), skipping images whose output already exists.
+
+    ``dataset`` is a :class:`sipe.data.base.SegDataset`. Returns a summary dict
+    (``written``, ``existing``, ``skipped``, ``skipped_names``).
+    """
+    cfg = cfg or CamConfig()
+    out_dir = Path(out_dir)
+    model.eval()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast_dtype = PRECISIONS[cfg.precision]
+    mine = list(range(rank, len(dataset), world_size))
+    todo = [i for i in mine if not output_path(out_dir, dataset.names[i], cfg.format).exists()
+            or (cfg.save_cam and not (out_dir / "cam" / f"{dataset.names[i]}.npz").exists())]
+    existing = len(mine) - len(todo)
+    if existing:
+        logger.info("%d of %d images already done in %s; resuming", existing, len(mine), out_dir)
+    loader = DataLoader(
+        _ScaledInputs(dataset, todo, cfg.scales, cfg.flip),
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        pin_memory=next(model.parameters()).is_cuda,
+    )
+    skipped = SkipCounter("images")
+    written = 0
+    for item in tqdm(loader, total=len(todo), desc=f"IS-CAM (rank {rank})", disable=rank != 0, unit="img"):
+        if "error" in item:
+            skipped.add(item["name"], "unreadable", item["error"])
+            continue
+        keys, is_cam, cam = image_maps(
+            model, item["image"], item["labels"], item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
+        )
+        is_cam = is_cam.cpu().numpy()
+        _write(out_dir, item["name"], keys, is_cam, cfg.format, "is_cam")
+        if cam is not None:
+            _write(out_dir, item["name"], keys[1:], cam.cpu().numpy(), "npz", "cam")
+        if cfg.overlays:
+            from sipe.vis import save_overlays
+
+            save_overlays(out_dir / "overlays", item["name"], item["image"], is_cam, keys, dataset.class_names)
+        written += 1
+    skipped.log(len(mine))
+    return {"written": written, "existing": existing, "skipped": len(skipped), "skipped_names": skipped.names}
