@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from sipe import io
 from sipe.data.base import SkipCounter
 from sipe.data.image import ImageReadError
+from sipe.evaluation import write_cam_file
 from sipe.inference import DEFAULT_SCALES, fuse_scales, kept_classes, model_memory_format, scale_batch
 from sipe.models.sipe_net import SIPENet
 
@@ -114,14 +114,6 @@ def image_maps(
     return keys, fuse_scales(is_cams, size), fuse_scales(cams, size) if with_cam else None
 
 
-def _write(out_dir: Path, name: str, keys: np.ndarray, maps: np.ndarray, fmt: str, kind: str) -> None:
-    sub = out_dir / kind
-    if fmt == "npy" and kind == "is_cam":
-        io.save_npy_dict(sub / f"{name}.npy", {"keys": keys, "IS_CAM": maps.astype(np.float32)})
-    else:
-        io.save_npz(sub / f"{name}.npz", keys=keys, maps=maps.astype(np.float16), kind=np.array(kind))
-
-
 def generate_cams(
     model: SIPENet,
     dataset: Any,
@@ -164,9 +156,9 @@ def generate_cams(
             model, item["image"], item["labels"], item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
         )
         is_cam = is_cam.cpu().numpy()
-        _write(out_dir, item["name"], keys, is_cam, cfg.format, "is_cam")
+        write_cam_file(output_path(out_dir, item["name"], cfg.format), keys, is_cam, "is_cam")
         if cam is not None:
-            _write(out_dir, item["name"], keys[1:], cam.cpu().numpy(), "npz", "cam")
+            write_cam_file(out_dir / "cam" / f"{item['name']}.npz", keys[1:], cam.cpu().numpy(), "cam")
         if cfg.overlays:
             from sipe.vis import save_overlays
 

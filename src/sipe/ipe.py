@@ -2,7 +2,7 @@
 
 Shapes: N images, K classes including background (index 0), C feature channels, h x w grid,
 P = h * w positions. Nothing here materialises an (N, K, P, P) or (N, K, C, h, w) tensor: the
-P x P correlation of an image is built once (in row blocks when it is large) and used through
+P x P correlation of an image is built once (in tiles when it is large) and used through
 matrix products.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Rows of the P x P correlation processed at once; 2**22 floats = 16 MiB per block row set.
-_BLOCK_ELEMS = 1 << 24
+# Tile side of the P x P correlation: large enough for efficient matrix products, small enough
+# that a tile (4 MiB at 1024) stays in cache-friendly sizes.
+_BLOCK = 1024
 
 
 def normalize_cam(raw_cam: torch.Tensor) -> torch.Tensor:
@@ -43,26 +44,38 @@ def _normalize_features(feats: torch.Tensor) -> torch.Tensor:
     return feats / (feats.norm(dim=1, keepdim=True) + 1e-5)
 
 
-def structure_iou(cam: torch.Tensor, feats: torch.Tensor, block_elems: int = _BLOCK_ELEMS) -> torch.Tensor:
+def structure_iou(cam: torch.Tensor, feats: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
     """Soft IoU between every position's correlation map and every class's CAM.
 
     cam (N, K, h, w), feats (N, C, h, w) -> iou (N, K, h, w) where, with
     corr[i, j] = ReLU(cos(f_i, f_j)), inter[k, i] = sum_j corr[i, j] cam[k, j] and
     iou[k, i] = inter / (sum_j corr[i, j] + sum_j cam[k, j] - inter).
+
+    The correlation is symmetric, so it is built in ``block`` x ``block`` tiles of the upper
+    triangle only, each tile serving both its rows and its columns: about half the work of the
+    full P x P product, and never more than one tile in memory.
     """
     n, k, h, w = cam.shape
     p = h * w
     f = _normalize_features(feats.reshape(n, -1, p).float())
     c = cam.reshape(n, k, p).float()
-    inter = torch.empty(n, k, p, dtype=f.dtype, device=f.device)
-    corr_sum = torch.empty(n, 1, p, dtype=f.dtype, device=f.device)
-    rows = max(1, min(p, block_elems // max(p, 1)))
-    ft = f.transpose(1, 2)  # (N, P, C)
-    for start in range(0, p, rows):
-        stop = min(p, start + rows)
-        corr = torch.relu(torch.bmm(ft[:, start:stop], f))  # (N, B, P)
-        inter[:, :, start:stop] = torch.bmm(c, corr.transpose(1, 2))
-        corr_sum[:, 0, start:stop] = corr.sum(-1)
+    if p <= 2 * block:
+        corr = torch.relu(torch.bmm(f.transpose(1, 2), f))  # (N, P, P), small
+        inter = torch.bmm(c, corr)
+        corr_sum = corr.sum(1, keepdim=True)
+    else:
+        inter = torch.zeros(n, k, p, dtype=f.dtype, device=f.device)
+        corr_sum = torch.zeros(n, 1, p, dtype=f.dtype, device=f.device)
+        bounds = [(a, min(p, a + block)) for a in range(0, p, block)]
+        ft = f.transpose(1, 2)  # (N, P, C)
+        for bi, (i0, i1) in enumerate(bounds):
+            for j0, j1 in bounds[bi:]:
+                tile = torch.relu(torch.bmm(ft[:, i0:i1], f[:, :, j0:j1]))  # (N, Bi, Bj)
+                inter[:, :, i0:i1] += torch.bmm(c[:, :, j0:j1], tile.transpose(1, 2))
+                corr_sum[:, 0, i0:i1] += tile.sum(2)
+                if j0 != i0:
+                    inter[:, :, j0:j1] += torch.bmm(c[:, :, i0:i1], tile)
+                    corr_sum[:, 0, j0:j1] += tile.sum(1)
     union = corr_sum + c.sum(-1, keepdim=True) - inter
     return (inter / union).reshape(n, k, h, w)
 
@@ -72,7 +85,7 @@ def structure_seeds(
     feats: torch.Tensor,
     mask: torch.Tensor,
     bg_scale: float = 0.5,
-    block_elems: int = _BLOCK_ELEMS,
+    block: int = _BLOCK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Structure-aware seeds.
 
@@ -82,7 +95,7 @@ def structure_seeds(
     (N, K, h, w) with the background channel scaled by ``bg_scale`` (its softmax is the official
     ``probs``).
     """
-    iou = structure_iou(cam, feats, block_elems)
+    iou = structure_iou(cam, feats, block)
     iou = torch.cat([iou[:, :1] * bg_scale, iou[:, 1:]], dim=1)
     seeds = F.one_hot(iou.argmax(1), cam.shape[1]).permute(0, 3, 1, 2).to(cam.dtype)
     return seeds * mask, iou

@@ -1,0 +1,164 @@
+"""Pictures: colourised label maps, heat-map overlays and CAM panels (numpy + PIL only, no matplotlib)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from sipe import io as sio
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """(H, W) integer label map in [0, 255] -> (H, W, 3) uint8 in the VOC colours (255 = white)."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must lie in [0, 255], got [{label.min()}, {label.max()}]")
+    return sio.voc_palette()[label.astype(np.intp)]
+
+
+def jet(x: np.ndarray) -> np.ndarray:
+    """Jet colour map: values (...) in [0, 1] (clipped; NaN -> 0) -> (..., 3) uint8, blue -> red."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0).clip(0.0, 1.0)[..., None]
+    # The classic piecewise-linear jet: each channel is a tent centred at 3/4 (r), 1/2 (g), 1/4 (b).
+    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)
+    rgb = (1.5 - np.abs(4.0 * (x - centres))).clip(0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    return image
+
+
+def _blend(image: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
+    return (out + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a jet-coloured heat map over an image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        heat: (H, W) float in [0, 1] (values outside are clipped).
+        alpha: weight of the heat map.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    image = _check_image(image)
+    heat = np.asarray(heat)
+    if heat.shape != image.shape[:2]:
+        raise ValueError(f"heat map shape {heat.shape} differs from the image's {image.shape[:2]}")
+    return _blend(image, jet(heat), alpha)
+
+
+def label_overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the VOC colours of an (H, W) label map over an (H, W, 3) uint8 image -> (H, W, 3) uint8."""
+    image = _check_image(image)
+    label = np.asarray(label)
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"label shape {label.shape} differs from the image's {image.shape[:2]}")
+    return _blend(image, colorize(label), alpha)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:  # Pillow >= 10.1 scales its built-in font
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _check_maps(maps: np.ndarray, keys: Sequence[int], image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.asarray(maps)
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if maps.ndim != 3 or maps.shape[0] != keys.size:
+        raise ValueError(f"maps must be (M, H, W) with M = len(keys) = {keys.size}, got {maps.shape}")
+    if maps.shape[1:] != image.shape[:2]:
+        raise ValueError(f"maps of size {maps.shape[1:]} do not match the image's {image.shape[:2]}")
+    return maps, keys
+
+
+def _selected(keys: np.ndarray, include_background: bool) -> np.ndarray:
+    return np.nonzero(include_background | (keys != 0))[0]
+
+
+def cam_grid(
+    image: np.ndarray,
+    maps: np.ndarray,
+    keys: Sequence[int],
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    include_background: bool = False,
+    title: str = "image",
+    gap: int = 4,
+) -> np.ndarray:
+    """A side-by-side panel: the image, then one heat-map overlay per class, each captioned.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        maps: (M, H, W) float in [0, 1], ``maps[i]`` for class ``keys[i]``.
+        keys: (M,) class indices into ``class_names``.
+        class_names: the dataset's K names.
+        include_background: also draw the channel of class 0 (IS-CAM's background).
+
+    Returns:
+        (H + caption, n * W + (n - 1) * gap, 3) uint8 on a white background.
+    """
+    image = _check_image(image)
+    maps, keys = _check_maps(maps, keys, image)
+    h, w = image.shape[:2]
+    panels = [(title, image)]
+    for i in _selected(keys, include_background):
+        panels.append((str(class_names[keys[i]]), heatmap_overlay(image, maps[i], alpha)))
+    font_size = int(np.clip(h // 16, 10, 24))
+    font = _font(font_size)
+    caption = font_size + 6
+    n = len(panels)
+    canvas = Image.new("RGB", (n * w + (n - 1) * gap, h + caption), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, (text, pic) in enumerate(panels):
+        x = j * (w + gap)
+        canvas.paste(Image.fromarray(pic), (x, caption))
+        draw.text((x + 3, 2), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+
+
+def save_overlays(
+    out_dir: str | os.PathLike,
+    name: str,
+    image: np.ndarray,
+    maps: np.ndarray,
+    keys: Sequence[int],
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    include_background: bool = False,
+) -> list[Path]:
+    """Write one heat-map overlay PNG per class, ``out_dir/<name>_<class index>_<class name>.png``, atomically.
+
+    Arguments as :func:`cam_grid`. Returns the paths written.
+    """
+    image = _check_image(image)
+    maps, keys = _check_maps(maps, keys, image)
+    paths = []
+    for i in _selected(keys, include_background):
+        k = int(keys[i])
+        path = Path(out_dir) / f"{name}_{k}_{_safe(str(class_names[k]))}.png"
+        sio.save_image(path, heatmap_overlay(image, maps[i], alpha))
+        paths.append(path)
+    return paths
