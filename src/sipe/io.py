@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import tempfile
@@ -14,9 +15,13 @@ import numpy as np
 from PIL import Image
 
 
-# PASCAL VOC colour map: index i gets the colour of the standard VOC palette; 255 is white.
 def voc_palette() -> np.ndarray:
     """Return the 256x3 uint8 PASCAL VOC palette (index 255 drawn white for 'ignore')."""
+    return _voc_palette().copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _voc_palette() -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)
     for i in range(256):
         c, r, g, b = i, 0, 0, 0
@@ -40,10 +45,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,85 @@
+"""Datasets (VOC, COCO, custom, synthetic) behind one interface, robust image reading, transforms.
+
+Every dataset yields dicts ``image`` (H, W, 3) uint8 RGB, ``labels`` (K-1,) float32 multi-hot over
+the foreground classes, ``name`` str and ``mask`` (H, W) uint8 (255 = ignore) or ``None``, and has
+``class_names`` (K names, ``"background"`` first).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .base import (
+    DatasetError,
+    DatasetRootError,
+    EmptySplitError,
+    MissingMaskError,
+    SegDataset,
+    SkipCounter,
+    UnknownClassError,
+)
+from .coco import COCODataset
+from .custom import CustomDataset, read_labels_file
+from .image import ImageReadError, ImageTooSmallError, check_min_size, image_size, read_image, read_mask
+from .synthetic import SyntheticDataset, generate_synthetic, synthetic_class_names
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resize_flip_crop
+from .voc import VOC_CLASSES, VOCDataset
+
+__all__ = [
+    "COCODataset",
+    "CustomDataset",
+    "DATASET_KINDS",
+    "DatasetError",
+    "DatasetRootError",
+    "EmptySplitError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageReadError",
+    "ImageTooSmallError",
+    "MissingMaskError",
+    "SegDataset",
+    "SkipCounter",
+    "SyntheticDataset",
+    "UnknownClassError",
+    "VOCDataset",
+    "VOC_CLASSES",
+    "build_dataset",
+    "check_min_size",
+    "generate_synthetic",
+    "image_size",
+    "normalize",
+    "random_resize_flip_crop",
+    "read_image",
+    "read_labels_file",
+    "read_mask",
+    "synthetic_class_names",
+]
+
+DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
+
+
+def build_dataset(kind: str, root: str | os.PathLike, split: str | os.PathLike, **kwargs) -> SegDataset:
+    """Build a dataset by kind.
+
+    Args:
+        kind: ``"voc"``, ``"coco"``, ``"custom"`` or ``"synthetic"``.
+        root: the dataset root; for ``"custom"`` the image folder.
+        split: ``"voc"``: a shipped split name (``train_aug``, ``train``, ``val``) or a txt file;
+            ``"coco"``: ``train`` / ``val``; ``"synthetic"``: ``train`` / ``val``; ``"custom"``: the
+            labels file (CSV / JSON), taken relative to ``root`` when it is not a file as given.
+        kwargs: passed to the dataset class (e.g. ``class_names``, ``mask_dir``, ``with_masks``).
+    """
+    kind = kind.lower()
+    if kind == "voc":
+        return VOCDataset(root, split, **kwargs)
+    if kind == "coco":
+        return COCODataset(root, str(split), **kwargs)
+    if kind == "synthetic":
+        return SyntheticDataset(root, str(split), **kwargs)
+    if kind == "custom":
+        labels_file = Path(split).expanduser()
+        if not labels_file.is_file() and (Path(root) / labels_file).is_file():
+            labels_file = Path(root) / labels_file
+        return CustomDataset(root, labels_file, **kwargs)
+    raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")

@@ -1,0 +1,333 @@
+"""The one dataset interface, its errors, and the skip counter callers report at the end of a run."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .image import ImageReadError, image_size, read_image, read_mask
+
+__all__ = [
+    "DatasetError",
+    "DatasetRootError",
+    "EmptySplitError",
+    "MissingMaskError",
+    "SegDataset",
+    "SkipCounter",
+    "UnknownClassError",
+    "check_root",
+    "list_some",
+    "normalize_class_names",
+]
+
+logger = logging.getLogger("sipe.data")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message names the file and the fix."""
+
+
+class EmptySplitError(DatasetError):
+    """A split (or labels file) that yields no images."""
+
+
+class UnknownClassError(DatasetError):
+    """A label naming a class that is not in the dataset's class list."""
+
+
+class MissingMaskError(DatasetError):
+    """Ground-truth masks required (evaluation) but missing for some images."""
+
+
+class DatasetRootError(FileNotFoundError):
+    """A dataset root or folder that does not exist."""
+
+
+def list_some(items: Sequence[str], n: int = 5) -> str:
+    """``"a, b, c, ... (12 in all)"``: the first ``n`` items of a long list for an error message."""
+    more = f", ... ({len(items)} in all)" if len(items) > n else ""
+    return ", ".join(str(x) for x in items[:n]) + more
+
+
+def check_root(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """Return ``path`` as a Path, or raise :class:`DatasetRootError` naming it and ``hint``."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DatasetRootError(f"{what} {path} does not exist or is not a folder. {hint}")
+    return path
+
+
+def normalize_class_names(class_names: Sequence[str], source: str = "class list") -> list[str]:
+    """Validate a class list and put ``"background"`` first (prepended when absent).
+
+    Returns K names, index 0 = ``"background"``.
+    """
+    names = [str(c).strip() for c in class_names]
+    if any(not c for c in names):
+        raise DatasetError(f"{source} contains an empty class name: {list(class_names)!r}")
+    if "background" in names[1:]:
+        raise DatasetError(f"{source}: 'background' may only appear first (it is class 0): {names!r}")
+    if not names or names[0] != "background":
+        names = ["background", *names]
+    dup = [c for c, n in Counter(names).items() if n > 1]
+    if dup:
+        raise DatasetError(f"{source} lists classes more than once: {dup!r}")
+    if len(names) < 2:
+        raise DatasetError(f"{source} has no foreground class; give at least one class name.")
+    if len(names) > 255:
+        raise DatasetError(f"{source} has {len(names)} classes; masks store uint8 indices with 255 = ignore.")
+    return names
+
+
+class SkipCounter:
+    """Items a run skipped, with reasons: log each (the first few) as it happens, and a count at the end.
+
+    ``add(name, reason)`` records one skip; ``summary()`` gives e.g.
+    ``"skipped 3 of 120 images: 2 unreadable, 1 no labels"``; ``log()`` writes it as a warning.
+    Callers that loop over a dataset catch :class:`ImageReadError` and ``add`` the item here.
+    """
+
+    def __init__(self, what: str = "images", *, show: int = 10, log: logging.Logger | None = None) -> None:
+        self.what = what
+        self.show = show
+        self.items: list[tuple[str, str]] = []
+        self._log = log or logger
+
+    def add(self, name: str, reason: str, detail: str = "") -> None:
+        """Record that ``name`` was skipped for ``reason`` (a short category such as ``"unreadable"``)."""
+        self.items.append((str(name), reason))
+        if len(self.items) <= self.show:
+            self._log.warning("skipping %s (%s)%s", name, reason, f": {detail}" if detail else "")
+        elif len(self.items) == self.show + 1:
+            self._log.warning("further skipped %s are counted, not listed", self.what)
+
+    def extend(self, other: SkipCounter) -> None:
+        """Add ``other``'s records (e.g. gathered from other ranks) without logging them again."""
+        self.items.extend(other.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.items]
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(Counter(r for _, r in self.items))
+
+    def summary(self, total: int | None = None) -> str:
+        of = f" of {total}" if total is not None else ""
+        if not self.items:
+            return f"skipped 0{of} {self.what}"
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.by_reason().items()))
+        return f"skipped {len(self.items)}{of} {self.what}: {reasons}"
+
+    def log(self, total: int | None = None, level: int = logging.WARNING) -> None:
+        """Log the summary (only when something was skipped)."""
+        if self.items:
+            self._log.log(level, self.summary(total))
+
+
+class SegDataset(Dataset):
+    """Images with image-level labels and optional ground-truth masks.
+
+    Items are dicts: ``image`` (H, W, 3) uint8 RGB, ``labels`` (K-1,) float32 multi-hot over the
+    foreground classes, ``name`` str, ``mask`` (H, W) uint8 class indices with 255 = ignore, or
+    ``None`` (no mask for this image, or ``with_masks=False``).
+
+    Attributes:
+        class_names: K names, index 0 = ``"background"``.
+        names: one name per item (also the stem of every per-image output file).
+        label_matrix: (N, K-1) float32 multi-hot labels of all items.
+        skipped: the :class:`SkipCounter` of images dropped while building the dataset
+            (no labels, too small); callers add their own skips and report it at the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        class_names: Sequence[str],
+        names: Sequence[str],
+        image_paths: Sequence[Path],
+        labels: np.ndarray,
+        mask_paths: Sequence[Path | None],
+        source: str,
+        exif_transpose: bool,
+        with_masks: bool = True,
+        skip_unlabeled: bool = True,
+        skipped: SkipCounter | None = None,
+    ) -> None:
+        self.class_names = normalize_class_names(class_names, source)
+        self.source = source
+        self.exif_transpose = exif_transpose
+        self.with_masks = with_masks
+        self.skipped = skipped if skipped is not None else SkipCounter("images")
+        if not len(names):
+            raise EmptySplitError(
+                f"{source} lists no images. Check that the split / labels file is not empty and names "
+                "images that exist."
+            )
+        labels = np.asarray(labels, dtype=np.float32)
+        if labels.shape != (len(names), self.num_classes - 1):
+            raise DatasetError(
+                f"{source}: labels have shape {labels.shape}, expected {(len(names), self.num_classes - 1)}"
+            )
+        keep = np.ones(len(names), dtype=bool)
+        if skip_unlabeled:
+            keep = labels.sum(axis=1) > 0
+            for i in np.flatnonzero(~keep):
+                self.skipped.add(names[i], "no labels")
+            if not keep.any():
+                raise EmptySplitError(
+                    f"all {len(names)} images of {source} have no labels, so nothing is left to train or "
+                    "evaluate on. Check the annotations / labels file (or pass skip_unlabeled=False)."
+                )
+        idx = np.flatnonzero(keep)
+        self.names = [str(names[i]) for i in idx]
+        self.image_paths = [Path(image_paths[i]) for i in idx]
+        self.mask_paths = [None if mask_paths[i] is None else Path(mask_paths[i]) for i in idx]
+        self.label_matrix = np.ascontiguousarray(labels[idx])
+        if len(self.skipped):
+            logger.warning(
+                "%s (pass skip_unlabeled=False to keep unlabeled images as background-only)",
+                self.skipped.summary(len(names)) + f" in {source}",
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """K, background included."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "names"):  # during construction
+            return f"{type(self).__name__}(...)"
+        return f"{type(self).__name__}({self.source}: {len(self)} images, {self.num_classes} classes)"
+
+    def _index(self, i: int) -> int:
+        n = len(self.names)
+        i = int(i)
+        if i < -n or i >= n:
+            raise IndexError(f"index {i} out of range for {self!r}")
+        return i % n
+
+    def image_path(self, i: int) -> Path:
+        return self.image_paths[self._index(i)]
+
+    def mask_path(self, i: int) -> Path | None:
+        """Path of item ``i``'s ground-truth mask, or ``None`` where there is none."""
+        return self.mask_paths[self._index(i)]
+
+    def get_labels(self, i: int) -> np.ndarray:
+        """(K-1,) float32 multi-hot labels of item ``i``."""
+        return self.label_matrix[self._index(i)].copy()
+
+    def read_image(self, i: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB image of item ``i``."""
+        return read_image(self.image_path(i), exif_transpose=self.exif_transpose)
+
+    def read_mask(self, i: int) -> np.ndarray | None:
+        """(H, W) uint8 ground-truth mask of item ``i`` (255 = ignore), or ``None``."""
+        path = self.mask_path(i)
+        if path is None:
+            return None
+        mask = read_mask(path)
+        bad = (mask >= self.num_classes) & (mask != 255)
+        if bad.any():
+            raise DatasetError(
+                f"mask {path} contains class index {int(mask[bad].max())} but the dataset has only "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}, 255 = ignore). Pass the right "
+                "class list or fix the mask."
+            )
+        return mask
+
+    def __getitem__(self, i: int) -> dict:
+        i = self._index(i)
+        image = self.read_image(i)
+        mask = self.read_mask(i) if self.with_masks else None
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DatasetError(
+                f"mask {self.mask_paths[i]} is {mask.shape[0]}x{mask.shape[1]} but image "
+                f"{self.image_paths[i]} is {image.shape[0]}x{image.shape[1]}. The mask must be drawn on the "
+                "same pixels (check for EXIF rotation: datasets take exif_transpose=...)."
+            )
+        return {"image": image, "labels": self.label_matrix[i].copy(), "name": self.names[i], "mask": mask}
+
+    # ---- subsets, checks ----------------------------------------------------------------------
+    def subset(self, indices: Sequence[int] | np.ndarray) -> SegDataset:
+        """A shallow copy holding only ``indices`` (in that order); shares the skip counter."""
+        idx = [self._index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+        out = copy.copy(self)
+        out.names = [self.names[i] for i in idx]
+        out.image_paths = [self.image_paths[i] for i in idx]
+        out.mask_paths = [self.mask_paths[i] for i in idx]
+        out.label_matrix = self.label_matrix[idx]
+        return out
+
+    def _keep(self, keep: np.ndarray) -> None:
+        idx = np.flatnonzero(keep)
+        self.names = [self.names[i] for i in idx]
+        self.image_paths = [self.image_paths[i] for i in idx]
+        self.mask_paths = [self.mask_paths[i] for i in idx]
+        self.label_matrix = self.label_matrix[idx]
+
+    def image_sizes(self) -> np.ndarray:
+        """(N, 2) int64 (H, W) of every image, read from headers (no decoding)."""
+        return np.array(
+            [image_size(p, exif_transpose=self.exif_transpose) for p in self.image_paths], dtype=np.int64
+        ).reshape(-1, 2)
+
+    def drop_small(self, min_size: int) -> int:
+        """Drop images whose shorter side is below ``min_size`` (the network stride), and unreadable ones.
+
+        Reads image headers only. Every dropped image is recorded in ``skipped`` (reasons
+        ``"smaller than <min_size> px"`` / ``"unreadable"``) and logged; returns how many were dropped.
+        """
+        total = len(self)
+        keep = np.ones(total, dtype=bool)
+        reason = f"smaller than {min_size} px"
+        for i, p in enumerate(self.image_paths):
+            try:
+                h, w = image_size(p, exif_transpose=self.exif_transpose)
+            except ImageReadError as err:
+                keep[i] = False
+                self.skipped.add(self.names[i], "unreadable", str(err))
+                continue
+            if min(h, w) < min_size:
+                keep[i] = False
+                self.skipped.add(self.names[i], reason, f"{p} is {h}x{w}")
+        dropped = int((~keep).sum())
+        if dropped == total:
+            raise EmptySplitError(
+                f"every image of {self.source} is unreadable or smaller than {min_size} px; nothing is left."
+            )
+        if dropped:
+            self._keep(keep)
+            logger.warning("dropped %d of %d images of %s (%s)", dropped, total, self.source, self.skipped.summary())
+        return dropped
+
+    def missing_masks(self) -> list[str]:
+        """Names of the items without a ground-truth mask."""
+        return [n for n, m in zip(self.names, self.mask_paths, strict=True) if m is None]
+
+    def require_masks(self) -> None:
+        """Raise :class:`MissingMaskError` (naming the first few images) unless every item has a mask."""
+        missing = self.missing_masks()
+        if missing:
+            shown = list_some(missing)
+            raise MissingMaskError(
+                f"{len(missing)} of {len(self)} images of {self.source} have no ground-truth mask: {shown}. "
+                f"{self._mask_hint()}"
+            )
+
+    def _mask_hint(self) -> str:
+        return "Provide the masks, or evaluate on a split whose images all have them."

@@ -1,0 +1,190 @@
+"""Robust image and mask reading: every file becomes (H, W, 3) uint8 RGB or (H, W) uint8 indices.
+
+Real datasets hold grayscale, RGBA, palette, CMYK and 16-bit files, EXIF-rotated phone photos
+and the odd truncated download. Each is either converted correctly here or rejected with an
+:class:`ImageReadError` that names the file and what to do. Truncated files are never loaded
+partially (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ImageReadError",
+    "ImageTooSmallError",
+    "check_min_size",
+    "image_size",
+    "read_image",
+    "read_mask",
+    "to_rgb_array",
+]
+
+# EXIF orientation tag; values 5..8 swap width and height.
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageReadError(ValueError):
+    """An image or mask file that cannot be read (missing, corrupt, truncated, unsupported)."""
+
+
+class ImageTooSmallError(ValueError):
+    """An image smaller than the network stride: its feature map would be empty."""
+
+
+def _fix_hint(path: Path) -> str:
+    return f"Re-download or re-export '{path.name}', or remove it from the split list / labels file."
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+    """Open and fully decode ``path``; every failure becomes an :class:`ImageReadError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{what} file {path} does not exist. Check the dataset root and the split list.")
+    img = None
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if img is not None:
+            img.close()
+        raise ImageReadError(
+            f"cannot read {what} {path}: {err}. The file is corrupt, truncated or not an image. {_fix_hint(path)}"
+        ) from err
+    return img
+
+
+def _sixteen_bit_to_u8(arr: np.ndarray) -> np.ndarray:
+    # Full-range mapping 0..65535 -> 0..255 (65535 / 257 = 255); PIL's convert("L") would clip instead.
+    return np.round(arr.astype(np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+
+
+def to_rgb_array(img: Image.Image, *, alpha_background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to an (H, W, 3) uint8 RGB array.
+
+    Alpha is composited over ``alpha_background`` (white by default, as image viewers show
+    transparent cut-outs). 16-bit grayscale is mapped onto 0..255 over its full range; mode ``I``
+    (32-bit integer) is treated as 16-bit data when any value exceeds 255 and as 8-bit otherwise;
+    float images (mode ``F``) in [0, 1] are scaled by 255, others clipped to [0, 255].
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img)
+        if mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            gray = _sixteen_bit_to_u8(arr)
+        else:
+            gray = arr.clip(0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0
+        gray = np.round(np.nan_to_num(arr)).clip(0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        bg = np.asarray(alpha_background, dtype=np.float32)
+        out = rgba[:, :, :3] * alpha + bg * (1.0 - alpha)
+        return np.round(out).clip(0, 255).astype(np.uint8)
+    if mode != "RGB":
+        # Covers 1, L, P, CMYK, YCbCr, LAB, HSV: PIL knows each conversion.
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8, copy=True)
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    exif_transpose: bool = True,
+    alpha_background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Read any image file as an (H, W, 3) uint8 RGB array.
+
+    Args:
+        path: image file (JPEG, PNG, TIFF, BMP, WebP, ... anything Pillow decodes).
+        exif_transpose: apply the EXIF orientation tag, so phone photos come out upright. Datasets
+            whose masks were drawn on the stored pixels (VOC, COCO) pass ``False``.
+        alpha_background: RGB colour transparent pixels are composited onto.
+
+    Raises:
+        ImageReadError: the file is missing, corrupt, truncated or not an image; the message
+            names the file and the fix.
+    """
+    path = Path(path)
+    with _open(path, "image") as img:
+        try:
+            upright = ImageOps.exif_transpose(img) if exif_transpose else img
+            return to_rgb_array(upright, alpha_background=alpha_background)
+        except (OSError, ValueError, SyntaxError, KeyError, TypeError) as err:
+            raise ImageReadError(
+                f"cannot convert image {path} (mode {img.mode}) to RGB: {err}. {_fix_hint(path)}"
+            ) from err
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a label mask as (H, W) uint8 class indices (255 = ignore).
+
+    Palette PNGs (VOC ``SegmentationClass``) give their palette *indices*, not colours; grayscale
+    PNGs (``SegmentationClassAug``) give their values. 16-/32-bit masks are accepted when every
+    value fits in 0..255. Colour (RGB) masks are rejected: their colours are not class indices.
+    """
+    path = Path(path)
+    with _open(path, "mask") as img:
+        return _mask_array(img, path)
+
+
+def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
+    mode = img.mode
+    if mode in ("P", "L"):
+        return np.array(img, dtype=np.uint8, copy=True)
+    if mode == "1":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode.startswith("I"):
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ImageReadError(
+                f"mask {path} has values in [{arr.min()}, {arr.max()}]; class indices must lie in 0..255 "
+                "(255 = ignore). Re-save it as an 8-bit palette or grayscale PNG."
+            )
+        return arr.astype(np.uint8)
+    raise ImageReadError(
+        f"mask {path} is a {mode} image; masks must be palette ('P') or grayscale ('L') PNGs whose pixel "
+        "values are class indices (0 = background, 255 = ignore). Convert colour masks to index masks "
+        "first (e.g. map each VOC palette colour to its index)."
+    )
+
+
+def image_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple[int, int]:
+    """(H, W) of an image from its header only (no decoding); honours the EXIF orientation."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file {path} does not exist. Check the dataset root and the split list.")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if exif_transpose and img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image header of {path}: {err}. {_fix_hint(path)}") from err
+    return h, w
+
+
+def check_min_size(image: np.ndarray | tuple[int, int], min_size: int, *, name: str = "image") -> None:
+    """Raise :class:`ImageTooSmallError` if either side of ``image`` is below ``min_size`` pixels.
+
+    ``image`` is an (H, W[, C]) array or an (H, W) tuple. Use the network's output stride (16 for
+    SIPE's ResNet) so that every image yields at least one feature-map cell at scale 1.
+    """
+    h, w = (int(image[0]), int(image[1])) if isinstance(image, tuple) else image.shape[:2]
+    if h < min_size or w < min_size:
+        raise ImageTooSmallError(
+            f"{name} is {h}x{w} pixels, smaller than the minimum {min_size} (the network stride): its "
+            "feature map would be empty. Upscale the image or remove it from the split "
+            "(datasets' drop_small(min_size) skips such images with a logged count)."
+        )

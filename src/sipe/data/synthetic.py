@@ -1,0 +1,319 @@
+"""A seeded synthetic dataset in the VOC layout: the situation SIPE exists for, in miniature.
+
+Every object is a striped elliptical *body* whose appearance is drawn from one distribution shared
+by all classes, plus a small class-specific *part* (a coloured disk, square, triangle, ...) stuck on
+its rim. Only the part tells the classes apart, so a classifier's CAM concentrates on it and misses
+the body; the ground-truth masks cover the whole object (body + part). Backgrounds are smooth
+colour fields with fine noise, in hues the bodies never take.
+
+``generate_synthetic`` writes::
+
+    <root>/JPEGImages/<name>.jpg                 (quality 95)
+    <root>/SegmentationClass/<name>.png          palette index masks, 0 = background
+    <root>/Annotations/<name>.xml                VOC XML, one <object> per object (with its box)
+    <root>/ImageSets/Segmentation/<split>.txt    train.txt, val.txt
+    <root>/class_names.txt                       K lines, "background" first
+    <root>/synthetic.json                        the generation parameters (written last)
+
+Each image comes from its own generator seeded by ``(seed, split, index)``, so the data set does
+not depend on generation order. ``SyntheticDataset(root, split)`` reads it back through
+:class:`~sipe.data.voc.VOCDataset`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..io import save_label_png, write_bytes, write_text
+from .base import DatasetError, check_root
+from .voc import VOCDataset
+
+__all__ = ["PART_STYLES", "SyntheticDataset", "draw_synthetic_image", "generate_synthetic", "synthetic_class_names"]
+
+logger = logging.getLogger("sipe.data")
+
+_VERSION = 1
+# (class name = part shape, part colour). Saturated colours far from body and background hues.
+PART_STYLES: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("disk", (225, 30, 35)),
+    ("square", (30, 190, 50)),
+    ("triangle", (40, 70, 235)),
+    ("diamond", (240, 215, 20)),
+    ("cross", (205, 35, 205)),
+    ("ring", (20, 215, 225)),
+)
+_SPLIT_IDS = {"train": 1, "val": 2}
+
+
+def synthetic_class_names(num_classes: int = 4) -> list[str]:
+    """K = num_classes + 1 names: ``"background"`` and the first ``num_classes`` part shapes."""
+    if not 1 <= num_classes <= len(PART_STYLES):
+        raise ValueError(f"num_classes must be in 1..{len(PART_STYLES)}, got {num_classes}")
+    return ["background", *[name for name, _ in PART_STYLES[:num_classes]]]
+
+
+def _part_region(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, core) boolean maps of a part of radius ``r`` in its local coordinates (u, v)."""
+    au, av = np.abs(u), np.abs(v)
+    d2 = u * u + v * v
+    core = np.zeros_like(u, dtype=bool)
+    if shape == "disk":
+        inside = d2 <= r * r
+    elif shape == "square":
+        inside = np.maximum(au, av) <= 0.85 * r
+    elif shape == "triangle":  # equilateral, circumradius 1.15 r
+        rr = 1.15 * r
+        inside = (v >= -rr / 2) & (np.sqrt(3) * u + v <= rr) & (-np.sqrt(3) * u + v <= rr)
+    elif shape == "diamond":
+        inside = au + av <= 1.1 * r
+    elif shape == "cross":
+        arm = 0.38 * r
+        inside = ((au <= arm) & (av <= 1.1 * r)) | ((av <= arm) & (au <= 1.1 * r))
+    elif shape == "ring":  # a disk with a dark core
+        inside = d2 <= r * r
+        core = d2 <= (0.5 * r) ** 2
+    else:
+        raise ValueError(f"unknown part shape {shape!r}")
+    return inside, core
+
+
+def draw_synthetic_image(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_classes: int = 4,
+    max_objects: int = 3,
+    body_radius: tuple[float, float] = (0.18, 0.27),
+    part_scale: float = 0.5,
+    return_regions: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Draw one image.
+
+    Args:
+        rng: the image's own generator.
+        height, width: image size in pixels.
+        num_classes: foreground classes to draw from (at most ``len(PART_STYLES)``).
+        max_objects: objects per image are uniform in 1..max_objects (fewer when they do not fit).
+        body_radius: body semi-major axis as a fraction of min(height, width), before the
+            per-count shrink (x0.85 for two objects, x0.75 for three or more).
+        part_scale: part radius as a fraction of the body's semi-minor axis.
+        return_regions: also return each object's visible ``body`` and ``part`` (H, W) bool maps.
+
+    Returns:
+        image (H, W, 3) uint8, mask (H, W) uint8 (class index per pixel, body + part), and one dict
+        per object: ``class`` (1..num_classes), ``box`` (xmin, ymin, xmax, ymax) inclusive 0-based,
+        plus ``body`` / ``part`` with ``return_regions``.
+    """
+    h, w = int(height), int(width)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    def noise(shape: tuple[int, ...], sigma: float) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
+
+    # Background: two cool colours blended by a smooth random field, plus fine noise.
+    c0 = rng.uniform([40, 85, 80], [100, 140, 130]).astype(np.float32)
+    c1 = c0 + rng.uniform([-25, -10, 0], [15, 35, 45]).astype(np.float32)
+    field = np.zeros((h, w), np.float32)
+    for _ in range(3):
+        ang, period, phase = rng.uniform(0, np.pi), rng.uniform(30, 110), rng.uniform(0, 2 * np.pi)
+        field += np.sin((xx * np.cos(ang) + yy * np.sin(ang)) * np.float32(2 * np.pi / period) + np.float32(phase))
+    field = (field / 6.0 + 0.5)[..., None]
+    img = c0 * (1 - field) + c1 * field + noise((h, w, 1), 7.0)
+    mask = np.zeros((h, w), np.uint8)
+
+    n_obj = int(rng.integers(1, max_objects + 1))
+    shrink = {1: 1.0, 2: 0.85}.get(n_obj, 0.75)
+    side = min(h, w)
+    placed: list[tuple[float, float, float]] = []
+    objects: list[dict] = []
+    for _ in range(n_obj):
+        a = rng.uniform(*body_radius) * side * shrink
+        b = a * rng.uniform(0.6, 0.85)
+        pr = part_scale * b
+        extent = a + 1.6 * pr  # bounds body and part (the part reaches at most a + 1.55 pr)
+        margin = min(0.8 * a, side / 2 - 1)
+        for _try in range(30):
+            cy = rng.uniform(margin, h - margin)
+            cx = rng.uniform(margin, w - margin)
+            if all(np.hypot(cy - py, cx - px) > extent + pe for py, px, pe in placed):
+                break
+        else:
+            continue  # no room left: fewer objects, labels follow what was drawn
+        placed.append((cy, cx, extent))
+        cls = int(rng.integers(1, num_classes + 1))
+        # Everything of this object is computed in its window only.
+        y0, y1 = max(0, int(cy - extent) - 2), min(h, int(cy + extent) + 3)
+        x0, x1 = max(0, int(cx - extent) - 2), min(w, int(cx + extent) + 3)
+        wy, wx = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
+        theta = rng.uniform(0, np.pi)
+        ct, st = np.cos(theta), np.sin(theta)
+        dy, dx = wy - cy, wx - cx
+        u, v = dx * ct + dy * st, -dx * st + dy * ct
+        body = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+        # Shared body appearance: warm two-tone stripes, same distribution for every class.
+        light = rng.uniform([165, 115, 65], [215, 160, 105]).astype(np.float32)
+        dark = light * np.float32(rng.uniform(0.45, 0.6))
+        s_ang, s_per, s_ph = rng.uniform(0, np.pi), rng.uniform(4.5, 7.5), rng.uniform(0, 2 * np.pi)
+        stripes = 0.5 + 0.5 * np.sin((wx * np.cos(s_ang) + wy * np.sin(s_ang)) * (2 * np.pi / s_per) + s_ph)
+        win = img[y0:y1, x0:x1]
+        win[body] = (dark + (light - dark) * stripes[..., None])[body]
+
+        # Class part on the rim, pushed a little outwards so it sticks out of the body; of 16 random
+        # rim positions the first whose part lies inside the image (else the most inside one).
+        t = rng.uniform(0, 2 * np.pi, 16)
+        nu, nv = np.cos(t) / a, np.sin(t) / b
+        nn = np.hypot(nu, nv)
+        pu, pv = a * np.cos(t) + 0.35 * pr * nu / nn, b * np.sin(t) + 0.35 * pr * nv / nn
+        pys, pxs = cy + pu * st + pv * ct, cx + pu * ct - pv * st
+        room = np.minimum(np.minimum(pys, h - 1 - pys), np.minimum(pxs, w - 1 - pxs))
+        k = int(np.argmax(room >= 1.2 * pr)) if (room >= 1.2 * pr).any() else int(np.argmax(room))
+        py, px = float(pys[k]), float(pxs[k])
+        phi = rng.uniform(0, 2 * np.pi)
+        qy, qx = wy - py, wx - px
+        qu, qv = qx * np.cos(phi) + qy * np.sin(phi), -qx * np.sin(phi) + qy * np.cos(phi)
+        part, core = _part_region(PART_STYLES[cls - 1][0], qu, qv, pr)
+        colour = (np.asarray(PART_STYLES[cls - 1][1], np.float64) + rng.uniform(-15, 15, 3)).astype(np.float32)
+        win[part] = colour
+        win[core] = colour * np.float32(0.2)
+        region = body | part
+        mask[y0:y1, x0:x1][region] = cls
+        ys, xs = np.nonzero(region)
+        obj: dict = {
+            "class": cls,
+            "box": (int(xs.min()) + x0, int(ys.min()) + y0, int(xs.max()) + x0, int(ys.max()) + y0),
+        }
+        if return_regions:
+            obj["body"] = np.zeros((h, w), bool)
+            obj["part"] = np.zeros((h, w), bool)
+            obj["body"][y0:y1, x0:x1] = body & ~part
+            obj["part"][y0:y1, x0:x1] = part
+        objects.append(obj)
+
+    # Sensor noise over everything, so objects are not flat colour.
+    img += noise((h, w, 3), 5.0)
+    return np.round(img).clip(0, 255).astype(np.uint8), mask, objects
+
+
+def _voc_xml(name: str, h: int, w: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+    objs = "".join(
+        f"<object><name>{escape(c)}</name><pose>Unspecified</pose><truncated>0</truncated>"
+        f"<difficult>0</difficult><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+        f"<xmax>{x1 + 1}</xmax><ymax>{y1 + 1}</ymax></bndbox></object>"
+        for c, (x0, y0, x1, y1) in objects
+    )
+    return (
+        f"<annotation><folder>synthetic</folder><filename>{escape(name)}.jpg</filename>"
+        f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size><segmented>1</segmented>"
+        f"{objs}</annotation>\n"
+    )
+
+
+def generate_synthetic(
+    root: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 400,
+    n_val: int = 100,
+    image_size: int | tuple[int, int] = (96, 160),
+    num_classes: int = 4,
+    max_objects: int = 3,
+    body_radius: tuple[float, float] = (0.18, 0.27),
+    part_scale: float = 0.5,
+    progress: bool = True,
+) -> Path:
+    """Write the synthetic data set to ``root`` (layout in the module docstring) and return ``root``.
+
+    Args:
+        seed: the data set is a pure function of ``seed`` and the other arguments.
+        n_train, n_val: images in ``train`` and ``val``.
+        image_size: side length, or ``(lo, hi)``: height and width each uniform in [lo, hi].
+        num_classes, max_objects, body_radius, part_scale: see :func:`draw_synthetic_image`.
+
+    A root already holding a data set made with the same arguments is reused as is.
+    """
+    root = Path(root).expanduser()
+    lo, hi = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    if lo < 16 or hi < lo:
+        raise ValueError(f"image_size must be >= 16 (and lo <= hi), got {image_size}")
+    if n_train < 0 or n_val < 0 or n_train + n_val == 0:
+        raise ValueError(f"need some images: n_train={n_train}, n_val={n_val}")
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    class_names = synthetic_class_names(num_classes)
+    params = {
+        "version": _VERSION,
+        "seed": int(seed),
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "image_size": [lo, hi],
+        "num_classes": int(num_classes),
+        "max_objects": int(max_objects),
+        "body_radius": [float(body_radius[0]), float(body_radius[1])],
+        "part_scale": float(part_scale),
+        "class_names": class_names,
+    }
+    meta_file = root / "synthetic.json"
+    try:
+        if json.loads(meta_file.read_text(encoding="utf-8")) == params:
+            logger.info("reusing the synthetic data set in %s", root)
+            return root
+    except (OSError, ValueError):
+        pass
+    # Invalidate first: an interrupted regeneration must not pass for the old, complete data set.
+    meta_file.unlink(missing_ok=True)
+
+    jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
+    split_names: dict[str, list[str]] = {"train": [], "val": []}
+    for split, i in tqdm(jobs, desc="synthetic data", unit="img", disable=not progress):
+        rng = np.random.default_rng([int(seed), _SPLIT_IDS[split], i])
+        h = int(rng.integers(lo, hi + 1))
+        w = int(rng.integers(lo, hi + 1))
+        image, mask, objects = draw_synthetic_image(
+            rng, h, w, num_classes=num_classes, max_objects=max_objects, body_radius=body_radius, part_scale=part_scale
+        )
+        name = f"{split}_{i:05d}"
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=95)
+        write_bytes(root / "JPEGImages" / f"{name}.jpg", buf.getvalue())
+        save_label_png(root / "SegmentationClass" / f"{name}.png", mask)
+        xml = _voc_xml(name, h, w, [(class_names[o["class"]], o["box"]) for o in objects])
+        write_text(root / "Annotations" / f"{name}.xml", xml)
+        split_names[split].append(name)
+    for split, names in split_names.items():
+        write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
+    write_text(root / "class_names.txt", "".join(f"{c}\n" for c in class_names))
+    write_text(meta_file, json.dumps(params, indent=1))  # last: its presence means the set is complete
+    return root
+
+
+class SyntheticDataset(VOCDataset):
+    """The data set :func:`generate_synthetic` wrote to ``root``, read through the VOC code path.
+
+    ``split`` is ``"train"`` or ``"val"`` (or any ``ImageSets/Segmentation/<split>.txt`` there);
+    further keyword arguments go to :class:`VOCDataset`.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", **kwargs) -> None:
+        hint = "Generate it first with generate_synthetic(root) or `sipe demo`."
+        root = check_root(root, "synthetic dataset root", hint)
+        names_file = root / "class_names.txt"
+        if not names_file.is_file():
+            raise DatasetError(
+                f"{names_file} is missing, so {root} is not a complete synthetic data set. Generate it with "
+                "generate_synthetic(root)."
+            )
+        class_names = [c for c in names_file.read_text(encoding="utf-8").split("\n") if c.strip()]
+        split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DatasetError(f"split file {split_file} does not exist; synthetic splits are 'train' and 'val'.")
+        kwargs.setdefault("class_names", class_names)
+        super().__init__(root, split_file, **kwargs)
