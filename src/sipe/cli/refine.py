@@ -1,0 +1,186 @@
+"""``sipe refine``: IS-CAMs to pseudo masks (dense-CRF confident regions, IRN, random walk, CRF labels)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sipe.cli._common import add_dataset_args, build_dataset_from_args, setup_logging
+
+EPILOG = """\
+the official VOC pipeline (IS-CAMs of train_aug from `sipe cam --split train_aug --out runs/cam`):
+  sipe refine crf-regions --root VOC2012 --split train_aug --cam-dir runs/cam/is_cam --out runs/ir_label
+  sipe refine train-irn --root VOC2012 --split train_aug --label-dir runs/ir_label --mean-split train \\
+      --out runs/irn
+  sipe refine labels --root VOC2012 --split train_aug --irn runs/irn/irn.pt --cam-dir runs/cam/is_cam \\
+      --out runs/pseudo
+  sipe eval --dataset voc --root VOC2012 --split train --kind labels --pred runs/pseudo
+without IRN (on COCO the authors train on the crf-regions output; `crf` labels every pixel):
+  sipe refine crf --dataset coco --root COCO --split train --cam-dir runs/cam/is_cam --out runs/pseudo_crf
+
+Every step skips images whose output exists (rerun to resume); train-irn resumes from its last checkpoint.
+Under torchrun, `labels` shards the images over the processes and `train-irn` trains with DDP.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("refine", help="turn IS-CAMs into pseudo masks (CRF, IRN, random walk)",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = p.add_subparsers(dest="step", metavar="STEP", required=True)
+
+    q = steps.add_parser("crf-regions", help="confident fg/bg regions by dense CRF (IRN training labels)",
+                         description="The official cam2ir step: CRF-refined IS-CAM argmax with and without the "
+                         "background channel scaled; 255 where the two disagree.")
+    _dataset_and_cams(q, "train_aug")
+    q.add_argument("--bg-scale", type=float, default=0.5, help="background channel factor of the second pass")
+    _parallel(q)
+    q.set_defaults(func=run_crf_regions)
+
+    q = steps.add_parser("crf", help="pseudo labels by dense CRF on the IS-CAM argmax (no IRN)",
+                         description="Dense-CRF refinement of the IS-CAM argmax as the final pseudo labels, a "
+                         "class for every pixel. On COCO the authors replace IRN by the CRF and train on the "
+                         "output of `crf-regions` (255 = uncertain); this is its foreground pass alone.")
+    _dataset_and_cams(q, "train")
+    _parallel(q)
+    q.set_defaults(func=run_crf)
+
+    q = steps.add_parser("train-irn", help="train IRN on confident regions (official recipe)",
+                         description="Train IRN's boundary and displacement branches on a frozen ResNet-50. "
+                         "Defaults are the official recipe; a YAML file and KEY=VALUE overrides change them "
+                         "(e.g. engine.batch_size=16 backbone=resnet18 weights=null).")
+    add_dataset_args(q, split_default="train_aug")
+    q.add_argument("--label-dir", required=True, help="confident-region PNGs from `sipe refine crf-regions`")
+    q.add_argument("--out", required=True, help="run folder: checkpoints/, tb/, config.yaml, irn.pt")
+    q.add_argument("--mean-split", default=None,
+                   help="split over which the mean displacement is measured (official VOC: train; "
+                        "default: the training split)")
+    q.add_argument("--config", default=None, help="YAML file with IRN settings")
+    q.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="resume from OUT/checkpoints/last.pt if present (default: true)")
+    q.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    q.set_defaults(func=run_train_irn)
+
+    q = steps.add_parser("labels", help="pseudo labels by random walk over IRN boundaries",
+                         description="The official make_seg_labels step: IS-CAM^1.5 propagated by a random "
+                         "walk over IRN's boundary map; palette PNGs in the VOC colours.")
+    _dataset_and_cams(q, "train")
+    q.add_argument("--irn", required=True, help="irn.pt written by `sipe refine train-irn`")
+    q.add_argument("--beta", type=float, default=10.0, help="affinity exponent (official 10)")
+    q.add_argument("--exp-times", type=int, default=8, help="log2 of the random-walk steps (official 8)")
+    q.add_argument("--radius", type=int, default=5, help="transition radius at stride 4 (official 5)")
+    q.add_argument("--canvas", type=int, default=0,
+                   help="pad images to at least CANVAS x CANVAS (the official code pads to 512; "
+                        "default: only to a multiple of 16)")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    q.add_argument("--overwrite", action="store_true", help="recompute images whose PNG exists")
+    q.set_defaults(func=run_labels)
+
+
+def _dataset_and_cams(q: argparse.ArgumentParser, split: str) -> None:
+    add_dataset_args(q, split_default=split)
+    q.add_argument("--cam-dir", required=True, help="folder of IS-CAM files (the is_cam/ folder of `sipe cam`)")
+    q.add_argument("--out", required=True, help="output folder of palette PNGs")
+
+
+def _parallel(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--workers", type=int, default=None, help="CRF processes (default: all available cores)")
+    q.add_argument("--overwrite", action="store_true", help="recompute images whose PNG exists")
+
+
+def _dataset(args: argparse.Namespace):
+    return build_dataset_from_args(args, with_masks=False)
+
+
+def _report(stats) -> int:
+    print(json.dumps({"written": stats.written, "skipped_existing": stats.skipped}))
+    return 0
+
+
+def _fail(err: Exception) -> int:
+    print(f"sipe refine: {err}", file=sys.stderr)
+    return 2
+
+
+def run_crf_regions(args: argparse.Namespace) -> int:
+    from sipe.data import DatasetError, DatasetRootError
+    from sipe.refine.crf import make_confident_regions
+
+    setup_logging()
+    try:
+        stats = make_confident_regions(_dataset(args), args.cam_dir, args.out, bg_scale=args.bg_scale,
+                                       num_workers=args.workers, overwrite=args.overwrite)
+    except (DatasetError, DatasetRootError, FileNotFoundError) as err:
+        return _fail(err)
+    return _report(stats)
+
+
+def run_crf(args: argparse.Namespace) -> int:
+    from sipe.data import DatasetError, DatasetRootError
+    from sipe.refine.crf import make_crf_labels
+
+    setup_logging()
+    try:
+        stats = make_crf_labels(_dataset(args), args.cam_dir, args.out, num_workers=args.workers,
+                                overwrite=args.overwrite)
+    except (DatasetError, DatasetRootError, FileNotFoundError) as err:
+        return _fail(err)
+    return _report(stats)
+
+
+def run_train_irn(args: argparse.Namespace) -> int:
+    import yaml
+
+    from sipe.config import ConfigError, load_config, to_dict
+    from sipe.data import DatasetError, DatasetRootError
+    from sipe.engine import is_main_process
+    from sipe.refine.train_irn import IRNConfig, train_irn
+
+    try:
+        cfg = load_config(IRNConfig, args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        return _fail(err)
+    if args.resume is not None:
+        cfg.engine.resume = args.resume
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    setup_logging()
+    try:
+        train_set = _dataset(args)
+        mean_set = None
+        if args.mean_split is not None:
+            mean_set = build_dataset_from_args(argparse.Namespace(**{**vars(args), "split": args.mean_split}),
+                                               with_masks=False)
+        train_irn(train_set, args.label_dir, args.out, cfg, mean_set=mean_set)
+    except (DatasetError, DatasetRootError, FileNotFoundError) as err:
+        return _fail(err)
+    if is_main_process():
+        print(f"IRN weights: {args.out}/irn.pt")
+    return 0
+
+
+def run_labels(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from sipe.data import DatasetError, DatasetRootError
+    from sipe.engine import setup_distributed
+    from sipe.refine.pseudo import make_pseudo_labels
+    from sipe.refine.train_irn import load_irn
+
+    setup_logging()
+    info = setup_distributed(args.device)
+    try:
+        model = load_irn(args.irn).to(info.device)
+        stats = make_pseudo_labels(model, _dataset(args), args.cam_dir, args.out, beta=args.beta,
+                                   exp_times=args.exp_times, radius=args.radius, canvas=args.canvas,
+                                   overwrite=args.overwrite)
+    except (DatasetError, DatasetRootError, FileNotFoundError, ValueError) as err:
+        return _fail(err)
+    finally:
+        if info.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+    print(json.dumps({"rank": info.rank, "written": stats.written, "skipped_existing": stats.skipped}))
+    return 0

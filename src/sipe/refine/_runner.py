@@ -1,0 +1,153 @@
+"""Per-image label-map jobs over a dataset: resume, rank sharding, worker processes, progress."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sipe.io import save_label_png
+
+Job = Callable[[dict[str, Any]], np.ndarray]
+
+
+@dataclass
+class RunStats:
+    """What a run over a dataset did: images written and images skipped (output present)."""
+
+    written: int = 0
+    skipped: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.written + self.skipped
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from the torchrun environment (0, 1 outside torchrun)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shard_indices(n: int, rank: int, world: int) -> list[int]:
+    """The dataset indices of one rank: rank r takes every world-th image starting at r."""
+    return list(range(rank, n, world))
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def load_cams(cam_dir: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one image's IS-CAM file (``<name>.npz`` or official ``<name>.npy``) from ``cam_dir``.
+
+    Returns:
+        keys (M,) int64 with 0 (background) first, maps (M, H, W) float32.
+    """
+    from sipe.evaluation import find_cam_file, read_cam_file
+
+    path = find_cam_file(cam_dir, name)
+    if path is None:
+        raise FileNotFoundError(
+            f"no IS-CAM file for image {name!r} in {cam_dir} (looked for {name}.npz and {name}.npy); "
+            "run `sipe cam` for this split first and pass its is_cam/ folder as --cam-dir"
+        )
+    cam = read_cam_file(path)
+    if cam.kind != "is_cam":
+        raise ValueError(f"{path} holds plain CAMs; refinement needs IS-CAMs (background channel first)")
+    return cam.keys, cam.maps
+
+
+# Worker-process state, set once per process by _init so the dataset is pickled once per worker.
+_STATE: dict[str, Any] = {}
+
+
+def _init(dataset: Any, job: Job, out_dir: Path, overwrite: bool) -> None:
+    _STATE.update(dataset=dataset, job=job, out_dir=out_dir, overwrite=overwrite)
+
+
+def _init_worker(dataset: Any, job: Job, out_dir: Path, overwrite: bool) -> None:
+    _init(dataset, job, out_dir, overwrite)
+    # One job per worker process and core: nested torch threads would only oversubscribe.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _process(index: int) -> bool:
+    dataset, out_dir, overwrite = _STATE["dataset"], _STATE["out_dir"], _STATE["overwrite"]
+    # sipe.data datasets list their names: a finished image is skipped without decoding it.
+    names = getattr(dataset, "names", None)
+    if names is not None and not overwrite and (out_dir / f"{names[index]}.png").exists():
+        return False
+    item = dataset[index]
+    path = out_dir / f"{item['name']}.png"
+    if path.exists() and not overwrite:
+        return False
+    label = _STATE["job"](item)
+    save_label_png(path, label)
+    return True
+
+
+def run_label_job(
+    dataset: Any,
+    job: Job,
+    out_dir: str | os.PathLike,
+    *,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    desc: str = "images",
+    indices: Iterable[int] | None = None,
+) -> RunStats:
+    """Apply ``job(item) -> (H, W) label map`` to every image and save ``out_dir/<name>.png``.
+
+    Images whose PNG already exists are skipped (resume) unless ``overwrite``. Under torchrun each
+    rank takes its own shard. ``num_workers`` processes (default: the available cores; 0 or 1 runs
+    in this process) share the work; ``job`` and ``dataset`` must be picklable for that.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if indices is None:
+        rank, world = rank_and_world()
+        indices = shard_indices(len(dataset), rank, world)
+    indices = list(indices)
+    workers = available_cores() if num_workers is None else num_workers
+    workers = max(0, min(workers, len(indices)))
+    stats = RunStats()
+    show = rank_and_world()[0] == 0
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not show, dynamic_ncols=True)
+    if workers <= 1:
+        _init(dataset, job, out_dir, overwrite)
+        results: Iterable[bool] = map(_process, indices)
+        executor = None
+    else:
+        executor = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(dataset, job, out_dir, overwrite),
+        )
+        results = executor.map(_process, indices, chunksize=max(1, min(8, len(indices) // (4 * workers))))
+    try:
+        for wrote in results:
+            if wrote:
+                stats.written += 1
+            else:
+                stats.skipped += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+        _STATE.clear()
+    return stats

@@ -1,0 +1,258 @@
+"""IRN training (the official ``train_irn.py`` recipe) on top of :mod:`sipe.engine`.
+
+Recipe: confident-region labels (``sipe refine crf-regions``) of ``train_aug``; random rescale
+[0.5, 1.5], horizontal flip, random 512 crop (image padded with zeros after normalisation,
+labels with 255); labels reduced to the stride-4 grid by nearest resizing; pairs within radius
+10; batch 32, 3 epochs, poly SGD with lr 0.1 (boundary branch) and 1.0 (displacement branch),
+weight decay 1e-4, effective momentum 1e-4 (the official optimiser quirk, see
+:class:`sipe.engine.TrainConfig`), no gradient clipping. Afterwards the mean displacement over the
+``train`` images (top-left 512 crop) is stored in the model's ``mean_shift``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from sipe.engine import TrainConfig
+from sipe.refine.affinity import affinity_labels, pair_paths
+from sipe.refine.irn import IRN, STRIDE, irn_losses
+
+BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+@dataclass
+class IRNEngineConfig(TrainConfig):
+    """:class:`sipe.engine.TrainConfig` with the official IRN defaults as class defaults, so that a
+    partial ``engine:`` section in a YAML file keeps them."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 1e-4  # the official optimiser quirk, as in SIPE training
+    clip_grad_norm: float | None = None  # the official IRN loop does not clip (SIPE's does)
+    seed: int = 15
+
+
+@dataclass
+class IRNConfig:
+    """IRN model and training settings (defaults: the official recipe)."""
+
+    backbone: str = "resnet50"
+    weights: str | None = "IMAGENET1K_V1"  # torchvision name, a local state-dict file, or null
+    crop_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    flip: bool = True
+    radius: int = 10  # pair radius of the affinity labels at stride 4
+    dp_lr_mult: float = 10.0  # displacement branch lr = 10 x boundary branch lr
+    mean_batch_size: int = 8  # images per forward (per rank) when estimating the mean shift
+    engine: IRNEngineConfig = field(default_factory=IRNEngineConfig)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        grid = self.crop_size // STRIDE
+        if self.crop_size % 16 or grid <= 2 * (self.radius - 1):
+            smallest = 16 * (8 * (self.radius - 1) // 16 + 1)
+            raise ValueError(
+                f"crop_size {self.crop_size} must be a multiple of 16 whose stride-4 grid ({grid}) is wider "
+                f"than 2 x (radius - 1) = {2 * (self.radius - 1)}; use crop_size >= {smallest}"
+            )
+
+
+def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = None) -> IRN:
+    """IRN on a torchvision ResNet with strides (2, 2, 2, 1), frozen (statistics included)."""
+    from sipe.models.backbone import ResNetBackbone
+
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    trunk = ResNetBackbone(depth=BACKBONES[backbone], weights=weights, strides=(2, 2, 2, 1), frozen_stages=4,
+                           freeze_bn=True)
+    return IRN(trunk)
+
+
+def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
+    from sipe.evaluation import read_label_png
+
+    path = label_dir / f"{name}.png"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no confident-region label {path}; run `sipe refine crf-regions` for this split first "
+            "or pass the right --label-dir"
+        )
+    label = read_label_png(path)
+    if label.shape != size:
+        raise ValueError(f"label {path} is {label.shape} but its image is {size}; regenerate the labels")
+    return label.astype(np.uint8)
+
+
+class IRNTrainSet(Dataset):
+    """Training view: item ``(index, seed)`` -> augmented crop and its stride-4 label map.
+
+    Returns ``image`` (3, S, S) float32 normalised (zero padding) and ``label`` (S/4, S/4) uint8
+    (255 = ignore/padding); pair labels are computed from it on the device by the step.
+    """
+
+    def __init__(self, base: Any, label_dir: str | os.PathLike, cfg: IRNConfig) -> None:
+        self.base = base
+        self.label_dir = Path(label_dir)
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        from sipe.data.transforms import random_resize_flip_crop, rescale
+
+        index, seed = item
+        sample = self.base[index]
+        label = _read_label(self.label_dir, sample["name"], sample["image"].shape[:2])
+        out = random_resize_flip_crop(
+            sample["image"], np.random.default_rng(seed), label=label, scale_range=self.cfg.scale_range,
+            flip=self.cfg.flip, crop_size=self.cfg.crop_size,
+        )
+        reduced = rescale(out["label"], 1.0 / STRIDE, order=0)  # nearest, as the official pil_rescale
+        return {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(np.array(reduced, dtype=np.uint8))}
+
+
+def irn_step(model: nn.Module, batch: dict[str, torch.Tensor], radius: int = 10) -> dict[str, torch.Tensor]:
+    """One IRN training forward: batch ``image`` (N, 3, S, S), ``label`` (N, S/4, S/4)."""
+    edge, disp = model(batch["image"])
+    bg_pos, fg_pos, neg = affinity_labels(batch["label"], radius)
+    return irn_losses(edge, disp, bg_pos, fg_pos, neg, radius)
+
+
+class _TopLeftView(Dataset):
+    """Images normalised and placed in the top-left of an (S, S) zero canvas (official crop)."""
+
+    def __init__(self, base: Any, indices: list[int], crop_size: int) -> None:
+        self.base, self.indices, self.crop_size = base, indices, crop_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from sipe.data.transforms import normalize
+
+        image = self.base[self.indices[i]]["image"][: self.crop_size, : self.crop_size]
+        out = np.zeros((3, self.crop_size, self.crop_size), np.float32)
+        out[:, : image.shape[0], : image.shape[1]] = normalize(np.ascontiguousarray(image))
+        return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def estimate_mean_shift(
+    model: IRN, dataset: Any, *, crop_size: int = 512, batch_size: int = 8, num_workers: int = 2
+) -> torch.Tensor:
+    """Mean raw predicted displacement (2,) over ``dataset`` (top-left crops, zero padded).
+
+    The model's own ``mean_shift`` is left as it was.
+
+    Under torch.distributed every rank takes every world-th image and the per-image means are
+    summed over ranks, so the result does not depend on the number of processes.
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    kept = model.mean_shift.clone()
+    model.mean_shift.zero_()  # the raw displacement is averaged
+    view = _TopLeftView(dataset, list(range(rank, len(dataset), world)), crop_size)
+    loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers)
+    total = torch.zeros(3, dtype=torch.float64, device=device)  # sum dy, sum dx, images
+    for images in tqdm(loader, desc="mean displacement", disable=rank != 0, dynamic_ncols=True):
+        _, disp = model(images.to(device))
+        total[:2] += disp.double().mean(dim=(2, 3)).sum(dim=0)
+        total[2] += disp.shape[0]
+    if world > 1:
+        dist.all_reduce(total)
+    model.mean_shift.copy_(kept)
+    model.train(was_training)
+    if total[2] == 0:
+        raise ValueError("cannot estimate the mean displacement: the dataset is empty")
+    return (total[:2] / total[2]).float()
+
+
+def save_irn(model: IRN, path: str | os.PathLike, cfg: IRNConfig) -> None:
+    """Write the trained IRN (weights with the mean shift, backbone name, config) atomically."""
+    from sipe.config import to_dict
+    from sipe.io import save_torch
+
+    save_torch({"model": model.state_dict(), "meta": {"kind": "irn", "backbone": cfg.backbone,
+                                                      "radius": cfg.radius}, "config": to_dict(cfg)}, path)
+
+
+def load_irn(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> IRN:
+    """Rebuild an IRN saved by :func:`save_irn` (or an engine checkpoint of :func:`train_irn`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IRN weights {path} do not exist; train them with `sipe refine train-irn`")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not an IRN checkpoint written by sipe (no 'model' entry)")
+    meta = ckpt.get("meta") or {}
+    backbone = meta.get("backbone")
+    if backbone is None:
+        raise ValueError(f"{path} does not name its backbone (meta.backbone); it was not written by sipe IRN")
+    model = build_irn(backbone, weights=None)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not hold IRN weights for {backbone}: {exc}") from exc
+    return model
+
+
+def train_irn(
+    train_set: Any,
+    label_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: IRNConfig | None = None,
+    *,
+    mean_set: Any | None = None,
+    model: IRN | None = None,
+) -> IRN:
+    """Train IRN on ``train_set`` with confident-region labels from ``label_dir``.
+
+    Writes the engine's checkpoints/TensorBoard logs under ``out_dir`` and the final model with
+    its mean shift (estimated over ``mean_set``, default ``train_set``) as ``out_dir/irn.pt``.
+    Resumes an interrupted run. Under torchrun: DDP with the same result as one process.
+
+    Args:
+        train_set: dataset of dicts with ``image`` and ``name`` (``sipe.data``).
+        model: an IRN to train (default: built from ``cfg.backbone`` / ``cfg.weights``).
+
+    Returns:
+        The trained IRN (on the training device), ``mean_shift`` set.
+    """
+    from sipe.config import save_run_info
+    from sipe.engine import fit, is_main_process  # noqa: I001 (kept local: heavy import chain)
+
+    cfg = cfg or IRNConfig()
+    out_dir = Path(out_dir)
+    if model is None:
+        model = build_irn(cfg.backbone, cfg.weights)
+    pair_paths(cfg.radius)  # validates the radius early
+    save_run_info(out_dir, cfg)
+    data = IRNTrainSet(train_set, label_dir, cfg)
+    step = functools.partial(irn_step, radius=cfg.radius)
+    model = fit(model, data, step, model.param_groups(cfg.dp_lr_mult), cfg.engine, out_dir,
+                meta={"kind": "irn", "backbone": cfg.backbone, "radius": cfg.radius})
+    shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set, crop_size=cfg.crop_size,
+                                batch_size=cfg.mean_batch_size, num_workers=cfg.engine.num_workers)
+    model.mean_shift.copy_(shift)
+    if is_main_process():
+        save_irn(model, out_dir / "irn.pt", cfg)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return model
