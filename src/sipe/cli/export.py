@@ -1,0 +1,50 @@
+"""``sipe export``: a trained segmentation network to ONNX (dynamic batch, height and width)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a segmentation checkpoint to ONNX",
+        description=(
+            "Write a 'sipe seg train' checkpoint as an ONNX model. Input 'image': (N, 3, H, W) float32 RGB in "
+            "[0, 255] (normalisation is inside the graph); output 'logits': (N, K, H, W) at the input size; "
+            "N, H and W are dynamic. The class names are stored in the model metadata."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'sipe seg train'")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or later)")
+    p.add_argument(
+        "--dynamo", action="store_true", help="use the torch.export-based exporter (opset 18 or later)"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="compare onnxruntime's output with PyTorch's on two image sizes"
+    )
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from sipe.seg.export import compare_onnx, export_onnx
+    from sipe.seg.model import load_seg_checkpoint
+
+    try:
+        model, spec = load_seg_checkpoint(args.checkpoint)
+        path = export_onnx(model, args.out, opset=args.opset, class_names=spec.class_names, dynamo=args.dynamo)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+        print(f"sipe export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} (opset {args.opset}, {spec.num_classes} classes, backbone {spec.backbone})")
+    if args.check:
+        diff = compare_onnx(model, path)
+        print(f"onnxruntime vs PyTorch: max |difference| = {diff:.3g}")
+        if diff > 1e-4:
+            print("sipe export: error: the ONNX output differs from PyTorch's by more than 1e-4", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,147 @@
+"""ONNX export of a segmentation network with dynamic batch, height and width.
+
+The exported graph takes ``image``: (N, 3, H, W) float32 RGB in [0, 255] (the ImageNet
+normalisation is inside the graph, so callers only convert their decoded pixels) and returns
+``logits``: (N, K, H, W) float32 at the input size. The class names are stored in the model's
+metadata (``class_names``, a JSON list).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sipe import io as sio
+from sipe.seg.model import IMAGENET_MEAN, IMAGENET_STD
+from sipe.seg.predict import seg_logits
+
+
+class NormalizedSegModel(nn.Module):
+    """(N, 3, H, W) float RGB in [0, 255] -> (N, K, H, W) logits: normalisation + ``model(x)["out"]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return seg_logits(self.model, (image - self.mean) / self.std)
+
+
+def _require_onnx():
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError("ONNX export needs the 'onnx' package: pip install 'sipe[export]'") from e
+    return onnx
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    opset: int = 17,
+    *,
+    sample_size: tuple[int, int] = (128, 128),
+    class_names: Sequence[str] | None = None,
+    dynamo: bool = False,
+) -> Path:
+    """Export ``model`` (a segmentation network on normalised input) to ONNX at ``path``, atomically.
+
+    opset: the ONNX opset (17 or later); the written file declares exactly this opset.
+    sample_size: (H, W) of the tracing input; any size works at run time.
+    dynamo: use the ``torch.export``-based exporter (needs opset >= 18 and ``onnxscript``) instead of
+        the TorchScript one, which is the one that writes opset 17.
+    Returns ``path``.
+    """
+    onnx = _require_onnx()
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; use 17 or later")
+    if dynamo and opset < 18:
+        raise ValueError("the dynamo exporter writes opset 18 or later; pass opset>=18 or dynamo=False")
+    path = Path(path)
+    # A CPU copy: exporting must not move the caller's model or change its train/eval mode.
+    wrapper = NormalizedSegModel(copy.deepcopy(model)).cpu().eval()
+    sample = torch.rand(1, 3, *sample_size) * 255.0
+    with sio.atomic_path(path) as tmp:
+        onnx_tmp = tmp.with_suffix(".onnx")
+        try:
+            if dynamo:
+                dim = torch.export.Dim
+                torch.onnx.export(
+                    wrapper,
+                    (sample,),
+                    str(onnx_tmp),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamic_shapes={"image": {0: dim("batch"), 2: dim("height", min=8), 3: dim("width", min=8)}},
+                    external_data=False,
+                )
+            else:
+                with warnings.catch_warnings():
+                    # The TorchScript exporter is deprecated upstream but is the one that writes opset 17.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    torch.onnx.export(
+                        wrapper,
+                        (sample,),
+                        str(onnx_tmp),
+                        dynamo=False,
+                        opset_version=opset,
+                        input_names=["image"],
+                        output_names=["logits"],
+                        dynamic_axes={
+                            "image": {0: "batch", 2: "height", 3: "width"},
+                            "logits": {0: "batch", 2: "height", 3: "width"},
+                        },
+                    )
+            proto = onnx.load(str(onnx_tmp))
+        finally:
+            if onnx_tmp.exists():
+                onnx_tmp.unlink()
+        got = {o.domain: o.version for o in proto.opset_import}.get("", None)
+        if got != opset:
+            raise RuntimeError(f"the exporter wrote opset {got} instead of the requested {opset}")
+        meta = {"producer": "sipe", "input": "image: (N,3,H,W) float32 RGB in [0,255]", "output": "logits: (N,K,H,W)"}
+        if class_names:
+            meta["class_names"] = json.dumps(list(class_names))
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def compare_onnx(
+    model: nn.Module, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] = ((96, 128), (75, 61)), seed: int = 0
+) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's logits over random images of
+    the given (H, W) sizes (CPU execution provider)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("checking an ONNX export needs onnxruntime: pip install 'sipe[export]'") from e
+    wrapper = NormalizedSegModel(copy.deepcopy(model)).eval()
+    device = next(iter(wrapper.parameters()), torch.empty(0)).device
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for h, w in sizes:
+        x = torch.rand(1, 3, h, w, generator=g) * 255.0
+        (ours,) = session.run(["logits"], {"image": x.numpy()})
+        with torch.no_grad():
+            ref = wrapper(x.to(device)).float().cpu().numpy()
+        if ours.shape != ref.shape:
+            raise AssertionError(f"ONNX output shape {ours.shape} != PyTorch {ref.shape} for input {h}x{w}")
+        worst = max(worst, float(np.abs(ours - ref).max()))
+    return worst

@@ -1,0 +1,309 @@
+"""Training DeepLabV3 on pseudo masks (the last, fully supervised stage of WSSS).
+
+Recipe: random rescale in [0.5, 2.0], horizontal flip, random square crop padded with the ignore
+label, cross-entropy ignoring 255, SGD with momentum 0.9 and poly decay, the new layers at
+``head_lr_mult`` x the backbone's learning rate. Batch norm: plain, frozen (for small per-GPU
+batches on a pretrained backbone), or synchronised across GPUs under torchrun.
+Everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) comes from ``sipe.engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from sipe.config import save_run_info, to_dict
+from sipe.data.base import SkipCounter
+from sipe.data.image import read_mask
+from sipe.data.transforms import random_resize_flip_crop
+from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
+from sipe.seg.model import SegModelSpec, build_deeplab, freeze_batchnorm
+from sipe.train import DataConfig, build_dataset
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+
+
+@dataclass
+class SegEngineConfig(TrainConfig):
+    """The engine settings with DeepLab defaults.
+
+    A subclass rather than a factory so that a partial ``engine:`` section in a YAML file keeps these
+    defaults: textbook SGD (momentum 0.9, unlike the SIPE stage's reproduced 1e-4 quirk), lr 0.01,
+    no gradient clipping, 30 epochs of batch 16.
+    """
+
+    epochs: int = 30
+    lr: float = 0.01
+    momentum: float = 0.9
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class SegModelConfig:
+    """The segmentation network and its batch-norm handling."""
+
+    backbone: str = "resnet101"  # resnet50 | resnet101 (torchvision DeepLabV3) | resnet18 | resnet34
+    # torchvision weights name (downloaded, or from the torch hub cache), a local state-dict file
+    # (a torchvision ResNet, or a sipe/SIPE checkpoint whose backbone is reused), or null (random).
+    weights: str | None = "IMAGENET1K_V1"
+    output_stride: int = 16  # 8 or 16
+    aux: bool = False  # FCN auxiliary head on layer3
+    freeze_bn: bool = False  # backbone batch norm frozen at its pretrained statistics (small batches)
+    sync_bn: bool = True  # SyncBatchNorm across processes under torchrun (CUDA only)
+
+
+@dataclass
+class SegAugConfig:
+    """Training augmentation: random rescale, horizontal flip, random square crop."""
+
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    crop_size: int = 512
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"aug.scale_range must satisfy 0 < lo <= hi, got {self.scale_range}")
+        if self.crop_size <= 0:
+            raise ValueError(f"aug.crop_size must be positive, got {self.crop_size}")
+
+
+@dataclass
+class SegDataConfig(DataConfig):
+    """``sipe train``'s data section, without validation by default (set ``val_split``, e.g. VOC ``val``)."""
+
+    val_split: str | None = None
+
+
+@dataclass
+class SegTrainConfig:
+    """Everything ``sipe seg train`` needs; YAML sections ``data``, ``model``, ``aug``, ``engine``.
+
+    ``data`` is the same section as ``sipe train``'s; ``data.val_split`` (a split with ground truth,
+    e.g. VOC ``val``) selects ``best.pt`` by mIoU when set.
+    """
+
+    pseudo_labels: str = ""  # folder of <image name>.png label maps (palette or grey PNGs, 255 = ignore)
+    missing_labels: Literal["error", "skip"] = "error"  # training images without a pseudo-label PNG
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    aug: SegAugConfig = field(default_factory=SegAugConfig)
+    engine: SegEngineConfig = field(default_factory=SegEngineConfig)
+    head_lr_mult: float = 10.0  # lr multiplier of the ASPP head (and aux head) over the backbone
+    aux_weight: float = 0.5  # weight of the auxiliary loss when model.aux
+
+
+class PseudoLabelDataset(Dataset):
+    """A sipe dataset's images with pseudo masks from ``label_dir/<name>.png``, augmented for training.
+
+    ``dataset[(index, seed)]`` -> ``{"image": (3, S, S) float32 normalised, "label": (S, S) int64}``
+    (S = ``crop_size``; 255 outside the image and where the pseudo mask says ignore). All randomness
+    comes from ``np.random.default_rng(seed)``.
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        label_dir: str | os.PathLike,
+        crop_size: int = 512,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        flip: bool = True,
+        missing: str = "error",
+    ) -> None:
+        label_dir = Path(label_dir)
+        if not label_dir.is_dir():
+            raise FileNotFoundError(
+                f"pseudo-label folder {label_dir} does not exist; make the pseudo masks first "
+                "(sipe refine ...) or set pseudo_labels= to the folder holding <name>.png files"
+            )
+        self.label_dir = label_dir
+        self.class_names = list(base.class_names)
+        self.crop_size = crop_size
+        self.scale_range = tuple(scale_range)
+        self.flip = flip
+        have = {p.stem for p in label_dir.glob("*.png")}
+        absent = [i for i, n in enumerate(base.names) if n not in have]
+        self.skipped = SkipCounter("images")
+        if absent:
+            first = ", ".join(base.names[i] for i in absent[:3])
+            if missing != "skip" or len(absent) == len(base):
+                raise FileNotFoundError(
+                    f"{len(absent)} of {len(base)} training images have no pseudo label in {label_dir} "
+                    f"(e.g. {first}); make them, or set missing_labels=skip to train without those images"
+                )
+            for i in absent:
+                self.skipped.add(base.names[i], "no pseudo label")
+            self.skipped.log(len(base))
+            keep = sorted(set(range(len(base))) - set(absent))
+            base = base.subset(keep)
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        rng = np.random.default_rng(seed)
+        name = self.base.names[index]
+        image = self.base.read_image(index)
+        path = self.label_dir / f"{name}.png"
+        label = read_mask(path)
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"pseudo label {path} is {label.shape[0]}x{label.shape[1]} but its image is "
+                f"{image.shape[0]}x{image.shape[1]}; pseudo labels must be at the image's resolution"
+            )
+        bad = (label >= len(self.class_names)) & (label != IGNORE)
+        if bad.any():
+            raise ValueError(
+                f"pseudo label {path} holds class {int(label[bad].max())}, but the dataset has "
+                f"{len(self.class_names)} classes (255 = ignore)"
+            )
+        out = random_resize_flip_crop(
+            image, rng, label=label, scale_range=self.scale_range, crop_size=self.crop_size, flip=self.flip
+        )
+        return {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"].astype(np.int64))}
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the non-ignored pixels; 0 (not NaN) for a batch without any.
+
+    logits (N, K, H, W), target (N, H, W) int64 with 255 = ignore.
+    """
+    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
+    return total / (target != IGNORE).sum().clamp_min(1)
+
+
+def make_step_fn(aux_weight: float = 0.5):
+    """The engine's ``step_fn``: forward, cross-entropy (plus the weighted auxiliary loss)."""
+
+    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = model(batch["image"])
+        ce = seg_loss(out["out"], batch["label"])
+        result = {"loss": ce, "ce": ce}
+        if out.get("aux") is not None:
+            aux = seg_loss(out["aux"], batch["label"])
+            result["aux"] = aux
+            result["loss"] = ce + aux_weight * aux
+        return result
+
+    return step
+
+
+def param_groups(model: nn.Module, head_lr_mult: float) -> list[dict]:
+    """Backbone parameters at lr x 1, the DeepLab head (and aux head) at lr x ``head_lr_mult``."""
+    head = list(model.classifier.parameters())
+    if getattr(model, "aux_classifier", None) is not None:
+        head += list(model.aux_classifier.parameters())
+    return [
+        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr_mult": 1.0},
+        {"params": [p for p in head if p.requires_grad], "lr_mult": head_lr_mult},
+    ]
+
+
+def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device: torch.device) -> nn.Module:
+    """Build the network and set up its batch norm for this run (frozen / synchronised)."""
+    m = cfg.model
+    model = build_deeplab(
+        num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride
+    )
+    if m.freeze_bn:
+        freeze_batchnorm(model.backbone)
+    local_batch = cfg.engine.batch_size // max(world_size, 1)
+    synced = False
+    if world_size > 1 and m.sync_bn:
+        if device.type == "cuda":
+            # Frozen layers are left alone: only the modules that still learn are synchronised.
+            for name in ("backbone", "classifier", "aux_classifier"):
+                sub = getattr(model, name, None)
+                if sub is not None and not (name == "backbone" and m.freeze_bn):
+                    setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(sub))
+            synced = True
+        else:
+            log.warning(
+                "SyncBatchNorm needs CUDA; this %d-process CPU run normalises each process's share of "
+                "the batch (%d images) on its own", world_size, local_batch
+            )
+    if local_batch < 2 and not synced:
+        raise ValueError(
+            f"each process trains on {local_batch} image per step, too few for the batch-norm layers of "
+            "the DeepLab head; use engine.batch_size >= 2 per process (or several GPUs with model.sync_bn)"
+        )
+    return model
+
+
+def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
+    """Train a segmentation network on pseudo masks; returns the path of the final checkpoint
+    (``out_dir/checkpoints/final.pt``, or ``last.pt`` when stopped early by ``engine.stop_after``).
+
+    Every checkpoint holds ``"model"`` (state dict) and ``"meta"`` with ``model_spec``,
+    ``class_names`` and the resolved ``seg_config``; :func:`sipe.seg.model.load_seg_checkpoint`
+    rebuilds the network from any of them.
+    """
+    out_dir = Path(out_dir)
+    if not cfg.pseudo_labels:
+        raise ValueError("set pseudo_labels= to the folder of pseudo-label PNGs (<image name>.png)")
+    info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
+    base = build_dataset(cfg.data, cfg.data.split, with_masks=False)
+    base.drop_small(cfg.data.min_size)  # unreadable and tiny images: skipped with a logged count
+    train_set = PseudoLabelDataset(
+        base, cfg.pseudo_labels, cfg.aug.crop_size, cfg.aug.scale_range, cfg.aug.flip, missing=cfg.missing_labels
+    )
+    k = len(base.class_names)
+    val_fn = None
+    if cfg.data.val_split:
+        from sipe.seg.evaluate import evaluate_seg
+
+        val_set = build_dataset(cfg.data, cfg.data.val_split, with_masks=True)
+        if list(val_set.class_names) != list(base.class_names):
+            raise ValueError(
+                f"the validation split {val_set.source} has classes {val_set.class_names}, the training split "
+                f"{base.class_names}; use the same class list"
+            )
+        val_set.drop_small(cfg.data.min_size)
+        val_set.require_masks()
+        if cfg.data.val_max_images is not None:
+            val_set = val_set.subset(range(min(cfg.data.val_max_images, len(val_set))))
+
+        def val_fn(m: nn.Module) -> float:
+            return float(evaluate_seg(m, val_set, progress=False)["miou"] or 0.0)
+
+    # Same initial weights in every process and in a resumed run.
+    torch.manual_seed(cfg.engine.seed)
+    model = prepare_model(cfg, k, info.world_size, info.device)
+    spec = SegModelSpec(
+        num_classes=k,
+        backbone=cfg.model.backbone,
+        output_stride=cfg.model.output_stride,
+        aux=cfg.model.aux,
+        class_names=list(base.class_names),
+    )
+    save_run_info(out_dir, cfg)
+    if is_main_process():
+        log.info(
+            "training %s DeepLabV3 on %s (%d images, %d classes)", cfg.model.backbone, base.source, len(train_set), k
+        )
+    meta = {"model_spec": spec.to_dict(), "class_names": list(base.class_names), "seg_config": to_dict(cfg)}
+    fit(
+        model,
+        train_set,
+        make_step_fn(cfg.aux_weight),
+        param_groups(model, cfg.head_lr_mult),
+        cfg.engine,
+        out_dir,
+        val_fn=val_fn,
+        meta=meta,
+    )
+    final = out_dir / "checkpoints" / "final.pt"
+    return final if final.is_file() else out_dir / "checkpoints" / "last.pt"

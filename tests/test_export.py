@@ -1,0 +1,99 @@
+"""ONNX export: onnxruntime matches PyTorch within 1e-4 at two image sizes; dynamic shapes; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sipe import io as sio
+from sipe.cli import main
+from sipe.seg.export import NormalizedSegModel, compare_onnx, export_onnx
+from sipe.seg.model import SegModelSpec, build_from_spec
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+CLASSES = ["background", "cat", "dog"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    spec = SegModelSpec(num_classes=3, backbone="resnet18", output_stride=16, class_names=CLASSES)
+    m = build_from_spec(spec).eval()
+    # Logits of a few units (like a trained model's) rather than ~0.01, so 1e-4 is a real tolerance.
+    with torch.no_grad():
+        m.classifier[-1].weight.mul_(300.0)
+    return m, spec
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"image": x})[0]
+
+
+def test_onnx_matches_pytorch_on_two_sizes(model, tmp_path):
+    m, spec = model
+    path = export_onnx(m, tmp_path / "seg.onnx", opset=17, class_names=spec.class_names)
+    proto = onnx.load(str(path))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 17
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["class_names"]) == CLASSES
+
+    rng = np.random.default_rng(0)
+    wrapper = NormalizedSegModel(m).eval()
+    for shape in ((1, 3, 64, 96), (2, 3, 77, 45)):
+        x = (rng.random(shape) * 255).astype(np.float32)
+        ours = _run(path, x)
+        with torch.no_grad():
+            ref = wrapper(torch.from_numpy(x)).numpy()
+        assert ours.shape == (shape[0], 3, shape[2], shape[3])
+        assert np.abs(ref).max() > 1.0
+        np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    assert compare_onnx(m, path, sizes=[(50, 70)]) < 1e-4
+
+
+def test_export_leaves_the_model_alone_and_checks_opset(model, tmp_path):
+    m, _ = model
+    m.train()
+    export_onnx(m, tmp_path / "a.onnx", sample_size=(32, 32))
+    assert m.training
+    m.eval()
+    with pytest.raises(ValueError, match="17 or later"):
+        export_onnx(m, tmp_path / "b.onnx", opset=13)
+    with pytest.raises(ValueError, match="opset 18 or later"):
+        export_onnx(m, tmp_path / "b.onnx", opset=17, dynamo=True)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_export_cli(model, tmp_path, capsys):
+    m, spec = model
+    ckpt = tmp_path / "seg.pt"
+    sio.save_torch({"model": m.state_dict(), "meta": {"model_spec": spec.to_dict()}}, ckpt)
+    out = tmp_path / "cli.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "opset 17" in text and "max |difference|" in text
+    assert out.is_file()
+    assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_opset_18(model, tmp_path):
+    m, _ = model
+    path = export_onnx(m, tmp_path / "d.onnx", opset=18, dynamo=True, sample_size=(64, 64))
+    assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 18
+    assert compare_onnx(m, path, sizes=[(64, 96), (77, 45)]) < 1e-4

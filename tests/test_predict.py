@@ -1,0 +1,178 @@
+"""Prediction on new images: arrays from Python, palette PNGs and overlays on disk, the CLI."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sipe import io as sio
+from sipe.cli import main
+from sipe.models import build_sipe
+from sipe.seg.model import SegModelSpec, build_from_spec, image_to_tensor
+from sipe.seg.predict import (
+    collect_images,
+    is_cam_label,
+    labels_from_names,
+    predict_image,
+    predict_paths,
+    predict_paths_is_cam,
+)
+
+CLASSES = ["background", "cat", "dog", "sofa"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def seg_model():
+    torch.manual_seed(0)
+    spec = SegModelSpec(num_classes=4, backbone="resnet18", output_stride=16, class_names=CLASSES)
+    model = build_from_spec(spec).eval()
+    # Push the classifier's bias apart so the argmax is not a tie-break between near-equal logits.
+    with torch.no_grad():
+        model.classifier[-1].bias.copy_(torch.tensor([0.0, 0.05, -0.05, 0.02]))
+    return model, spec
+
+
+def _photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_predict_image_shapes_and_single_scale_equals_logit_argmax(seg_model):
+    model, _ = seg_model
+    image = _photo(np.random.default_rng(0), 37, 53)
+    label = predict_image(model, image)
+    assert label.shape == (37, 53) and label.dtype == np.int64
+    with torch.no_grad():
+        logits = model(image_to_tensor(image))["out"][0]
+    assert np.array_equal(label, logits.argmax(0).numpy())
+    tta = predict_image(model, image, scales=(0.5, 1.0, 1.5), flip=True)
+    assert tta.shape == (37, 53) and set(np.unique(tta)) <= set(range(4))
+    model.train()
+    predict_image(model, image)
+    assert model.training, "the caller's train/eval mode is restored"
+    model.eval()
+
+
+def test_predict_image_rejects_bad_arrays(seg_model):
+    model, _ = seg_model
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        predict_image(model, np.zeros((20, 20), np.uint8))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        predict_image(model, np.zeros((20, 20, 3), np.float32))
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_photo(rng, 40, 48)).save(folder / "a.jpg")
+    Image.fromarray(_photo(rng, 33, 41)).convert("L").save(folder / "b.png")  # greyscale input
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    single = tmp_path / "c.jpg"
+    Image.fromarray(_photo(rng, 30, 30)).save(single)
+    return folder, single, folder / "broken.jpg"
+
+
+def test_predict_paths_writes_palette_pngs_and_overlays(seg_model, tmp_path, caplog):
+    model, _ = seg_model
+    folder, single, _ = _inputs(tmp_path)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        result = predict_paths(model, [folder, single], out)
+    assert sorted(p.name for p in result.labels) == ["a.png", "b.png", "c.png"]
+    assert len(result.skipped) == 1 and result.skipped.names == [str(folder / "broken.jpg")]
+    assert "skipped 1 of 4 images: 1 unreadable" in caplog.text
+    for name, src in (("a", folder / "a.jpg"), ("c", single)):
+        png = Image.open(out / f"{name}.png")
+        assert png.mode == "P"
+        assert np.array_equal(np.array(png.getpalette(), dtype=np.uint8).reshape(-1, 3), sio.voc_palette())
+        image = np.asarray(Image.open(src).convert("RGB"))
+        assert np.array_equal(np.asarray(png), predict_image(model, image))
+        overlay = Image.open(out / "overlay" / f"{name}.jpg")
+        assert overlay.size == png.size and overlay.mode == "RGB"
+    assert not (out / "broken.png").exists() and not (out / "notes.png").exists()
+
+
+def test_predict_paths_refuses_clashing_names_and_missing_inputs(seg_model, tmp_path):
+    model, _ = seg_model
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / sub / "same.png")
+    with pytest.raises(ValueError, match="would both be written as same.png"):
+        predict_paths(model, [tmp_path / "x", tmp_path / "y"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        collect_images([tmp_path / "missing.jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        collect_images([tmp_path / "empty"])
+
+
+def test_labels_from_names():
+    assert labels_from_names(["dog", " sofa"], CLASSES).tolist() == [0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown class 'horse'"):
+        labels_from_names(["horse"], CLASSES)
+    with pytest.raises(ValueError, match="at least one"):
+        labels_from_names([""], CLASSES)
+
+
+@pytest.fixture(scope="module")
+def sipe_model():
+    torch.manual_seed(0)
+    return build_sipe("resnet18", num_classes=4).eval()
+
+
+def test_is_cam_predictions_use_only_the_given_classes(sipe_model, tmp_path):
+    image = _photo(np.random.default_rng(2), 48, 64)
+    labels = labels_from_names(["sofa"], CLASSES)
+    label = is_cam_label(sipe_model, image, labels, scales=(1.0,))
+    assert label.shape == (48, 64) and set(np.unique(label)) <= {0, 3}
+    Image.fromarray(image).save(tmp_path / "img.png")
+    result = predict_paths_is_cam(sipe_model, [tmp_path / "img.png"], labels, tmp_path / "out", scales=(1.0,))
+    written = np.asarray(Image.open(result.labels[0]))
+    assert np.array_equal(written, label)
+
+
+def _seg_checkpoint(model, spec, path: Path) -> Path:
+    # The layout 'sipe seg train' writes through the engine.
+    sio.save_torch({"model": model.state_dict(), "step": 1, "config": {}, "meta": {"model_spec": spec.to_dict()}}, path)
+    return path
+
+
+def test_predict_cli_segmentation_checkpoint(seg_model, tmp_path, capsys):
+    model, spec = seg_model
+    ckpt = _seg_checkpoint(model, spec, tmp_path / "seg.pt")
+    folder, single, _ = _inputs(tmp_path)
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-overlay", str(single)]) == 0
+    image = np.asarray(Image.open(single).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(out / "c.png")), predict_image(model, image, flip=True))
+    assert not (out / "overlay").exists()
+    assert main(["predict", "--checkpoint", str(ckpt), "--labels", "cat", "--out", str(out), str(single)]) == 1
+    assert "needs a SIPE checkpoint" in capsys.readouterr().err
+
+
+def test_predict_cli_is_cam_with_labels(sipe_model, tmp_path, capsys):
+    ckpt = tmp_path / "sipe.pt"
+    sio.save_torch({"model": sipe_model.state_dict(), "meta": {"class_names": CLASSES}}, ckpt)
+    _, single, _ = _inputs(tmp_path)
+    out = tmp_path / "pred"
+    args = ["predict", str(single), "--checkpoint", str(ckpt), "--out", str(out), "--scales", "1.0"]
+    assert main([*args, "--labels", "cat,sofa"]) == 0
+    assert set(np.unique(np.asarray(Image.open(out / "c.png")))) <= {0, 1, 3}
+    assert main(args) == 1
+    assert "pass the image-level classes with --labels" in capsys.readouterr().err
+    assert main([*args, "--labels", "horse"]) == 1
+    assert "unknown class 'horse'" in capsys.readouterr().err
