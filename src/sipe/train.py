@@ -1,0 +1,318 @@
+"""SIPE training with the official recipe, on top of :mod:`sipe.engine`.
+
+Official recipe (``train_resnet50_SIPE.py``): the long side resized to a random length in
+[320, 640], horizontal flip, ImageNet normalisation, a random 512 crop padded with zeros plus its
+valid mask; batch 16, 5 epochs, poly SGD (power 0.9) with lr 0.1 on the backbone and 10x on the
+new layers, weight decay 1e-4, effective momentum 1e-4 (see :class:`sipe.engine.TrainConfig`),
+gradient clipping at norm 1, seed 15; loss = multi-label soft margin + GSC; the checkpoint with
+the best single-scale IS-CAM mIoU on a split with masks is kept as ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from sipe.config import save_run_info, to_dict
+from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AugConfig",
+    "DataConfig",
+    "ModelConfig",
+    "SIPETrainConfig",
+    "SIPETrainSet",
+    "build_dataset",
+    "make_val_fn",
+    "sipe_step",
+    "train_sipe",
+]
+
+STRIDE = 16  # output stride of the adapted ResNet; crops must be multiples of it
+
+
+@dataclass
+class DataConfig:
+    """Where the images and labels come from.
+
+    kind: ``voc`` (VOC2012 layout), ``coco`` (COCO 2014), ``custom`` or ``synthetic`` (the demo data).
+    root: the VOC2012 folder, the COCO folder, or (custom) the image folder.
+    split: VOC split name or file (``train_aug``), COCO ``train``/``val``, or (custom) the labels
+        CSV/JSON of the training images.
+    val_split: the split whose ground-truth masks select ``best.pt`` (official: VOC ``train``);
+        ``null`` disables validation. For ``custom`` a labels file whose images have masks in ``mask_dir``.
+    """
+
+    kind: str = "voc"
+    root: str = ""
+    split: str = "train_aug"
+    val_split: str | None = "train"
+    val_max_images: int | None = None  # validate on the first N images only (None = all)
+    # voc / custom: the foreground class list (voc default: the 20 VOC classes; custom default:
+    # inferred from the labels file)
+    class_names: list[str] | None = None
+    mask_dir: str | None = None  # custom: folder of ground-truth masks for validation
+    cache_dir: str | None = None  # label / mask caches (default: inside the dataset root, else ~/.cache)
+    min_size: int = STRIDE  # images with a shorter side are skipped (logged with a count)
+
+    def __post_init__(self) -> None:
+        kinds = ("voc", "coco", "custom", "synthetic")
+        if self.kind not in kinds:
+            raise ValueError(f"data.kind must be one of {', '.join(kinds)}, got {self.kind!r}")
+
+
+@dataclass
+class AugConfig:
+    """Training augmentation (official defaults)."""
+
+    resize_long: tuple[int, int] | None = (320, 640)
+    scale_range: tuple[float, float] | None = None
+    flip: bool = True
+    crop_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.crop_size <= 0 or self.crop_size % STRIDE:
+            raise ValueError(
+                f"aug.crop_size must be a positive multiple of the network stride {STRIDE}, got {self.crop_size}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The network: a torchvision ResNet trunk adapted as the official code, plus the SIPE head."""
+
+    backbone: str = "resnet50"
+    # torchvision weights name (the paper: ImageNet), a local state-dict file, or null (random init).
+    weights: str | None = "IMAGENET1K_V1"
+    num_classes: int | None = None  # K with background; None = taken from the dataset
+
+
+def _official_engine() -> TrainConfig:
+    return TrainConfig(
+        epochs=5, batch_size=16, lr=0.1, weight_decay=1e-4, momentum=1e-4, poly_power=0.9,
+        clip_grad_norm=1.0, seed=15,
+    )
+
+
+@dataclass
+class SIPETrainConfig:
+    """Everything ``sipe train`` needs; YAML sections ``data``, ``aug``, ``model``, ``engine``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: TrainConfig = field(default_factory=_official_engine)
+    new_lr_mult: float = 10.0  # lr multiplier of the new layers (classifier, side convs)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_dataset(data: DataConfig, split: str, *, with_masks: bool) -> Any:
+    """The :class:`sipe.data.SegDataset` for ``split`` of the dataset described by ``data``."""
+    from sipe.data import build_dataset as _build
+
+    if not data.root:
+        raise ValueError("data.root is empty; set it in the config or pass data.root=/path/to/dataset")
+    kwargs: dict[str, Any] = {"with_masks": with_masks}
+    if data.class_names is not None:
+        if data.kind == "coco":
+            raise ValueError("data.class_names is fixed for COCO (the 80 categories); remove it")
+        kwargs["class_names"] = list(data.class_names)
+    if data.cache_dir is not None and data.kind in ("voc", "coco"):
+        kwargs["cache_dir"] = data.cache_dir
+    if data.kind == "custom" and with_masks and data.mask_dir is not None:
+        kwargs["mask_dir"] = data.mask_dir
+    return _build(data.kind, data.root, split, **kwargs)
+
+
+class SIPETrainSet(Dataset):
+    """Training view of a dataset: item ``(index, seed)`` -> augmented crop, valid mask, labels.
+
+    Returns ``image`` (3, S, S) float32 normalised (zero padding), ``valid`` (S, S) float32,
+    ``labels`` (K-1,) float32. All randomness comes from ``np.random.default_rng(seed)``.
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        *,
+        resize_long: tuple[int, int] | None = (320, 640),
+        scale_range: tuple[float, float] | None = None,
+        flip: bool = True,
+        crop_size: int = 512,
+    ) -> None:
+        self.base = base
+        self.resize_long = resize_long
+        self.scale_range = scale_range
+        self.flip = flip
+        self.crop_size = crop_size
+
+    @classmethod
+    def from_config(cls, base: Any, aug: AugConfig) -> SIPETrainSet:
+        return cls(base, resize_long=aug.resize_long, scale_range=aug.scale_range, flip=aug.flip,
+                   crop_size=aug.crop_size)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        from sipe.data.transforms import random_resize_flip_crop
+
+        index, seed = item
+        sample = self.base[index]
+        out = random_resize_flip_crop(
+            sample["image"],
+            np.random.default_rng(seed),
+            resize_long=self.resize_long,
+            scale_range=self.scale_range,
+            flip=self.flip,
+            crop_size=self.crop_size,
+        )
+        return {
+            "image": torch.from_numpy(out["image"]),
+            "valid": torch.from_numpy(out["valid"]),
+            "labels": torch.from_numpy(np.asarray(sample["labels"], dtype=np.float32)),
+        }
+
+
+# ----------------------------------------------------------------------------- step and validation
+
+
+def sipe_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One SIPE training forward: batch ``image`` (N,3,S,S), ``valid`` (N,S,S), ``labels`` (N,K-1).
+
+    Returns ``loss`` = ``loss_cls`` (multi-label soft margin) + ``loss_gsc`` (general-specific consistency).
+    """
+    from sipe.ipe import lowres_valid_mask
+    from sipe.losses import classification_loss, gsc_loss
+
+    labels = batch["labels"]
+    mask = lowres_valid_mask(batch["valid"], labels, stride=STRIDE)
+    out = model(batch["image"], mask)
+    # Losses in float32 even under autocast: both are means over many small terms.
+    loss_cls = classification_loss(out["score"].float(), labels)
+    loss_gsc = gsc_loss(out["cam"].float(), out["is_cam"].float())
+    return {"loss": loss_cls + loss_gsc, "loss_cls": loss_cls.detach(), "loss_gsc": loss_gsc.detach()}
+
+
+class _ValView(Dataset):
+    """Full-size validation images: normalised (3, H, W), labels, mask."""
+
+    def __init__(self, base: Any, indices: Sequence[int]):
+        self.base = base
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from sipe.data.transforms import normalize
+
+        item = self.base[self.indices[i]]
+        return {
+            "image": torch.from_numpy(normalize(item["image"])),
+            "labels": torch.from_numpy(np.asarray(item["labels"], dtype=np.float32)),
+            "mask": None if item["mask"] is None else torch.from_numpy(np.asarray(item["mask"])),
+            "name": item["name"],
+        }
+
+
+def make_val_fn(
+    val_set: Any, num_classes: int, *, max_images: int | None = None, num_workers: int = 0
+) -> Callable[[nn.Module], float]:
+    """Validation of the official code: single-scale IS-CAM argmax mIoU over ``val_set``.
+
+    Each image goes through the training forward at full size with the labels (background = 1)
+    as the valid mask; IS-CAM is upsampled bilinearly, max-normalised per class and argmaxed.
+    """
+    from sipe.evaluation import ConfusionMatrix
+
+    val_set.require_masks()
+    n = len(val_set) if max_images is None else min(max_images, len(val_set))
+    view = _ValView(val_set, range(n))
+
+    def val_fn(model: nn.Module) -> float:
+        device = next(model.parameters()).device
+        cm = ConfusionMatrix(num_classes)
+        loader = DataLoader(view, batch_size=None, num_workers=num_workers)
+        from tqdm.auto import tqdm
+
+        for item in tqdm(loader, total=len(view), desc="validate", leave=False, dynamic_ncols=True):
+            x = item["image"][None].to(device)
+            labels = item["labels"].to(device)
+            mask = torch.cat([labels.new_ones(1), labels]).view(1, -1, 1, 1)
+            is_cam = model(x, mask)["is_cam"].float()
+            is_cam = F.interpolate(is_cam, size=x.shape[2:], mode="bilinear", align_corners=False)
+            is_cam = is_cam / (is_cam.amax(dim=(2, 3), keepdim=True) + 1e-5)
+            cm.update(is_cam.argmax(1)[0], item["mask"].to(device))
+        return cm.miou()
+
+    return val_fn
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
+    """Train SIPE as configured; returns the path of ``out_dir/checkpoints/final.pt``.
+
+    Writes the resolved config and run metadata to ``out_dir``; resumes from
+    ``out_dir/checkpoints/last.pt`` when ``cfg.engine.resume``. When the run stops early on request
+    (``engine.stop_after``) the returned path is ``last.pt``.
+    """
+    from sipe.models import build_sipe
+
+    out_dir = Path(out_dir)
+    setup_distributed(cfg.engine.device)  # before any rank-dependent step below
+    train_base = build_dataset(cfg.data, cfg.data.split, with_masks=False)
+    train_base.drop_small(cfg.data.min_size)
+    k = train_base.num_classes
+    if cfg.model.num_classes is not None and cfg.model.num_classes != k:
+        raise ValueError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset {train_base.source} has {k} classes "
+            "(background included); drop model.num_classes or fix it"
+        )
+    val_fn = None
+    if cfg.data.val_split is not None:
+        val_base = build_dataset(cfg.data, cfg.data.val_split, with_masks=True)
+        val_base.drop_small(cfg.data.min_size)
+        if val_base.class_names != train_base.class_names:
+            raise ValueError(
+                f"the validation split {val_base.source} has classes {val_base.class_names}, the training split "
+                f"{train_base.class_names}; use the same class list"
+            )
+        val_fn = make_val_fn(val_base, k, max_images=cfg.data.val_max_images, num_workers=cfg.engine.num_workers)
+
+    # Seeded so the new layers start the same in every run (and on every rank before DDP's broadcast).
+    torch.manual_seed(cfg.engine.seed)
+    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights)
+    backbone_params, new_params = model.param_groups()
+    groups = [{"params": backbone_params, "lr_mult": 1.0}, {"params": new_params, "lr_mult": cfg.new_lr_mult}]
+    save_run_info(out_dir, cfg)
+    if is_main_process():
+        logger.info("training SIPE on %s (%d images, %d classes)", train_base.source, len(train_base), k)
+    meta = {
+        "sipe_config": to_dict(cfg),
+        "class_names": list(train_base.class_names),
+        "backbone": cfg.model.backbone,
+        "num_classes": k,
+    }
+    fit(model, SIPETrainSet.from_config(train_base, cfg.aug), sipe_step, groups, cfg.engine, out_dir,
+        val_fn=val_fn, meta=meta)
+    if is_main_process() and len(train_base.skipped):
+        train_base.skipped.log(len(train_base) + len(train_base.skipped))
+    final = out_dir / "checkpoints" / "final.pt"
+    return final if final.exists() else out_dir / "checkpoints" / "last.pt"

@@ -1,0 +1,112 @@
+"""Configuration: defaults, YAML, overrides, errors, run metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sipe
+from sipe.config import ConfigError, from_dict, load_config, save_run_info, to_dict
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    steps: int | None = None
+    size: tuple[int, int] = (320, 640)
+    amp: bool = False
+
+
+@dataclass
+class Outer:
+    name: str = "voc"
+    inner: Inner = field(default_factory=Inner)
+    tags: list[str] = field(default_factory=list)
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path):
+    assert load_config(Outer) == Outer()
+    p = _yaml(tmp_path, "name: coco\ninner:\n  lr: 1e-4\n  size: [256, 512]\n")
+    cfg = load_config(Outer, p)
+    # "1e-4" is a string to YAML 1.1; a float field still reads it as a number
+    assert cfg.inner.lr == pytest.approx(1e-4) and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.size == (256, 512) and cfg.name == "coco" and cfg.inner.amp is False
+    cfg = load_config(Outer, p, ["inner.lr=0.5", "inner.steps=7", "inner.amp=true", "tags=[a, b]", "name=x"])
+    assert cfg == Outer(name="x", inner=Inner(lr=0.5, steps=7, size=(256, 512), amp=True), tags=["a", "b"])
+    assert load_config(Outer, None, ["inner.steps=null"]).inner.steps is None
+    assert load_config(Outer, None, ["inner.steps=None"]).inner.steps is None
+    assert load_config(Outer, None, ["inner.lr=1"]).inner.lr == 1.0  # int widened to float
+
+
+def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
+    p = _yaml(tmp_path, "inner:\n  learning_rate: 0.1\n")
+    msg = r"unknown config key 'inner.learning_rate' \(.*cfg.yaml\).*lr, steps, size, amp"
+    with pytest.raises(ConfigError, match=msg):
+        load_config(Outer, p)
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.lrr' \(command line\).*lr, steps"):
+        load_config(Outer, None, ["inner.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'nme'.*name, inner, tags"):
+        load_config(Outer, None, ["nme=1"])
+    with pytest.raises(ConfigError, match="'name' is a value, not a section"):
+        load_config(Outer, None, ["name.x=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(Outer, None, ["inner.lr"])
+
+
+def test_bad_values_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"'inner.steps'.*expected int.*'many'"):
+        load_config(Outer, None, ["inner.steps=many"])
+    with pytest.raises(ConfigError, match=r"'inner.size'.*exactly 2 items"):
+        load_config(Outer, None, ["inner.size=[1,2,3]"])
+    with pytest.raises(ConfigError, match=r"'inner.amp'.*true or false"):
+        load_config(Outer, None, ["inner.amp=3"])
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Outer, _yaml(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_to_dict_round_trips():
+    cfg = Outer(name="a", inner=Inner(size=(1, 2)), tags=["t"])
+    d = to_dict(cfg)
+    assert d["inner"]["size"] == [1, 2]
+    assert yaml.safe_load(yaml.safe_dump(d)) == d
+    assert from_dict(Outer, d) == cfg
+
+
+def test_save_run_info(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["sipe", "train", "--out", "runs/x", "inner.lr=0.5"])
+    cfg = load_config(Outer, None, ["inner.lr=0.5"])
+    save_run_info(tmp_path / "run", cfg)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "run_info.json"]
+    assert load_config(Outer, tmp_path / "run" / "config.yaml") == cfg  # the resolved config reloads
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["sipe_version"] == sipe.__version__
+    assert info["command"] == "sipe train --out runs/x inner.lr=0.5"
+    assert info["git_commit"] == "unknown" or len(info["git_commit"].split("-")[0]) == 40
+    import torch
+
+    assert info["torch_version"] == torch.__version__
+    assert info["timestamp"].endswith("+00:00")
+
+
+def test_save_run_info_only_on_rank_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    save_run_info(tmp_path / "run", Outer())
+    assert not (tmp_path / "run").exists()
+
+
+def test_git_commit_outside_a_checkout(tmp_path):
+    from sipe.config import git_commit
+
+    assert git_commit(tmp_path) == "unknown"
