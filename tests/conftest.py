@@ -33,3 +33,15 @@ def official_state() -> dict:
 def reference() -> dict[str, np.ndarray]:
     with np.load(PARITY / "reference_outputs.npz") as d:
         return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    The test machine is shared: tiny convolutions run much faster without OpenMP oversubscription.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

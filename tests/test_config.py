@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,3 +111,75 @@ def test_git_commit_outside_a_checkout(tmp_path):
     from sipe.config import git_commit
 
     assert git_commit(tmp_path) == "unknown"
+
+
+# A parent whose default_factory differs from the nested class defaults, two levels deep.
+@dataclass
+class Leaf:
+    a: int = 1
+    b: str = "x"
+
+    def __post_init__(self) -> None:
+        if self.a < 0:
+            raise ValueError(f"a must be >= 0, got {self.a}")
+
+
+@dataclass
+class Mid:
+    leaf: Leaf = field(default_factory=Leaf)
+    crop: int = 512
+    flip: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Top:
+    mid: Mid = field(default_factory=lambda: Mid(leaf=Leaf(a=5, b="y"), crop=128, tags=["d"]))
+    plain: Mid = field(default_factory=Mid)
+
+
+def test_partial_yaml_section_keeps_the_parents_factory_defaults(tmp_path):
+    cfg = load_config(Top, _yaml(tmp_path, "mid:\n  flip: false\n"))
+    assert cfg.mid == Mid(leaf=Leaf(a=5, b="y"), crop=128, flip=False, tags=["d"])
+    assert cfg.plain == Mid()
+    cfg = load_config(Top, _yaml(tmp_path, "mid:\n  leaf:\n    b: z\n"))
+    assert cfg.mid == Mid(leaf=Leaf(a=5, b="z"), crop=128, tags=["d"])
+    assert from_dict(Top, {"mid": {"leaf": {"a": 7}}}).mid == Mid(leaf=Leaf(a=7, b="y"), crop=128, tags=["d"])
+    # An empty section changes nothing.
+    assert load_config(Top, _yaml(tmp_path, "mid: {}\n")) == Top()
+
+
+def test_partial_override_keeps_the_parents_factory_defaults(tmp_path):
+    assert load_config(Top, None, ["mid.flip=false"]).mid == Mid(leaf=Leaf(a=5, b="y"), crop=128, flip=False,
+                                                                 tags=["d"])
+    assert load_config(Top, None, ["mid.leaf.b=z"]).mid == Mid(leaf=Leaf(a=5, b="z"), crop=128, tags=["d"])
+    # File, then overrides, both partial, both two levels deep.
+    cfg = load_config(Top, _yaml(tmp_path, "mid:\n  crop: 64\n  leaf:\n    b: f\n"), ["mid.leaf.a=9", "plain.crop=32"])
+    assert cfg == Top(mid=Mid(leaf=Leaf(a=9, b="f"), crop=64, tags=["d"]), plain=Mid(crop=32))
+
+
+def test_merged_values_are_validated_and_defaults_not_shared(tmp_path):
+    with pytest.raises(ConfigError, match=r"invalid configuration for Leaf \(command line\).*a must be >= 0"):
+        load_config(Top, None, ["mid.leaf.a=-1"])
+    with pytest.raises(ConfigError, match=r"invalid configuration for Leaf \(.*cfg.yaml\)"):
+        load_config(Top, _yaml(tmp_path, "mid:\n  leaf:\n    a: -3\n"))
+    first = load_config(Top, None, ["mid.flip=false"])
+    first.mid.tags.append("mutated")
+    assert load_config(Top, None, ["mid.flip=false"]).mid.tags == ["d"]
+    assert Top().mid.tags == ["d"]
+
+
+def test_demo_config_partial_aug_keeps_the_demo_sizes(tmp_path):
+    from sipe.demo import DemoConfig
+    from sipe.train import AugConfig
+
+    demo_aug = DemoConfig().aug
+    assert (demo_aug.crop_size, demo_aug.resize_long) != (AugConfig().crop_size, AugConfig().resize_long)
+    for cfg in (load_config(DemoConfig, _yaml(tmp_path, "aug:\n  flip: false\n")),
+                load_config(DemoConfig, None, ["aug.flip=false"])):
+        assert cfg.aug == dataclasses.replace(demo_aug, flip=False)
+        assert cfg.aug.flip is False
+    # Two levels deep: a demo IRN engine setting keeps the demo's other engine values.
+    irn = DemoConfig().irn
+    cfg = load_config(DemoConfig, None, ["irn.engine.lr=0.05"])
+    assert cfg.irn == dataclasses.replace(irn, engine=dataclasses.replace(irn.engine, lr=0.05))

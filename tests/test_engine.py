@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from helpers import free_port
 from sipe.engine import SeededBatchSampler, TrainConfig, fit, poly_lr, sample_seed
 
 
@@ -217,12 +217,6 @@ def test_validation_selects_best_checkpoint(tmp_path):
     assert len(seen_steps) == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
@@ -238,7 +232,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     _run(tmp_path / "single", _cfg(epochs=2, batch_size=4), seed=0)
     ddp = tmp_path / "ddp"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(ddp)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(ddp)), nprocs=2, join=True)
     single = _weights(tmp_path / "single" / "checkpoints" / "final.pt")
     r0 = torch.load(ddp / "rank0.pt", weights_only=False)
     r1 = torch.load(ddp / "rank1.pt", weights_only=False)

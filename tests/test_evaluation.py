@@ -388,10 +388,10 @@ def test_cli_eval_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sipe.data, "build_dataset", fake_build, raising=False)
     sio.save_label_png(tmp_path / "pred" / "a.png", gt)
     out = tmp_path / "rep.json"
-    argv = ["eval", "--dataset", "custom", "--root", str(tmp_path), "--split", "s"]
-    rc = main(argv + ["--labels", "l.csv", "--pred", str(tmp_path / "pred"), "--kind", "labels", "--out", str(out)])
-    assert rc == 2 and "needs --labels FILE and --masks DIR" in capsys.readouterr().err
-    argv += ["--labels", "l.csv", "--masks", "m"]
+    argv = ["eval", "--dataset", "custom", "--root", str(tmp_path), "--split", "l.csv"]
+    rc = main(argv + ["--pred", str(tmp_path / "pred"), "--kind", "labels", "--out", str(out)])
+    assert rc == 2 and "needs --split LABELS_FILE and --mask-dir DIR" in capsys.readouterr().err
+    argv += ["--mask-dir", "m"]
     rc = main(argv + ["--pred", str(tmp_path / "pred"), "--kind", "labels", "--out", str(out)])
     assert rc == 0
     # a custom dataset's split is its labels file
@@ -412,6 +412,13 @@ def test_cli_eval_end_to_end(tmp_path, monkeypatch, capsys):
     rc = main(voc + ["--kind", "is_cam"])
     assert rc == 1
     assert "kind 'cam'" in capsys.readouterr().err
+    # The custom-dataset options are refused elsewhere (a usage error), and --class-names reaches the dataset.
+    n_calls = len(calls)
+    assert main(voc + ["--kind", "cam", "--mask-dir", "m"]) == 2
+    assert "--mask-dir applies to --dataset custom only" in capsys.readouterr().err
+    assert len(calls) == n_calls
+    assert main(argv + ["--class-names", "cat, dog", "--pred", str(tmp_path / "pred"), "--kind", "labels"]) == 0
+    assert calls[-1] == ("custom", str(tmp_path), "l.csv", {"mask_dir": "m", "class_names": ["cat", "dog"]})
 
 
 def test_cli_eval_on_a_real_synthetic_split(tmp_path, capsys):

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sipe import io as sio
+from helpers import save_seg_checkpoint, tiny_seg_model
 from sipe.cli import main
 from sipe.seg.export import NormalizedSegModel, compare_onnx, export_onnx
-from sipe.seg.model import SegModelSpec, build_from_spec
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -19,19 +18,12 @@ ort = pytest.importorskip("onnxruntime")
 CLASSES = ["background", "cat", "dog"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    spec = SegModelSpec(num_classes=3, backbone="resnet18", output_stride=16, class_names=CLASSES)
-    m = build_from_spec(spec).eval()
+    m, spec = tiny_seg_model(CLASSES)
     # Logits of a few units (like a trained model's) rather than ~0.01, so 1e-4 is a real tolerance.
     with torch.no_grad():
         m.classifier[-1].weight.mul_(300.0)
@@ -80,8 +72,7 @@ def test_export_leaves_the_model_alone_and_checks_opset(model, tmp_path):
 
 def test_export_cli(model, tmp_path, capsys):
     m, spec = model
-    ckpt = tmp_path / "seg.pt"
-    sio.save_torch({"model": m.state_dict(), "meta": {"model_spec": spec.to_dict()}}, ckpt)
+    ckpt = save_seg_checkpoint(m, spec, tmp_path / "seg.pt")
     out = tmp_path / "cli.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--check"]) == 0
     text = capsys.readouterr().out

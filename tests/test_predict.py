@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import save_seg_checkpoint, tiny_seg_model
 from sipe import io as sio
 from sipe.cli import main
 from sipe.models import build_sipe
-from sipe.seg.model import SegModelSpec, build_from_spec, image_to_tensor
+from sipe.seg.model import image_to_tensor
 from sipe.seg.predict import (
     collect_images,
     is_cam_label,
@@ -26,19 +27,12 @@ from sipe.seg.predict import (
 CLASSES = ["background", "cat", "dog", "sofa"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def seg_model():
-    torch.manual_seed(0)
-    spec = SegModelSpec(num_classes=4, backbone="resnet18", output_stride=16, class_names=CLASSES)
-    model = build_from_spec(spec).eval()
+    model, spec = tiny_seg_model(CLASSES)
     # Push the classifier's bias apart so the argmax is not a tie-break between near-equal logits.
     with torch.no_grad():
         model.classifier[-1].bias.copy_(torch.tensor([0.0, 0.05, -0.05, 0.02]))
@@ -145,15 +139,9 @@ def test_is_cam_predictions_use_only_the_given_classes(sipe_model, tmp_path):
     assert np.array_equal(written, label)
 
 
-def _seg_checkpoint(model, spec, path: Path) -> Path:
-    # The layout 'sipe seg train' writes through the engine.
-    sio.save_torch({"model": model.state_dict(), "step": 1, "config": {}, "meta": {"model_spec": spec.to_dict()}}, path)
-    return path
-
-
 def test_predict_cli_segmentation_checkpoint(seg_model, tmp_path, capsys):
     model, spec = seg_model
-    ckpt = _seg_checkpoint(model, spec, tmp_path / "seg.pt")
+    ckpt = save_seg_checkpoint(model, spec, tmp_path / "seg.pt")
     folder, single, _ = _inputs(tmp_path)
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-overlay", str(single)]) == 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import iou
 from sipe.io import save_npz, voc_palette
 from sipe.refine.affinity import affinity_labels, edge_to_affinity, pair_displacement, pair_paths, path_pixels
 from sipe.refine.crf import (
@@ -18,18 +19,7 @@ from sipe.refine.crf import (
 )
 from sipe.refine.random_walk import dense_random_walk, random_walk
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: one thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _disc_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -51,12 +41,12 @@ def _disc_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 def test_crf_recovers_object_edge() -> None:
     image, obj, keys, maps = _disc_scene()
-    before = _iou(maps.argmax(0) == 1, obj)
+    before = iou(maps.argmax(0) == 1, obj)
     out = crf_refine_cams(image, keys, maps)
     assert out.dtype == np.uint8 and out.shape == obj.shape
     assert set(np.unique(out)) == {0, 7}
     assert before < 0.75
-    assert _iou(out == 7, obj) > 0.97
+    assert iou(out == 7, obj) > 0.97
 
 
 def test_crf_label_inference_checks_and_single_label() -> None:

@@ -6,20 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sipe.cli import main
 from sipe.data import build_dataset, generate_synthetic
 from sipe.evaluation import write_cam_file
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_refine_pipeline_on_synthetic(tmp_path, capsys) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from helpers import free_port, iou
 from sipe.engine import SeededBatchSampler
 from sipe.io import save_label_png, save_npz, voc_palette
 from sipe.refine.affinity import affinity_labels
@@ -30,13 +30,7 @@ from sipe.refine.train_irn import (
 COLOURS = [(200, 40, 40), (40, 40, 200), (220, 220, 40)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: one thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_items(root: Path, n: int = 8, seed: int = 0) -> list[dict]:
@@ -166,12 +160,6 @@ def test_irn_losses_fall_and_model_saved_with_mean_shift(tmp_path) -> None:
     torch.testing.assert_close(loaded(x)[1], model(x)[1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -188,7 +176,7 @@ def test_ddp_irn_matches_single_process(tmp_path) -> None:
     items = make_items(tmp_path / "single")
     torch.manual_seed(0)
     train_irn(items, tmp_path / "single" / "labels", tmp_path / "single" / "run", _cfg())
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     single = torch.load(tmp_path / "single" / "run" / "irn.pt", weights_only=False)["model"]
     ddp = torch.load(tmp_path / "ddp" / "irn.pt", weights_only=False)["model"]
     for k in single:
@@ -217,10 +205,6 @@ def test_ddp_irn_matches_single_process(tmp_path) -> None:
     counts = [affinity_labels(label[s], 5)[1].sum().item() for s in (slice(0, 2), slice(2, 4))]
     assert counts[0] != counts[1]
     assert not torch.allclose(grad([slice(0, 4)]), grad([slice(0, 2), slice(2, 4)]), rtol=1e-3, atol=0)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
 
 
 def _gt_boundary(gt: np.ndarray) -> torch.Tensor:
@@ -270,7 +254,7 @@ def test_pseudo_labels_follow_boundaries_palette_and_resume(tmp_path, monkeypatc
         before = _partial_cams(item["gt"]).argmax(0) > 0
         # The walk fills the box up to its boundary (at stride-4 precision).
         assert (label[obj] == item["gt"][obj]).mean() > 0.95
-        assert _iou(label > 0, obj) > _iou(before, obj) + 0.2
+        assert iou(label > 0, obj) > iou(before, obj) + 0.2
     again = make_pseudo_labels(model, items, tmp_path / "cams", tmp_path / "pseudo")
     assert (again.written, again.skipped) == (0, 3)
 

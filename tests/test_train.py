@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import free_port
 from sipe.config import load_config
 from sipe.engine import fit
 from sipe.io import save_label_png
@@ -232,7 +233,7 @@ def test_torchrun_two_gloo_processes_train_the_single_process_model(tmp_path):
     ]  # fmt: skip
     assert main(["train", "--out", str(tmp_path / "single"), *common]) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "sipe", "train", "--out", str(tmp_path / "ddp"), *common]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -243,9 +244,3 @@ def test_torchrun_two_gloo_processes_train_the_single_process_model(tmp_path):
         torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-5, rtol=0, msg=k)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -60,7 +60,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise fail(" (a mapping of its fields)")
-        return _from_mapping(tp, value, key, source)
+        return _merge(_default_instance(tp, key, source), value, key, source)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -130,7 +130,21 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
-def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str, source: str) -> T:
+def _default_instance(cls: type[T], prefix: str, source: str) -> T:
+    try:
+        return cls()
+    except (TypeError, ValueError) as e:
+        where = f" for '{prefix}'" if prefix else ""
+        raise ConfigError(f"cannot build the default {cls.__name__}{where} ({source}): {e}") from e
+
+
+def _merge(base: T, data: Mapping[str, Any], prefix: str, source: str) -> T:
+    """``base`` with the keys of ``data`` replaced; nested sections merge into ``base``'s own values.
+
+    Merging into the instance rather than rebuilding from the class keeps what a parent's
+    ``default_factory`` put there (``aug: {flip: false}`` changes ``flip`` only, not ``crop_size``).
+    """
+    cls = type(base)
     types_ = _field_types(cls)
     unknown = [k for k in data if k not in types_]
     if unknown:
@@ -139,24 +153,28 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str, source: st
         raise ConfigError(
             f"unknown config key '{full}' ({source}); valid keys at {where}: {', '.join(types_)}"
         )
-    kwargs = {}
+    changes = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        tp = types_[name]
-        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-            # A partial section overrides only the keys it names; the rest keep their defaults.
-            kwargs[name] = _from_mapping(tp, value, key, source)
+        current = getattr(base, name)
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(current) and not isinstance(current, type):
+            changes[name] = _merge(current, value, key, source)
         else:
-            kwargs[name] = _convert(value, tp, key, source)
+            changes[name] = _convert(value, types_[name], key, source)
     try:
-        return cls(**kwargs)
+        # replace() runs __init__ (and __post_init__ validation) on the merged values.
+        return dataclasses.replace(base, **changes)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid configuration for {cls.__name__} ({source}): {e}") from e
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "dict") -> T:
-    """Build ``cls`` from a (nested) mapping; missing keys keep their defaults, unknown keys raise."""
-    return _from_mapping(cls, data, "", source)
+    """Build ``cls`` from a (nested) mapping; missing keys keep their defaults, unknown keys raise.
+
+    The defaults are those of ``cls()``: a nested section keeps the values its parent's
+    ``default_factory`` gives, except the keys the mapping names.
+    """
+    return _merge(_default_instance(cls, "", source), data, "", source)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -213,7 +231,7 @@ def _parse_override(text: str, cls: type) -> tuple[list[str], Any]:
 def load_config(
     cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()
 ) -> T:
-    """Resolve a configuration: ``cls`` defaults, then the YAML file at ``path``, then overrides.
+    """Resolve a configuration: ``cls()``, then the YAML file at ``path``, then overrides, each merged in.
 
     ``overrides`` are ``"a.b=value"`` strings; values are parsed as YAML (``engine.lr=0.05``,
     ``aug.resize_long=[256,512]``, ``engine.max_steps=null``). Unknown keys and ill-typed values
@@ -234,7 +252,7 @@ def load_config(
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
         # Validate the file on its own first so its errors name the file.
-        _from_mapping(cls, loaded, "", str(path))
+        from_dict(cls, loaded, str(path))
         data = dict(loaded)
         sources.append(str(path))
     for text in overrides:
@@ -245,7 +263,7 @@ def load_config(
         data = _deep_merge(data, nested)
     if overrides:
         sources.append("command line")
-    return _from_mapping(cls, data, "", " + ".join(sources) or "defaults")
+    return from_dict(cls, data, " + ".join(sources) or "defaults")
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "poly_lr",
     "sample_seed",
     "setup_distributed",
+    "resolve_device",
     "is_main_process",
     "move_to_device",
 ]
@@ -92,14 +93,32 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _resolve_device(device: str, local_rank: int) -> torch.device:
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """The ``torch.device`` a device name selects for process ``local_rank``.
+
+    ``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``cuda`` (no index): the
+    process's own GPU, ``cuda:LOCAL_RANK``; ``cuda:N`` and ``cpu`` as given. A CUDA device that this
+    machine does not have raises ``ValueError`` here rather than at the first tensor moved to it.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use {DEVICE_CHOICES}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} needs CUDA, which is not available here; use cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % count)
+        elif dev.index >= count:
+            raise ValueError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
     return dev
 
 
@@ -112,7 +131,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = _resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

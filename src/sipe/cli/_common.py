@@ -1,35 +1,128 @@
-"""Argument helpers shared by the sub-commands."""
+"""Argument helpers shared by the sub-commands, so that every command speaks the same options.
+
+Dataset: ``--dataset/--root/--split`` plus ``--class-names`` (voc, custom) and ``--mask-dir`` (custom);
+a custom dataset's ``--split`` is its labels CSV/JSON. Device: ``--device auto|cpu|cuda|cuda:N``.
+Configured training commands: ``--config``, ``--resume/--no-resume``, ``--print-config`` and
+``KEY=VALUE`` overrides.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import sys
 from typing import Any
 
+DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
-def add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "train") -> None:
-    """``--dataset/--root/--split`` plus the custom-dataset options."""
+
+class DatasetArgsError(ValueError):
+    """Dataset options that do not fit together (a usage error; commands exit with status 2)."""
+
+
+def add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "train", masks_needed: bool = False) -> None:
+    """``--dataset/--root/--split`` plus the ``--class-names`` and ``--mask-dir`` options."""
     g = parser.add_argument_group("dataset")
-    g.add_argument("--dataset", default="voc", choices=("voc", "coco", "custom", "synthetic"), help="dataset kind")
+    g.add_argument("--dataset", default="voc", choices=DATASET_KINDS, help="dataset kind (default: %(default)s)")
     g.add_argument("--root", required=True, help="dataset root (VOC2012 folder, COCO folder, or custom image folder)")
     g.add_argument("--split", default=split_default,
-                   help="split name (voc: train_aug/train/val or a txt file; coco: train/val) or, for custom, "
-                        "the labels CSV/JSON")
+                   help="split name (voc: train_aug/train/val or a txt file; coco, synthetic: train/val) or, for "
+                        "custom, the labels CSV/JSON (default: %(default)s)")
     g.add_argument("--class-names", default=None,
-                   help="custom: comma-separated class list (default: inferred from the labels file)")
-    g.add_argument("--mask-dir", default=None, help="custom: folder of ground-truth masks")
+                   help="voc, custom: comma-separated foreground classes in order (default: the VOC classes; "
+                        "custom: inferred from the labels file)")
+    required = " (required)" if masks_needed else ""
+    g.add_argument("--mask-dir", default=None, help=f"custom: folder of ground-truth <name>.png index masks{required}")
 
 
-def build_dataset_from_args(args: argparse.Namespace, **kwargs: Any):
-    """The :class:`sipe.data.base.SegDataset` the ``--dataset`` options describe."""
+def build_dataset_from_args(args: argparse.Namespace, *, masks_needed: bool = False, **kwargs: Any):
+    """The :class:`sipe.data.base.SegDataset` the dataset options describe.
+
+    ``kwargs`` go to :func:`sipe.data.build_dataset` (``with_masks``, a default ``class_names``);
+    ``--class-names`` takes precedence over a ``class_names`` given here. Raises
+    :class:`DatasetArgsError` for options that do not apply to ``--dataset`` and, with
+    ``masks_needed``, for a custom dataset without ``--mask-dir``.
+    """
     from sipe.data import build_dataset
 
-    if args.dataset == "custom":
-        if args.class_names:
-            kwargs["class_names"] = [c.strip() for c in args.class_names.split(",") if c.strip()]
-        if args.mask_dir:
-            kwargs["mask_dir"] = args.mask_dir
+    check_dataset_args(args, masks_needed=masks_needed)
+    if args.class_names is not None:
+        kwargs["class_names"] = [c.strip() for c in args.class_names.split(",") if c.strip()]
+    if args.mask_dir is not None:
+        kwargs["mask_dir"] = args.mask_dir
     return build_dataset(args.dataset, args.root, args.split, **kwargs)
+
+
+def check_dataset_args(args: argparse.Namespace, *, masks_needed: bool = False) -> None:
+    """Raise :class:`DatasetArgsError` for dataset options that do not fit together (cheap; no I/O)."""
+    if args.class_names is not None and args.dataset not in ("voc", "custom"):
+        raise DatasetArgsError(f"--class-names applies to --dataset voc or custom, not {args.dataset}")
+    if args.mask_dir is not None and args.dataset != "custom":
+        raise DatasetArgsError(f"--mask-dir applies to --dataset custom only, not {args.dataset}")
+    if masks_needed and args.dataset == "custom" and args.mask_dir is None:
+        raise DatasetArgsError("--dataset custom needs --split LABELS_FILE and --mask-dir DIR (the ground truth)")
+
+
+def _device_name(text: str) -> str:
+    if not _DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}; use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N`` (default auto: the process's GPU when CUDA is available)."""
+    parser.add_argument("--device", type=_device_name, default="auto",
+                        help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str):
+    """The ``torch.device`` of ``--device`` for this process (see :func:`sipe.engine.resolve_device`)."""
+    import os
+
+    from sipe.engine import resolve_device as _resolve
+
+    return _resolve(name, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def add_config_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--config``, ``--resume/--no-resume``, ``--print-config`` and ``KEY=VALUE`` overrides."""
+    parser.add_argument("--config", default=None, help=f"YAML file of {what} settings (default: the built-in defaults)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="resume from OUT/checkpoints/last.pt if present (default: the config's "
+                             "engine.resume, true)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. engine.lr=0.05")
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` defaults, then ``--config``, then the overrides, then ``--resume``.
+
+    Raises :class:`sipe.config.ConfigError` or ``FileNotFoundError`` (a missing ``--config`` file).
+    """
+    from sipe.config import load_config
+
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.resume is not None:
+        cfg.engine.resume = args.resume
+    return cfg
+
+
+def print_config(cfg: Any) -> int:
+    """Print ``cfg`` as YAML (``--print-config``); returns exit status 0."""
+    import yaml
+
+    from sipe.config import to_dict
+
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def fail(command: str, err: Exception | str, code: int) -> int:
+    """Report ``err`` on one stderr line as ``sipe COMMAND: error: ...`` and return ``code``."""
+    print(f"sipe {command}: error: {err}", file=sys.stderr)
+    return code
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from sipe.cli._common import add_dataset_args, build_dataset_from_args, setup_logging
+from sipe.cli._common import (
+    add_dataset_args,
+    add_device_arg,
+    build_dataset_from_args,
+    fail,
+    setup_logging,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision of the backbone (IPE stays float32)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_arg(p)
     p.set_defaults(func=run)
 
 
@@ -33,17 +39,19 @@ def run(args: argparse.Namespace) -> int:
 
     from sipe.cam import CamConfig, generate_cams
     from sipe.compat import load_checkpoint
+    from sipe.data import DatasetRootError
     from sipe.engine import setup_distributed
 
     setup_logging()
-    info = setup_distributed(args.device)
-    dataset = build_dataset_from_args(args, with_masks=False)
+    try:
+        info = setup_distributed(args.device)
+        dataset = build_dataset_from_args(args, with_masks=False)
+    except (DatasetRootError, ValueError) as err:  # bad dataset options or files, a CUDA device not here
+        return fail("cam", err, 2)
     model, _ = load_checkpoint(args.checkpoint)
     if model.num_classes != dataset.num_classes:
-        raise SystemExit(
-            f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} has "
-            f"{dataset.num_classes}; use the checkpoint trained on this dataset"
-        )
+        return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
+                    f"has {dataset.num_classes}; use the checkpoint trained on this dataset", 2)
     model.to(info.device)
     cfg = CamConfig(
         scales=tuple(float(s) for s in args.scales.split(",")),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from sipe.cli._common import fail
 
 
 def register(subparsers: Any) -> None:
@@ -38,13 +39,11 @@ def handler(args: argparse.Namespace) -> int:
         model, spec = load_seg_checkpoint(args.checkpoint)
         path = export_onnx(model, args.out, opset=args.opset, class_names=spec.class_names, dynamo=args.dynamo)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-        print(f"sipe export: error: {e}", file=sys.stderr)
-        return 1
+        return fail("export", e, 1)
     print(f"wrote {path} (opset {args.opset}, {spec.num_classes} classes, backbone {spec.backbone})")
     if args.check:
         diff = compare_onnx(model, path)
         print(f"onnxruntime vs PyTorch: max |difference| = {diff:.3g}")
         if diff > 1e-4:
-            print("sipe export: error: the ONNX output differs from PyTorch's by more than 1e-4", file=sys.stderr)
-            return 1
+            return fail("export", "the ONNX output differs from PyTorch's by more than 1e-4", 1)
     return 0

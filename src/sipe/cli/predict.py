@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
-from sipe.cli.seg import add_device_arg, resolve_device
+from sipe.cli._common import add_device_arg, fail, resolve_device, setup_logging
 
 
 def register(subparsers: Any) -> None:
@@ -71,7 +70,7 @@ def handler(args: argparse.Namespace) -> int:
     from sipe.seg.model import is_seg_checkpoint, seg_model_from_checkpoint
     from sipe.seg.predict import labels_from_names, predict_paths, predict_paths_is_cam
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging()
     flip, overlay = not args.no_flip, not args.no_overlay
     try:
         device = resolve_device(args.device)
@@ -110,8 +109,7 @@ def handler(args: argparse.Namespace) -> int:
                 overlay=overlay, alpha=args.alpha,
             )
     except (FileNotFoundError, ValueError) as e:
-        print(f"sipe predict: error: {e}", file=sys.stderr)
-        return 1
+        return fail("predict", e, 1)
     skipped = f" ({result.skipped.summary()})" if len(result.skipped) else ""
     print(f"wrote {len(result.labels)} masks to {args.out}{skipped}")
     return 0 if result.labels else 1

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from sipe.cli._common import add_dataset_args, build_dataset_from_args, setup_logging
+from sipe.cli._common import (
+    DatasetArgsError,
+    add_config_args,
+    add_dataset_args,
+    add_device_arg,
+    build_dataset_from_args,
+    config_from_args,
+    fail,
+    print_config,
+    setup_logging,
+)
 
 EPILOG = """\
 the official VOC pipeline (IS-CAMs of train_aug from `sipe cam --split train_aug --out runs/cam`):
@@ -55,11 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--mean-split", default=None,
                    help="split over which the mean displacement is measured (official VOC: train; "
                         "default: the training split)")
-    q.add_argument("--config", default=None, help="YAML file with IRN settings")
-    q.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                   help="resume from OUT/checkpoints/last.pt if present (default: true)")
-    q.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_config_args(q, "IRNConfig")
     q.set_defaults(func=run_train_irn)
 
     q = steps.add_parser("labels", help="pseudo labels by random walk over IRN boundaries",
@@ -73,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--canvas", type=int, default=0,
                    help="pad images to at least CANVAS x CANVAS (the official code pads to 512; "
                         "default: only to a multiple of 16)")
-    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_arg(q)
     q.add_argument("--overwrite", action="store_true", help="recompute images whose PNG exists")
     q.set_defaults(func=run_labels)
 
@@ -89,7 +94,9 @@ def _parallel(q: argparse.ArgumentParser) -> None:
     q.add_argument("--overwrite", action="store_true", help="recompute images whose PNG exists")
 
 
-def _dataset(args: argparse.Namespace):
+def _dataset(args: argparse.Namespace, split: str | None = None):
+    if split is not None:
+        args = argparse.Namespace(**{**vars(args), "split": split})
     return build_dataset_from_args(args, with_masks=False)
 
 
@@ -99,8 +106,7 @@ def _report(stats) -> int:
 
 
 def _fail(err: Exception) -> int:
-    print(f"sipe refine: {err}", file=sys.stderr)
-    return 2
+    return fail("refine", err, 2)
 
 
 def run_crf_regions(args: argparse.Namespace) -> int:
@@ -111,7 +117,7 @@ def run_crf_regions(args: argparse.Namespace) -> int:
     try:
         stats = make_confident_regions(_dataset(args), args.cam_dir, args.out, bg_scale=args.bg_scale,
                                        num_workers=args.workers, overwrite=args.overwrite)
-    except (DatasetError, DatasetRootError, FileNotFoundError) as err:
+    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
         return _fail(err)
     return _report(stats)
 
@@ -124,37 +130,29 @@ def run_crf(args: argparse.Namespace) -> int:
     try:
         stats = make_crf_labels(_dataset(args), args.cam_dir, args.out, num_workers=args.workers,
                                 overwrite=args.overwrite)
-    except (DatasetError, DatasetRootError, FileNotFoundError) as err:
+    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
         return _fail(err)
     return _report(stats)
 
 
 def run_train_irn(args: argparse.Namespace) -> int:
-    import yaml
-
-    from sipe.config import ConfigError, load_config, to_dict
+    from sipe.config import ConfigError
     from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import is_main_process
     from sipe.refine.train_irn import IRNConfig, train_irn
 
     try:
-        cfg = load_config(IRNConfig, args.config, args.overrides)
+        cfg = config_from_args(IRNConfig, args)
     except (ConfigError, FileNotFoundError) as err:
         return _fail(err)
-    if args.resume is not None:
-        cfg.engine.resume = args.resume
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
+        return print_config(cfg)
     setup_logging()
     try:
         train_set = _dataset(args)
-        mean_set = None
-        if args.mean_split is not None:
-            mean_set = build_dataset_from_args(argparse.Namespace(**{**vars(args), "split": args.mean_split}),
-                                               with_masks=False)
+        mean_set = _dataset(args, args.mean_split) if args.mean_split is not None else None
         train_irn(train_set, args.label_dir, args.out, cfg, mean_set=mean_set)
-    except (DatasetError, DatasetRootError, FileNotFoundError) as err:
+    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
         return _fail(err)
     if is_main_process():
         print(f"IRN weights: {args.out}/irn.pt")
@@ -170,13 +168,16 @@ def run_labels(args: argparse.Namespace) -> int:
     from sipe.refine.train_irn import load_irn
 
     setup_logging()
-    info = setup_distributed(args.device)
+    try:
+        info = setup_distributed(args.device)
+    except ValueError as err:  # a CUDA device this machine does not have
+        return _fail(err)
     try:
         model = load_irn(args.irn).to(info.device)
         stats = make_pseudo_labels(model, _dataset(args), args.cam_dir, args.out, beta=args.beta,
                                    exp_times=args.exp_times, radius=args.radius, canvas=args.canvas,
                                    overwrite=args.overwrite)
-    except (DatasetError, DatasetRootError, FileNotFoundError, ValueError) as err:
+    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError, ValueError) as err:
         return _fail(err)
     finally:
         if info.distributed:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from typing import Any
 
-
-def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from sipe.cli._common import (
+    DatasetArgsError,
+    add_config_args,
+    add_dataset_args,
+    add_device_arg,
+    build_dataset_from_args,
+    check_dataset_args,
+    config_from_args,
+    fail,
+    print_config,
+    resolve_device,
+    setup_logging,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -34,15 +34,13 @@ def register(subparsers: Any) -> None:
         description=(
             "Train DeepLabV3 on a folder of pseudo-label PNGs (<image name>.png, 255 = ignore). Settings come "
             "from the SegTrainConfig defaults, then --config, then key=value overrides such as "
-            "'pseudo_labels=runs/voc/pseudo engine.lr=0.007 backbone=resnet50'. Rerunning the same command "
+            "'pseudo_labels=runs/voc/pseudo engine.lr=0.007 model.backbone=resnet50'. Rerunning the same command "
             "resumes an interrupted run; launch with torchrun for several GPUs."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--config", default=None, help="YAML file with SegTrainConfig keys")
     t.add_argument("--out", default="runs/seg", help="run folder (checkpoints/, tb/, config.yaml)")
-    t.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_args(t, "SegTrainConfig")
     t.set_defaults(func=train_handler)
 
     e = sub.add_parser(
@@ -55,12 +53,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     e.add_argument("--checkpoint", required=True, help="checkpoint written by 'sipe seg train'")
-    e.add_argument("--dataset", required=True, choices=["voc", "coco", "custom", "synthetic"])
-    e.add_argument("--root", required=True, help="dataset root folder")
-    e.add_argument(
-        "--split", default="val", help="split to evaluate (custom dataset: the CSV/JSON labels file of its images)"
-    )
-    e.add_argument("--masks", default=None, help="custom dataset: folder of ground-truth masks")
+    add_dataset_args(e, split_default="val", masks_needed=True)
     e.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (e.g. 0.5 0.75 1.0 1.25)")
     e.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     e.add_argument("--crf", action="store_true", help="dense-CRF post-processing of each prediction")
@@ -72,56 +65,50 @@ def register(subparsers: Any) -> None:
 
 
 def train_handler(args: argparse.Namespace) -> int:
-    from sipe.config import ConfigError, load_config
+    from sipe.config import ConfigError
     from sipe.seg.train import SegTrainConfig, train_seg
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    overrides = list(args.overrides)
-    if args.no_resume:
-        overrides.append("engine.resume=false")
     try:
-        cfg = load_config(SegTrainConfig, args.config, overrides)
+        cfg = config_from_args(SegTrainConfig, args)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"sipe seg train: error: {e}", file=sys.stderr)
-        return 2
+        return fail("seg train", e, 2)
+    if args.print_config:
+        return print_config(cfg)
+    setup_logging()
     try:
         path = train_seg(cfg, args.out)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"sipe seg train: error: {e}", file=sys.stderr)
-        return 1
+        return fail("seg train", e, 1)
     print(f"checkpoint: {path}")
     return 0
 
 
 def eval_handler(args: argparse.Namespace) -> int:
-    from sipe import data, evaluation
+    from sipe import evaluation
     from sipe.seg.evaluate import evaluate_seg
     from sipe.seg.model import load_seg_checkpoint
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    kw: dict[str, Any] = {}
-    if args.masks is not None:
-        if args.dataset != "custom":
-            print("sipe seg eval: --masks applies to --dataset custom only", file=sys.stderr)
-            return 2
-        kw["mask_dir"] = args.masks
+    setup_logging()
     try:
+        check_dataset_args(args, masks_needed=True)  # before the (slow) checkpoint load
         device = resolve_device(args.device)
         model, spec = load_seg_checkpoint(args.checkpoint)
         model.to(device)
+        kw = {}
         if args.dataset in ("voc", "custom") and spec.class_names:
             # The model's class list, not the one a VOC default or a custom labels file would give.
             kw["class_names"] = list(spec.class_names)
-        dataset = data.build_dataset(args.dataset, args.root, args.split, **kw)
+        dataset = build_dataset_from_args(args, masks_needed=True, **kw)
         if spec.class_names and list(spec.class_names) != list(dataset.class_names):
             raise ValueError(
                 f"{args.checkpoint} was trained for classes {spec.class_names}, the dataset has "
                 f"{list(dataset.class_names)}"
             )
         report = evaluate_seg(model, dataset, args.scales, args.flip, args.crf, num_workers=args.workers)
+    except DatasetArgsError as e:
+        return fail("seg eval", e, 2)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"sipe seg eval: error: {e}", file=sys.stderr)
-        return 1
+        return fail("seg eval", e, 1)
     report = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint), **report}
     print(evaluation.format_report(report))
     if args.out:

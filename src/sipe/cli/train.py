@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from sipe.cli._common import add_config_args, config_from_args, fail, print_config, setup_logging
 
 EPILOG = """\
 examples:
@@ -25,46 +26,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="YAML config (e.g. configs/voc.yaml); default: built-in defaults")
     p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, resolved config")
-    p.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="resume from OUT/checkpoints/last.pt if present (default: the config's engine.resume, true)",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. engine.lr=0.05")
+    add_config_args(p, "SIPETrainConfig")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from sipe.cli._common import setup_logging
-    from sipe.config import ConfigError, load_config, to_dict
+    from sipe.config import ConfigError
+    from sipe.data import DatasetError, DatasetRootError
+    from sipe.engine import is_main_process
     from sipe.train import SIPETrainConfig, train_sipe
 
     try:
-        cfg = load_config(SIPETrainConfig, args.config, args.overrides)
+        cfg = config_from_args(SIPETrainConfig, args)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"sipe train: {err}", file=sys.stderr)
-        return 2
-    if args.resume is not None:
-        cfg.engine.resume = args.resume
+        return fail("train", err, 2)
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
+        return print_config(cfg)
     setup_logging()
-    from sipe.data import DatasetError, DatasetRootError
-
     try:
         path = train_sipe(cfg, args.out)
     except (DatasetError, DatasetRootError) as err:
-        print(f"sipe train: {err}", file=sys.stderr)
-        return 2
-    from sipe.engine import is_main_process
-
+        return fail("train", err, 2)
     if is_main_process():
         print(f"checkpoint: {path}")
     return 0

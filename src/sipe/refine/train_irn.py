@@ -33,8 +33,7 @@ BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 @dataclass
 class IRNEngineConfig(TrainConfig):
-    """:class:`sipe.engine.TrainConfig` with the official IRN defaults as class defaults, so that a
-    partial ``engine:`` section in a YAML file keeps them."""
+    """:class:`sipe.engine.TrainConfig` with the official IRN recipe as its defaults (``IRNConfig.engine``)."""
 
     epochs: int = 3
     batch_size: int = 32

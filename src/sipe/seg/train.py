@@ -36,11 +36,10 @@ IGNORE = 255
 
 @dataclass
 class SegEngineConfig(TrainConfig):
-    """The engine settings with DeepLab defaults.
+    """The engine settings with DeepLab defaults (``SegTrainConfig.engine``).
 
-    A subclass rather than a factory so that a partial ``engine:`` section in a YAML file keeps these
-    defaults: textbook SGD (momentum 0.9, unlike the SIPE stage's reproduced 1e-4 quirk), lr 0.01,
-    no gradient clipping, 30 epochs of batch 16.
+    Textbook SGD (momentum 0.9, unlike the SIPE stage's reproduced 1e-4 quirk), lr 0.01, no gradient
+    clipping, 30 epochs of batch 16.
     """
 
     epochs: int = 30

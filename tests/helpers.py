@@ -1,0 +1,41 @@
+"""Small helpers shared by several test modules (fixtures live in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sipe import io as sio
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a test's DDP rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of the same shape."""
+    return float((a & b).sum() / (a | b).sum())
+
+
+def tiny_seg_model(class_names: Sequence[str]):
+    """An eval-mode ResNet-18 DeepLabV3 (output stride 16, seed 0) for ``class_names`` and its spec."""
+    from sipe.seg.model import SegModelSpec, build_from_spec
+
+    torch.manual_seed(0)
+    spec = SegModelSpec(num_classes=len(class_names), backbone="resnet18", output_stride=16,
+                        class_names=list(class_names))
+    return build_from_spec(spec).eval(), spec
+
+
+def save_seg_checkpoint(model: nn.Module, spec, path: Path) -> Path:
+    """``model`` saved in the layout 'sipe seg train' writes through the engine."""
+    sio.save_torch({"model": model.state_dict(), "step": 1, "config": {}, "meta": {"model_spec": spec.to_dict()}}, path)
+    return path
