@@ -41,7 +41,7 @@ __all__ = ["PART_STYLES", "SyntheticDataset", "draw_synthetic_image", "generate_
 
 logger = logging.getLogger("sipe.data")
 
-_VERSION = 1
+_VERSION = 2
 # (class name = part shape, part colour). Saturated colours far from body and background hues.
 PART_STYLES: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("disk", (225, 30, 35)),
@@ -119,9 +119,10 @@ def draw_synthetic_image(
     def noise(shape: tuple[int, ...], sigma: float) -> np.ndarray:
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
 
-    # Background: two cool colours blended by a smooth random field, plus fine noise.
-    c0 = rng.uniform([40, 85, 80], [100, 140, 130]).astype(np.float32)
-    c1 = c0 + rng.uniform([-25, -10, 0], [15, 35, 45]).astype(np.float32)
+    # Background: two greyish colours blended by a smooth random field, plus fine noise; low
+    # saturation keeps it apart from the saturated parts.
+    c0 = (rng.uniform(70, 150) + rng.uniform(-12, 12, 3)).astype(np.float32)
+    c1 = c0 + rng.uniform(-30, 30, 3).astype(np.float32)
     field = np.zeros((h, w), np.float32)
     for _ in range(3):
         ang, period, phase = rng.uniform(0, np.pi), rng.uniform(30, 110), rng.uniform(0, 2 * np.pi)
@@ -160,8 +161,10 @@ def draw_synthetic_image(
         u, v = dx * ct + dy * st, -dx * st + dy * ct
         body = (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
-        # Shared body appearance: warm two-tone stripes, same distribution for every class.
-        light = rng.uniform([165, 115, 65], [215, 160, 105]).astype(np.float32)
+        # Shared body appearance: two-tone stripes in a random moderately saturated tint, the same
+        # distribution for every class (so bodies say nothing about the class) but different from
+        # object to object (so an image's own prototypes can tell its objects apart).
+        light = np.clip(rng.uniform(150, 215) + rng.uniform(-55, 55, 3), 60, 255).astype(np.float32)
         dark = light * np.float32(rng.uniform(0.45, 0.6))
         s_ang, s_per, s_ph = rng.uniform(0, np.pi), rng.uniform(4.5, 7.5), rng.uniform(0, 2 * np.pi)
         stripes = 0.5 + 0.5 * np.sin((wx * np.cos(s_ang) + wy * np.sin(s_ang)) * (2 * np.pi / s_per) + s_ph)
