@@ -25,7 +25,7 @@ from sipe.io import save_torch
 
 def _pretrain_engine() -> TrainConfig:
     # Textbook SGD (momentum 0.9): this stage stands in for ImageNet training, not for SIPE's recipe.
-    return TrainConfig(epochs=8, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, clip_grad_norm=None,
+    return TrainConfig(epochs=12, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, clip_grad_norm=None,
                        seed=0, log_every=5, num_workers=1, channels_last=True)
 
 
