@@ -115,3 +115,14 @@ def test_coco_sized_model_builds():
     m = build_sipe("resnet50", num_classes=81)
     assert m.classifier.weight.shape == (80, 2048, 1, 1)
     assert compat.from_official({"net": m.state_dict()}, num_classes=81).num_classes == 81
+
+
+def test_training_forward_is_finite_under_fp16_autocast():
+    # Absent classes have zero prototypes: in fp16 the norm epsilon would round to 0 and give 0/0.
+    model = SIPENet(TinyBackbone(), num_classes=4).train()
+    vm = torch.ones(2, 4, 4, 4)
+    vm[:, 2] = 0
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model(torch.randn(2, 3, 64, 64), vm)
+    assert out["is_cam"].dtype == torch.float32
+    assert all(torch.isfinite(out[k]).all() for k in ("score", "cam", "is_cam", "prototypes"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,22 +12,27 @@ from sipe import compat, losses
 from sipe.inference import multiscale_is_cam, scale_batch
 
 ATOL = 1e-4
+# SIPE_TEST_DEVICE=cuda runs these on a GPU (benchmarks/gpu_check.sh); CPU by default.
+DEVICE = torch.device(os.environ.get("SIPE_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":  # TF32 would cost ~1e-3 and flip seeds
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture(scope="module")
 def model(official_state):
     torch.manual_seed(0)
-    return compat.from_official(official_state, num_classes=21)
+    return compat.from_official(official_state, num_classes=21).to(DEVICE)
 
 
 @pytest.fixture(scope="module")
 def train_step(model, reference):
     model.train()
     model.zero_grad(set_to_none=True)
-    img = torch.from_numpy(reference["train/img"])
-    vm = torch.from_numpy(reference["train/valid_mask_lowres"])
+    img = torch.from_numpy(reference["train/img"]).to(DEVICE)
+    vm = torch.from_numpy(reference["train/valid_mask_lowres"]).to(DEVICE)
     out = model(img, vm)
-    label = torch.from_numpy(reference["train/label"])
+    label = torch.from_numpy(reference["train/label"]).to(DEVICE)
     l_cls = losses.classification_loss(out["score"], label)
     l_gsc = losses.gsc_loss(out["cam"], out["is_cam"])
     (l_cls + l_gsc).backward()
@@ -33,7 +40,7 @@ def train_step(model, reference):
 
 
 def _close(a: torch.Tensor, b: np.ndarray, atol: float = ATOL) -> None:
-    a = a.detach().numpy().reshape(b.shape)
+    a = a.detach().cpu().numpy().reshape(b.shape)
     np.testing.assert_allclose(a, b, atol=atol, rtol=0)
 
 
@@ -45,7 +52,7 @@ def test_training_forward_matches(train_step, reference, key):
 
 def test_seeds_identical(train_step, reference):
     out, _, _ = train_step
-    assert np.array_equal(out["seeds"].numpy(), reference["train/seeds"])
+    assert np.array_equal(out["seeds"].cpu().numpy(), reference["train/seeds"])
 
 
 def test_losses_match(train_step, reference):
@@ -68,7 +75,7 @@ def test_gradients_match(train_step, model, reference):
         ref_norm = float(reference[f"train/gradnorm/{name}"])
         assert abs(grad.norm().item() - ref_norm) <= 1e-3 * ref_norm, name
         ref = reference[f"train/grad/{name}"]
-        np.testing.assert_allclose(grad[:64].numpy(), ref, atol=1e-3 * np.abs(ref).max() + 1e-12, err_msg=name)
+        np.testing.assert_allclose(grad[:64].cpu().numpy(), ref, atol=1e-3 * np.abs(ref).max() + 1e-12, err_msg=name)
 
 
 def test_exactly_official_params_get_no_grad(train_step, model, reference):
@@ -79,8 +86,8 @@ def test_exactly_official_params_get_no_grad(train_step, model, reference):
 @pytest.mark.parametrize("scale", [1.0, 0.5, 1.5, 2.0])
 def test_single_scale_inference_matches(model, reference, scale):
     model.eval()
-    x = scale_batch(reference["infer/img_u8"], scale, flip=True)
-    cam, is_cam = model.infer(x, torch.from_numpy(reference["infer/label"]))
+    x = scale_batch(reference["infer/img_u8"], scale, flip=True).to(DEVICE)
+    cam, is_cam = model.infer(x, torch.from_numpy(reference["infer/label"]).to(DEVICE))
     _close(cam, reference[f"infer/scale{scale}/cam"])
     _close(is_cam, reference[f"infer/scale{scale}/is_cam"])
 

@@ -126,7 +126,69 @@ class ResNetBackbone(nn.Module):
         mods: list[nn.Module] = [self.conv1, self.bn1]
         return mods + [self.layer1, self.layer2, self.layer3, self.layer4][:n]
 
+    def fold_bn(self) -> ResNetBackbone:
+        """Fold every batch norm into the convolution before it, in place, for inference.
+
+        A :class:`FrozenStatsBatchNorm2d` is a fixed per-channel affine map, so ``bn(conv(x))``
+        equals one convolution with scaled weights and a bias (up to float rounding, ~1e-6
+        relative). That saves one full read and write of every activation map: about a quarter of
+        the float32 CPU time of the backbone. The folded backbone is for inference only (the
+        batch-norm affine parameters no longer exist, so they cannot train) and its state dict
+        has conv biases in place of batch-norm entries. Returns ``self``.
+
+        On CPU, float32, without autograd or autocast, the folded backbone then runs each
+        convolution with its ReLU (and the residual addition) fused into one oneDNN call
+        (``torch.ops.mkldnn._convolution_pointwise``, the kernels ``torch.compile`` uses), which
+        gives the same numbers with half the passes over memory; ``cpu_fused`` says whether this
+        PyTorch build offers them. Everywhere else the folded modules run one by one.
+        """
+        if getattr(self, "bn_folded", False):
+            return self
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "conv1", "bn1")]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        for parent, conv_name, bn_name in pairs:
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if not isinstance(bn, FrozenStatsBatchNorm2d):
+                raise ValueError(
+                    f"cannot fold {type(bn).__name__} at {bn_name}: only batch norm with frozen statistics "
+                    "(freeze_bn=True, the official setting) is a fixed affine map"
+                )
+            setattr(parent, conv_name, _folded_conv(conv, bn))
+            setattr(parent, bn_name, nn.Identity())
+        self.bn_folded = True
+        self.cpu_fused = _FUSED_CONV is not None and torch.backends.mkldnn.is_available()
+        return self
+
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        return (
+            getattr(self, "cpu_fused", False)
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not _autocast_on_cpu()
+        )
+
+    def _forward_fused(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(_conv_act(self.conv1, x))
+        feats = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                identity = x if block.downsample is None else _conv_act(block.downsample[0], x, "none")
+                if hasattr(block, "conv3"):  # bottleneck
+                    y = _conv_act(block.conv2, _conv_act(block.conv1, x))
+                    x = _conv_add_relu(block.conv3, y, identity)
+                else:  # basic block
+                    x = _conv_add_relu(block.conv2, _conv_act(block.conv1, x), identity)
+            feats.append(x)
+        return feats
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self._use_fused(x):
+            return self._forward_fused(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_stages < 1):
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
@@ -135,6 +197,50 @@ class ResNetBackbone(nn.Module):
                 x = layer(x)
             feats.append(x)
         return feats
+
+
+_FUSED_CONV = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def _conv_args(conv: nn.Conv2d) -> tuple:
+    return (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+
+def _conv_act(conv: nn.Conv2d, x: torch.Tensor, act: str = "relu") -> torch.Tensor:
+    """act(conv(x)) in one oneDNN call (``act`` "relu" or "none")."""
+    return _FUSED_CONV(x, *_conv_args(conv), act, [None], "")
+
+
+def _conv_add_relu(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """relu(conv(x) + other) in one oneDNN call (the end of a residual block)."""
+    return _FUSED_CONV.binary(x, other, *_conv_args(conv), "add", 1.0, "relu", [None], "")
+
+
+@torch.no_grad()
+def _folded_conv(conv: nn.Conv2d, bn: FrozenStatsBatchNorm2d) -> nn.Conv2d:
+    """One conv equal to ``bn(conv(x))`` (folded in float64, stored in the conv's dtype and memory format)."""
+    w = conv.weight.double()
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    shift = -bn.running_mean.double() * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
+    if conv.bias is not None:
+        shift = shift + conv.bias.double() * scale
+    folded = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, bias=True, padding_mode=conv.padding_mode, device=w.device, dtype=conv.weight.dtype,
+    )
+    # Multiplying keeps the weight's memory format (channels-last stays channels-last).
+    folded.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype), requires_grad=False)
+    folded.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+    return folded
 
 
 def _resolve_weights(depth: int, weights: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sipe import ipe
+from sipe._memory import release_memory
 
 Structure = Literal["backbone", "hierarchical"]
 
@@ -60,6 +61,9 @@ class SIPENet(nn.Module):
             nn.Conv2d(c_in, c_out, 1, bias=False) for c_in, c_out in zip(channels, side_channels, strict=True)
         )
         self.classifier = nn.Conv2d(channels[3], num_classes - 1, 1, bias=False)
+        for name, value in (("train_structure", train_structure), ("infer_structure", infer_structure)):
+            if value not in ("backbone", "hierarchical"):
+                raise ValueError(f"{name} must be 'backbone' or 'hierarchical', got {value!r}")
         self.train_structure = train_structure
         self.infer_structure = infer_structure
         self.bg_scale = bg_scale
@@ -77,7 +81,9 @@ class SIPENet(nn.Module):
         sides = []
         for conv, feat in zip((self.side1, self.side2, self.side3, self.side4), (x1, x2, x3, x4), strict=True):
             s = conv(feat.detach())
-            s = s / (s.norm(dim=1, keepdim=True) + 1e-5)
+            norm = s.norm(dim=1, keepdim=True) + 1e-5
+            # In place without autograd: at inference the stride-4 map is the largest one here.
+            s = s / norm if torch.is_grad_enabled() else s.div_(norm)
             if s.shape[2:] != size:
                 s = F.interpolate(s, size, mode="bilinear", align_corners=False)
             sides.append(s)
@@ -87,10 +93,11 @@ class SIPENet(nn.Module):
         return Features(raw_cam=raw_cam, hie=torch.cat(sides, dim=1), last=x4)
 
     def _structure(self, f: Features, which: Structure) -> torch.Tensor:
-        last = f.last if f.last.shape[2:] == f.hie.shape[2:] else F.interpolate(
-            f.last, f.hie.shape[2:], mode="bilinear", align_corners=False
-        )
-        return last if which == "backbone" else f.hie
+        if which == "hierarchical":
+            return f.hie
+        if f.last.shape[2:] == f.hie.shape[2:]:
+            return f.last
+        return F.interpolate(f.last, f.hie.shape[2:], mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor, valid_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training forward.
@@ -100,15 +107,25 @@ class SIPENet(nn.Module):
         Returns score (N, K-1), cam (N, K, h, w) masked normalised CAM, seeds (N, K, h, w),
         prototypes (N, K, 768), is_cam (N, K, h, w) before max-normalisation, probs (N, K, h, w).
         """
-        f = self.features(x)
-        score = f.raw_cam.mean(dim=(2, 3))
-        cam = ipe.normalize_cam(f.raw_cam) * valid_mask
-        with torch.no_grad():
-            seeds, iou = ipe.structure_seeds(
-                cam.detach(), self._structure(f, self.train_structure).detach(), valid_mask, self.bg_scale
+        if self.training and getattr(self.encoder, "bn_folded", False):
+            raise RuntimeError(
+                "this model was prepared for inference (batch norm folded into the convolutions, see "
+                "sipe.inference.prepare_for_inference) and cannot be trained; train the original model"
             )
-        protos = ipe.prototypes(seeds, f.hie)
-        out = ipe.is_cam(protos, f.hie)
+        f = self.features(x)
+        # CAM normalisation and IPE run in float32 even under autocast: fp16 turns the norm
+        # epsilons into 0 (0/0 for absent classes) and the seed argmax is precision-sensitive.
+        with torch.autocast(x.device.type, enabled=False):
+            raw, hie = f.raw_cam.float(), f.hie.float()
+            score = raw.mean(dim=(2, 3))
+            cam = ipe.normalize_cam(raw) * valid_mask
+            with torch.no_grad():
+                seeds, iou = ipe.structure_seeds(
+                    cam.detach(), self._structure(f, self.train_structure).detach().float(), valid_mask,
+                    self.bg_scale,
+                )
+            protos = ipe.prototypes(seeds, hie)
+            out = ipe.is_cam(protos, hie)
         return {
             "score": score,
             "cam": cam,
@@ -134,16 +151,32 @@ class SIPENet(nn.Module):
         ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the trunk under autocast; IPE stays float32.
         Returns cam and is_cam, each (K, h, w); is_cam is not max-normalised.
         """
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            f = self.features(x)
-        # IPE stays in float32: seeds come from an argmax over soft IoUs that low precision would flip.
-        raw, hie, last = f.raw_cam.float(), f.hie.float(), f.last.float()
-        if fuse_flip:
-            if x.shape[0] != 2:
-                raise ValueError(f"fuse_flip expects the image and its flip as a batch of 2, got {x.shape[0]}")
-            raw = raw[:1] + raw[1:].flip(-1)
-            hie = hie[:1] + hie[1:].flip(-1)
-            last = last[:1] + last[1:].flip(-1)
+        if fuse_flip and x.shape[0] != 2:
+            raise ValueError(f"fuse_flip expects the image and its flip as a batch of 2, got {x.shape[0]}")
+        need_last = self.infer_structure == "backbone"
+
+        def trunk(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            with torch.autocast(xb.device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                f = self.features(xb)
+            # IPE stays in float32: seeds come from an argmax over soft IoUs that low precision would flip.
+            # The 2048-d last stage is kept only when it defines the structure (not the official default).
+            return f.raw_cam.float(), f.hie.float(), f.last.float() if need_last else f.last[:1]
+
+        if not fuse_flip:
+            raw, hie, last = trunk(x)
+        else:
+            if x.device.type == "cpu":
+                # The image, then its flip: half the peak activation memory (~0.4 GiB at 1280x960)
+                # at the same speed, as a CPU convolution is as efficient on one image as on two.
+                a = trunk(x[:1])
+                release_memory()
+                b = trunk(x[1:])
+            else:
+                both = trunk(x)
+                a, b = tuple(t[:1] for t in both), tuple(t[1:] for t in both)
+            raw, hie = a[0] + b[0].flip(-1), a[1] + b[1].flip(-1)
+            last = a[2] + b[2].flip(-1) if need_last else a[2]
         cam = ipe.normalize_cam(raw)
         fused = Features(raw_cam=raw, hie=hie, last=last)
         mask = torch.cat([labels.new_ones(1), labels]).to(cam.dtype).view(1, -1, 1, 1)
