@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +40,16 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> tupl
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), extra
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, and the share of the last 10 s that runnable tasks waited for a CPU."""
+    text = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    psi = Path("/proc/pressure/cpu")
+    if psi.exists():
+        some = psi.read_text().split()[1]  # "avg10=NN.NN" of the "some" line
+        text += f" (CPU pressure {some.split('=')[1]}%)"
+    return text + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
 
 
 MiB = 1024 * 1024

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import MiB, peak_rss, reset_peak_rss  # noqa: E402
+from _measure import MiB, load_average, peak_rss, reset_peak_rss  # noqa: E402
 from sipe import ipe  # noqa: E402
 from sipe.data.synthetic import draw_synthetic_image  # noqa: E402
 from sipe.inference import (  # noqa: E402
@@ -199,16 +199,6 @@ def memory_row(name: str, size: tuple[int, int], num_classes: int, threads: int)
         capture_output=True, text=True, check=True, env={**os.environ, "BENCH_THREADS": str(threads)},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages, and the share of the last 10 s that runnable tasks waited for a CPU."""
-    text = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    psi = Path("/proc/pressure/cpu")
-    if psi.exists():
-        some = psi.read_text().split()[1]  # "avg10=NN.NN" of the "some" line
-        text += f" (CPU pressure {some.split('=')[1]}%)"
-    return text + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
 
 
 def main() -> None:

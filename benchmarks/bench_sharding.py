@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import load_average  # noqa: E402
+
 
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
@@ -65,16 +68,6 @@ def torchrun(nproc: int, threads: int, script_args: list[str]) -> subprocess.Com
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return out
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages, and the share of the last 10 s that runnable tasks waited for a CPU."""
-    text = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    psi = Path("/proc/pressure/cpu")
-    if psi.exists():
-        some = psi.read_text().split()[1]  # "avg10=NN.NN" of the "some" line
-        text += f" (CPU pressure {some.split('=')[1]}%)"
-    return text + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
 
 
 def main() -> None:

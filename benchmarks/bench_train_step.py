@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import MiB, peak_rss, reset_peak_rss  # noqa: E402
+from _measure import MiB, load_average, peak_rss, reset_peak_rss  # noqa: E402
 from sipe import ipe, losses  # noqa: E402
 from sipe.inference import release_memory  # noqa: E402
 from sipe.models import SIPENet, build_sipe  # noqa: E402
@@ -105,16 +104,6 @@ def make_batch(n: int, size: int, num_classes: int) -> dict[str, torch.Tensor]:
         "labels": labels,
         "mask": ipe.lowres_valid_mask(valid, labels),
     }
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages, and the share of the last 10 s that runnable tasks waited for a CPU."""
-    text = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    psi = Path("/proc/pressure/cpu")
-    if psi.exists():
-        some = psi.read_text().split()[1]  # "avg10=NN.NN" of the "some" line
-        text += f" (CPU pressure {some.split('=')[1]}%)"
-    return text + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
 
 
 def main() -> None:
