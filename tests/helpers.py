@@ -39,3 +39,22 @@ def save_seg_checkpoint(model: nn.Module, spec, path: Path) -> Path:
     """``model`` saved in the layout 'sipe seg train' writes through the engine."""
     sio.save_torch({"model": model.state_dict(), "step": 1, "config": {}, "meta": {"model_spec": spec.to_dict()}}, path)
     return path
+
+
+class TinyBackbone(nn.Module):
+    """A user's own network: four maps at strides 4, 8, 16, 16."""
+
+    out_channels = (8, 16, 16, 32)
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.d = nn.Conv2d(16, 32, 3, padding=1)
+
+    def forward(self, x):
+        a = self.a(x)
+        b = self.b(a)
+        c = self.c(b)
+        return [a, b, c, self.d(c)]

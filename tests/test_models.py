@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import TinyBackbone
 from sipe import compat
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
 from sipe.models.backbone import FrozenStatsBatchNorm2d
@@ -53,25 +53,6 @@ def test_local_weights_file_is_loaded(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     bb = ResNetBackbone(18, weights=tmp_path / "r18.pth")
     assert torch.equal(bb.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
-
-
-class TinyBackbone(nn.Module):
-    """A user's own network: four maps at strides 4, 8, 16, 16."""
-
-    out_channels = (8, 16, 16, 32)
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-        self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.c = nn.Conv2d(16, 16, 3, stride=2, padding=1)
-        self.d = nn.Conv2d(16, 32, 3, padding=1)
-
-    def forward(self, x):
-        a = self.a(x)
-        b = self.b(a)
-        c = self.c(b)
-        return [a, b, c, self.d(c)]
 
 
 def test_head_works_on_any_four_stage_backbone():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import TinyBackbone
 from sipe import compat, ipe
 from sipe.inference import model_memory_format, multiscale_is_cam, prepare_for_inference
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
@@ -68,24 +69,8 @@ def test_prepared_model_is_a_copy_and_cannot_train():
         fast(torch.zeros(1, 3, 64, 64), torch.ones(1, 4, 4, 4))
 
 
-class _PlainBackbone(nn.Module):
-    out_channels = (8, 8, 8, 8)
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
-        self.down2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        a = self.stem(x)
-        b = self.down(a)
-        c = self.down2(b)
-        return [a, b, c, c * 2]
-
-
 def test_fold_request_on_a_backbone_without_folding_is_an_error():
-    model = SIPENet(_PlainBackbone(), num_classes=3)
+    model = SIPENet(TinyBackbone(), num_classes=3)
     with pytest.raises(ValueError, match="has no fold_bn"):
         prepare_for_inference(model, fold_bn=True)
     fast = prepare_for_inference(model)  # default: fold where supported
@@ -94,7 +79,7 @@ def test_fold_request_on_a_backbone_without_folding_is_an_error():
 
 def test_backbone_structure_at_inference_fuses_the_flip():
     torch.manual_seed(0)
-    model = SIPENet(_PlainBackbone(), num_classes=3, infer_structure="backbone").eval()
+    model = SIPENet(TinyBackbone(), num_classes=3, infer_structure="backbone").eval()
     x = torch.randn(1, 3, 64, 64)
     pair = torch.cat([x, x.flip(-1)])
     labels = torch.tensor([1.0, 0.0])
@@ -108,7 +93,7 @@ def test_backbone_structure_at_inference_fuses_the_flip():
     torch.testing.assert_close(is_cam, ref[0])
     torch.testing.assert_close(cam, ref_cam[0])
     with pytest.raises(ValueError, match="infer_structure"):
-        SIPENet(_PlainBackbone(), num_classes=3, infer_structure="last")
+        SIPENet(TinyBackbone(), num_classes=3, infer_structure="last")
 
 
 @pytest.fixture(scope="module")
