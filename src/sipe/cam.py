@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -27,9 +26,7 @@ from sipe.data.image import ImageReadError
 from sipe.evaluation import write_cam_file
 from sipe.inference import (
     DEFAULT_SCALES,
-    fuse_scales,
-    kept_classes,
-    model_memory_format,
+    fused_maps,
     prepare_for_inference,
     release_memory,
     scale_batch,
@@ -92,40 +89,6 @@ class _ScaledInputs(Dataset):
         }
 
 
-@torch.no_grad()
-def image_maps(
-    model: SIPENet,
-    image: np.ndarray,
-    labels: np.ndarray,
-    inputs: Sequence[torch.Tensor],
-    flip: bool = True,
-    autocast_dtype: torch.dtype | None = None,
-    with_cam: bool = False,
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
-    """Fused multi-scale maps of one image from its prepared per-scale inputs.
-
-    Returns keys (M,), IS-CAM (M, H, W) and, when ``with_cam``, the fused plain CAM of the
-    labelled classes (M-1, H, W); all max-normalised per channel, on the model's device.
-    """
-    device = next(model.parameters()).device
-    fmt = model_memory_format(model)
-    keys = kept_classes(labels)
-    sel = torch.as_tensor(keys, device=device)
-    lab = torch.as_tensor(labels, dtype=torch.float32, device=device)
-    is_cams, cams = [], []
-    for x in inputs:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-        cam, is_cam = model.infer(x, lab, fuse_flip=flip, autocast_dtype=autocast_dtype)
-        is_cams.append(is_cam[sel])
-        if with_cam:
-            cams.append(cam[sel[1:]])
-        del x, cam, is_cam
-        if device.type == "cpu":
-            release_memory()  # what this scale freed, before the next (larger) one peaks
-    size = image.shape[:2]
-    return keys, fuse_scales(is_cams, size), fuse_scales(cams, size) if with_cam else None
-
-
 def generate_cams(
     model: SIPENet,
     dataset: Any,
@@ -163,7 +126,7 @@ def generate_cams(
         if "error" in item:
             skipped.add(item["name"], "unreadable", item["error"])
             continue
-        keys, is_cam, cam = image_maps(
+        keys, is_cam, cam = fused_maps(
             model, item["image"], item["labels"], item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
         )
         is_cam = is_cam.cpu().numpy()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -111,6 +111,40 @@ def fuse_scales(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Te
 
 
 @torch.no_grad()
+def fused_maps(
+    model: SIPENet,
+    image: np.ndarray,
+    labels: np.ndarray | torch.Tensor,
+    inputs: Iterable[torch.Tensor],
+    flip: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    with_cam: bool = False,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+    """Fused multi-scale maps of one image from its per-scale inputs (:func:`scale_batch`, any iterable).
+
+    Returns keys (M,), IS-CAM (M, H, W) and, when ``with_cam``, the fused plain CAM of the
+    labelled classes (M-1, H, W); all max-normalised per channel, on the model's device.
+    """
+    device = next(model.parameters()).device
+    fmt = model_memory_format(model)
+    keys = kept_classes(labels)
+    sel = torch.as_tensor(keys, device=device)
+    lab = torch.as_tensor(np.asarray(labels, dtype=np.float32), device=device)
+    is_cams, cams = [], []
+    for x in inputs:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        cam, is_cam = model.infer(x, lab, fuse_flip=flip, autocast_dtype=autocast_dtype)
+        is_cams.append(is_cam[sel])
+        if with_cam:
+            cams.append(cam[sel[1:]])
+        del x, cam, is_cam
+        if device.type == "cpu":
+            release_memory()  # what this scale freed, before the next (larger) one peaks
+    size = image.shape[:2]
+    return keys, fuse_scales(is_cams, size), fuse_scales(cams, size) if with_cam else None
+
+
+@torch.no_grad()
 def multiscale_is_cam(
     model: SIPENet,
     image: np.ndarray,
@@ -130,21 +164,11 @@ def multiscale_is_cam(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
-    keys = kept_classes(labels)
     if len(labels) != model.num_classes - 1:
         raise ValueError(
             f"labels has {len(labels)} entries but the model has {model.num_classes - 1} foreground classes"
         )
-    device = next(model.parameters()).device
-    lab = torch.as_tensor(np.asarray(labels, dtype=np.float32), device=device)
-    memory_format = model_memory_format(model)
-    per_scale = []
-    for s in scales:
-        x = scale_batch(image, s, flip).to(device).contiguous(memory_format=memory_format)
-        _, is_cam = model.infer(x, lab, fuse_flip=flip, autocast_dtype=autocast_dtype)
-        per_scale.append(is_cam[torch.as_tensor(keys, device=device)])
-        del x, is_cam
-        if device.type == "cpu":
-            release_memory()  # what this scale freed, before the next (larger) one peaks
-    maps = fuse_scales(per_scale, image.shape[:2])
+    # A generator: each scale's input is built only when the network gets to it.
+    inputs = (scale_batch(image, s, flip) for s in scales)
+    keys, maps, _ = fused_maps(model, image, labels, inputs, flip, autocast_dtype)
     return keys, maps.cpu().numpy().astype(np.float32)
