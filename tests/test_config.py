@@ -183,3 +183,24 @@ def test_demo_config_partial_aug_keeps_the_demo_sizes(tmp_path):
     irn = DemoConfig().irn
     cfg = load_config(DemoConfig, None, ["irn.engine.lr=0.05"])
     assert cfg.irn == dataclasses.replace(irn, engine=dataclasses.replace(irn.engine, lr=0.05))
+
+
+def test_configs_demo_yaml_holds_the_demo_defaults():
+    from sipe.demo import DemoConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(DemoConfig, path)
+    assert cfg == DemoConfig()
+    # Spelled out in full, so a changed default must be changed there too.
+    assert yaml.safe_load(path.read_text()) == to_dict(DemoConfig())
+
+
+def test_cli_demo_reports_config_errors_without_a_traceback(tmp_path, capsys):
+    from sipe.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "out"), "engine.no_such_key=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sipe demo: error:") and "no_such_key" in err
+    assert main(["demo", "--out", str(tmp_path / "out"), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

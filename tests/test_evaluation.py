@@ -284,16 +284,19 @@ def test_evaluate_missing_prediction_and_masks(tmp_path):
 # ---------------------------------------------------------------- CAM threshold sweep
 def test_cam_sweep_picks_the_right_threshold(tmp_path):
     # Foreground (cat) pixels score 0.5 and 0.42, background pixels 0.37 and 0.2:
-    # 0.40 is the only threshold in the default sweep that labels every pixel correctly.
+    # 0.37-0.41 are the thresholds of the default sweep that label every pixel correctly (a score
+    # equal to the threshold is background, as in the official argmax with background first); the
+    # first wins.
     gt = np.array([[1, 1, 0, 0]], dtype=np.uint8)
     maps = np.array([[[0.5, 0.42, 0.37, 0.2]]], dtype=np.float32)
     sio.save_npz(tmp_path / "x.npz", keys=np.array([1]), maps=maps, kind=np.array("cam"))
     ds = TinyDataset({"x": gt}, NAMES3)
     rep = ev.evaluate_cam(tmp_path, ds)
-    assert rep["threshold"] == pytest.approx(0.40)
+    assert rep["threshold"] == pytest.approx(0.37)
     assert rep["miou"] == pytest.approx(1.0)
     sweep = {round(s["threshold"], 2): s["miou"] for s in rep["sweep"]}
-    assert len(sweep) == 18
+    assert len(sweep) == 96 and min(sweep) == 0.0 and max(sweep) == 0.95
+    assert [t for t, m in sweep.items() if m == pytest.approx(1.0)] == [0.37, 0.38, 0.39, 0.40, 0.41]
     # t=0.35: bg pixel 0.37 turns cat -> bg iou 1/2, cat iou 2/3; t=0.45: cat pixel 0.42 lost -> 2/3, 1/2
     assert sweep[0.35] == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert sweep[0.45] == pytest.approx((2 / 3 + 1 / 2) / 2)
@@ -449,7 +452,7 @@ def test_cli_eval_on_a_real_synthetic_split(tmp_path, capsys):
     out = tmp_path / "cam.json"
     assert main(base + ["--pred", str(tmp_path / "cam"), "--kind", "cam", "--skip-missing", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
-    assert rep["miou"] == 1.0 and rep["threshold"] == pytest.approx(0.05) and rep["missing"] == 1
+    assert rep["miou"] == 1.0 and rep["threshold"] == pytest.approx(0.0) and rep["missing"] == 1
     assert [s["miou"] for s in rep["sweep"]][-1] < 1.0  # 0.9 > 0.6: everything background
     assert main(["eval", "--dataset", "voc", "--root", str(tmp_path / "nope"), "--pred", "x", "--kind", "labels"]) == 1
     assert "nope" in capsys.readouterr().err

@@ -191,7 +191,7 @@ def test_train_sipe_end_to_end_through_the_cli(tmp_path, capsys):
     assert "resume: false" in capsys.readouterr().out
     assert main([*args, "engine.lrr=1"]) == 2
     assert "unknown config key 'engine.lrr'" in capsys.readouterr().err
-    assert main([*args[:3], "data.root=" + str(tmp_path / "missing"), *args[4:]]) == 2
+    assert main([*args[:3], "data.root=" + str(tmp_path / "missing"), *args[4:]]) == 1
     assert "missing" in capsys.readouterr().err
 
 

@@ -119,8 +119,15 @@ def print_config(cfg: Any) -> int:
     return 0
 
 
+# Exit statuses, the same for every command: the command line or config is wrong (as argparse
+# itself reports it), or the inputs it names are missing or bad (files, data sets, checkpoints).
+USAGE_ERROR = 2
+INPUT_ERROR = 1
+
+
 def fail(command: str, err: Exception | str, code: int) -> int:
-    """Report ``err`` on one stderr line as ``sipe COMMAND: error: ...`` and return ``code``."""
+    """Report ``err`` on one stderr line as ``sipe COMMAND: error: ...`` and return ``code``
+    (:data:`USAGE_ERROR` or :data:`INPUT_ERROR`)."""
     print(f"sipe {command}: error: {err}", file=sys.stderr)
     return code
 

@@ -6,9 +6,12 @@ import argparse
 import json
 
 from sipe.cli._common import (
+    INPUT_ERROR,
+    USAGE_ERROR,
     add_dataset_args,
     add_device_arg,
     build_dataset_from_args,
+    check_dataset_args,
     fail,
     setup_logging,
 )
@@ -39,19 +42,23 @@ def run(args: argparse.Namespace) -> int:
 
     from sipe.cam import CamConfig, generate_cams
     from sipe.compat import load_checkpoint
-    from sipe.data import DatasetRootError
+    from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import setup_distributed
 
     setup_logging()
     try:
         info = setup_distributed(args.device)
+        check_dataset_args(args)
+    except ValueError as err:  # dataset options that do not fit together, a CUDA device not here
+        return fail("cam", err, USAGE_ERROR)
+    try:
         dataset = build_dataset_from_args(args, with_masks=False)
-    except (DatasetRootError, ValueError) as err:  # bad dataset options or files, a CUDA device not here
-        return fail("cam", err, 2)
+    except (DatasetRootError, DatasetError, FileNotFoundError) as err:
+        return fail("cam", err, INPUT_ERROR)
     model, _ = load_checkpoint(args.checkpoint)
     if model.num_classes != dataset.num_classes:
         return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
-                    f"has {dataset.num_classes}; use the checkpoint trained on this dataset", 2)
+                    f"has {dataset.num_classes}; use the checkpoint trained on this dataset", INPUT_ERROR)
     model.to(info.device)
     cfg = CamConfig(
         scales=tuple(float(s) for s in args.scales.split(",")),

@@ -17,12 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipe.cli._common import setup_logging
-    from sipe.config import load_config
+    from sipe.cli._common import USAGE_ERROR, fail, setup_logging
+    from sipe.config import ConfigError, load_config
     from sipe.demo import DemoConfig, run_demo
 
+    try:
+        cfg = load_config(DemoConfig, args.config, [*args.overrides, f"seed={args.seed}"])
+    except (ConfigError, FileNotFoundError) as err:
+        return fail("demo", err, USAGE_ERROR)
     setup_logging()
-    cfg = load_config(DemoConfig, args.config, [*args.overrides, f"seed={args.seed}"])
     metrics = run_demo(cfg, args.out)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sipe.cli._common import DatasetArgsError, add_dataset_args, build_dataset_from_args, fail, setup_logging
+from sipe.cli._common import (
+    INPUT_ERROR,
+    USAGE_ERROR,
+    DatasetArgsError,
+    add_dataset_args,
+    build_dataset_from_args,
+    fail,
+    setup_logging,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -28,7 +36,7 @@ def register(subparsers: Any) -> None:
         type=float,
         nargs="+",
         default=None,
-        help="--kind cam: background thresholds to sweep (default 0.05, 0.10, ..., 0.90)",
+        help="--kind cam: background thresholds to sweep (default 0.00, 0.01, ..., 0.95)",
     )
     p.add_argument(
         "--skip-missing",
@@ -43,7 +51,7 @@ def handler(args: argparse.Namespace) -> int:
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":
-        return fail("eval", "--thresholds applies to --kind cam only", 2)
+        return fail("eval", "--thresholds applies to --kind cam only", USAGE_ERROR)
     opts: dict[str, Any] = {"missing": "skip" if args.skip_missing else "error"}
     if args.thresholds is not None:
         opts["thresholds"] = args.thresholds
@@ -51,10 +59,10 @@ def handler(args: argparse.Namespace) -> int:
         dataset = build_dataset_from_args(args, masks_needed=True)
         report = evaluation.evaluate(args.kind, args.pred, dataset, **opts)
     except DatasetArgsError as e:
-        return fail("eval", e, 2)
+        return fail("eval", e, USAGE_ERROR)
     except (FileNotFoundError, ValueError, KeyError) as e:
         # Bad input is reported in one line; the message names the file and the fix.
-        return fail("eval", e, 1)
+        return fail("eval", e, INPUT_ERROR)
     report = {"dataset": args.dataset, "split": str(args.split), "pred": str(args.pred), **report}
     print(evaluation.format_report(report))
     if args.out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sipe.cli._common import fail
+from sipe.cli._common import INPUT_ERROR, fail
 
 
 def register(subparsers: Any) -> None:
@@ -39,11 +39,11 @@ def handler(args: argparse.Namespace) -> int:
         model, spec = load_seg_checkpoint(args.checkpoint)
         path = export_onnx(model, args.out, opset=args.opset, class_names=spec.class_names, dynamo=args.dynamo)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-        return fail("export", e, 1)
+        return fail("export", e, INPUT_ERROR)
     print(f"wrote {path} (opset {args.opset}, {spec.num_classes} classes, backbone {spec.backbone})")
     if args.check:
         diff = compare_onnx(model, path)
         print(f"onnxruntime vs PyTorch: max |difference| = {diff:.3g}")
         if diff > 1e-4:
-            return fail("export", "the ONNX output differs from PyTorch's by more than 1e-4", 1)
+            return fail("export", "the ONNX output differs from PyTorch's by more than 1e-4", INPUT_ERROR)
     return 0

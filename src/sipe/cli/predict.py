@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from sipe.cli._common import add_device_arg, fail, resolve_device, setup_logging
+from sipe.cli._common import INPUT_ERROR, add_device_arg, fail, resolve_device, setup_logging
 
 
 def register(subparsers: Any) -> None:
@@ -109,7 +109,7 @@ def handler(args: argparse.Namespace) -> int:
                 overlay=overlay, alpha=args.alpha,
             )
     except (FileNotFoundError, ValueError) as e:
-        return fail("predict", e, 1)
+        return fail("predict", e, INPUT_ERROR)
     skipped = f" ({result.skipped.summary()})" if len(result.skipped) else ""
     print(f"wrote {len(result.labels)} masks to {args.out}{skipped}")
     return 0 if result.labels else 1

@@ -6,6 +6,8 @@ import argparse
 import json
 
 from sipe.cli._common import (
+    INPUT_ERROR,
+    USAGE_ERROR,
     DatasetArgsError,
     add_config_args,
     add_dataset_args,
@@ -106,7 +108,7 @@ def _report(stats) -> int:
 
 
 def _fail(err: Exception) -> int:
-    return fail("refine", err, 2)
+    return fail("refine", err, USAGE_ERROR if isinstance(err, DatasetArgsError) else INPUT_ERROR)
 
 
 def run_crf_regions(args: argparse.Namespace) -> int:
@@ -144,7 +146,7 @@ def run_train_irn(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(IRNConfig, args)
     except (ConfigError, FileNotFoundError) as err:
-        return _fail(err)
+        return fail("refine", err, USAGE_ERROR)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
@@ -171,7 +173,7 @@ def run_labels(args: argparse.Namespace) -> int:
     try:
         info = setup_distributed(args.device)
     except ValueError as err:  # a CUDA device this machine does not have
-        return _fail(err)
+        return fail("refine", err, USAGE_ERROR)
     try:
         model = load_irn(args.irn).to(info.device)
         stats = make_pseudo_labels(model, _dataset(args), args.cam_dir, args.out, beta=args.beta,

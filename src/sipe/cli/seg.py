@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from sipe.cli._common import (
+    INPUT_ERROR,
+    USAGE_ERROR,
     DatasetArgsError,
     add_config_args,
     add_dataset_args,
@@ -71,14 +73,14 @@ def train_handler(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(SegTrainConfig, args)
     except (ConfigError, FileNotFoundError) as e:
-        return fail("seg train", e, 2)
+        return fail("seg train", e, USAGE_ERROR)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
     try:
         path = train_seg(cfg, args.out)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        return fail("seg train", e, 1)
+        return fail("seg train", e, INPUT_ERROR)
     print(f"checkpoint: {path}")
     return 0
 
@@ -106,9 +108,9 @@ def eval_handler(args: argparse.Namespace) -> int:
             )
         report = evaluate_seg(model, dataset, args.scales, args.flip, args.crf, num_workers=args.workers)
     except DatasetArgsError as e:
-        return fail("seg eval", e, 2)
+        return fail("seg eval", e, USAGE_ERROR)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        return fail("seg eval", e, 1)
+        return fail("seg eval", e, INPUT_ERROR)
     report = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint), **report}
     print(evaluation.format_report(report))
     if args.out:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from sipe.cli._common import add_config_args, config_from_args, fail, print_config, setup_logging
+from sipe.cli._common import (
+    INPUT_ERROR,
+    USAGE_ERROR,
+    add_config_args,
+    config_from_args,
+    fail,
+    print_config,
+    setup_logging,
+)
 
 EPILOG = """\
 examples:
@@ -40,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(SIPETrainConfig, args)
     except (ConfigError, FileNotFoundError) as err:
-        return fail("train", err, 2)
+        return fail("train", err, USAGE_ERROR)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
     try:
         path = train_sipe(cfg, args.out)
     except (DatasetError, DatasetRootError) as err:
-        return fail("train", err, 2)
+        return fail("train", err, INPUT_ERROR)
     if is_main_process():
         print(f"checkpoint: {path}")
     return 0
