@@ -536,3 +536,24 @@ def test_synthetic_palette_and_xml(tmp_path: Path) -> None:
     assert voc_mod.parse_voc_xml(root / "Annotations" / "train_00000.xml")
     meta = json.loads((root / "synthetic.json").read_text())
     assert meta["seed"] == 0 and meta["n_train"] == 2
+
+
+def test_synthetic_backgrounds_are_object_free_deterministic_negatives() -> None:
+    bg = D.SyntheticBackgrounds(5, num_classes=4, seed=2, image_size=(40, 56))
+    assert len(bg) == 5
+    items = [bg[i] for i in range(5)]
+    for item in items:
+        h, w, c = item["image"].shape
+        assert 40 <= h <= 56 and 40 <= w <= 56 and c == 3 and item["image"].dtype == np.uint8
+        assert item["labels"].dtype == np.float32 and item["labels"].shape == (4,) and not item["labels"].any()
+        # No saturated part colour anywhere: backgrounds are greyish.
+        img = item["image"].astype(int)
+        assert (img.max(axis=2) - img.min(axis=2)).max() < 120
+    assert np.array_equal(bg[3]["image"], D.SyntheticBackgrounds(5, 4, seed=2, image_size=(40, 56))[3]["image"])
+    assert not np.array_equal(bg[3]["image"], D.SyntheticBackgrounds(5, 4, seed=3, image_size=(40, 56))[3]["image"])
+    with pytest.raises(IndexError):
+        bg[5]
+    _, mask, objects = draw_synthetic_image(np.random.default_rng(0), 48, 48, min_objects=0, max_objects=0)
+    assert objects == [] and not mask.any()
+    with pytest.raises(ValueError, match="min_objects"):
+        draw_synthetic_image(np.random.default_rng(0), 48, 48, min_objects=2, max_objects=1)

@@ -17,8 +17,29 @@ TINY = [
     "engine.num_workers=0", "engine.progress=false",
     "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1", "irn.engine.batch_size=4", "irn.engine.num_workers=0",
     "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.batch_size=4",
-    "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2",
+    "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2", "background_images=4",
 ]
+
+
+def test_pretraining_sees_the_negatives(tmp_path):
+    import torch
+
+    from sipe.data import SyntheticBackgrounds, build_dataset, generate_synthetic
+    from sipe.pretrain import PretrainConfig, pretrain_classifier
+
+    root = generate_synthetic(tmp_path / "syn", seed=0, n_train=8, n_val=0, image_size=(40, 48), progress=False)
+    train = build_dataset("synthetic", root, "train")
+    cfg = load_config(PretrainConfig, None, ["resize_long=[40,48]", "crop_size=32", "engine.epochs=1",
+                                             "engine.batch_size=4", "engine.num_workers=0", "engine.progress=false"])
+    steps = {}
+    for n_neg in (0, 4):
+        negatives = SyntheticBackgrounds(n_neg, train.num_classes - 1, seed=0, image_size=(40, 48)) if n_neg else None
+        out = tmp_path / f"pre{n_neg}"
+        weights = pretrain_classifier(train, out, cfg, negatives=negatives)
+        state = torch.load(weights, weights_only=True)
+        assert "conv1.weight" in state and not any(k.startswith("fc.") for k in state)
+        steps[n_neg] = torch.load(out / "checkpoints" / "final.pt", weights_only=False)["step"]
+    assert steps == {0: 2, 4: 3}  # 8 images, then 12, in batches of 4
 
 
 @pytest.mark.slow

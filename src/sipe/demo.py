@@ -3,7 +3,7 @@
 Steps (each resumable; rerunning the command picks up where it stopped):
 1. generate the synthetic dataset (VOC layout) in ``out/data``;
 2. pretrain the backbone as a plain classifier (stand-in for ImageNet weights, which cannot be
-   downloaded offline);
+   downloaded offline) on the training images plus a few object-free ones as negatives;
 3. train SIPE with the official recipe (lr, momentum quirk, poly decay, clipping, 10x new layers);
 4. multi-scale IS-CAM (and plain CAM) on the training and held-out splits; evaluate both on the
    held-out split;
@@ -74,6 +74,11 @@ class DemoConfig:
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
     backbone: str = "resnet18"
     pretrain: PretrainConfig = field(default_factory=_demo_pretrain)
+    # Object-free images added to pretraining as negatives. Without them every image holds a class
+    # and a classifier may learn one class as "none of the others": its CAM then covers the
+    # background (seed 1: the disk's CAM averaged 0.77 on background cells, the other classes
+    # 0.07). With 80 such images: 0.07-0.10 for all four classes.
+    background_images: int = 80
     aug: AugConfig = field(default_factory=lambda: AugConfig(resize_long=(192, 352), crop_size=224))
     engine: TrainConfig = field(default_factory=_demo_sipe_engine)
     # Scales of the native images, so 2.0 is the training size. Held-out IS-CAM mIoU (seed 0):
@@ -108,7 +113,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     from sipe.cam import CamConfig, generate_cams
     from sipe.compat import load_checkpoint
     from sipe.config import save_run_info
-    from sipe.data import build_dataset, generate_synthetic
+    from sipe.data import SyntheticBackgrounds, build_dataset, generate_synthetic
     from sipe.evaluation import evaluate_cam, evaluate_is_cam, write_report
     from sipe.pretrain import pretrain_classifier
     from sipe.train import train_sipe
@@ -132,7 +137,11 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     pretrain_cfg = cfg.pretrain
     pretrain_cfg.backbone = cfg.backbone
     pretrain_cfg.engine.seed = cfg.seed
-    weights = pretrain_classifier(train_set, out / "pretrain", pretrain_cfg)
+    negatives = None
+    if cfg.background_images > 0:
+        negatives = SyntheticBackgrounds(cfg.background_images, cfg.data.num_classes, seed=cfg.seed,
+                                         image_size=cfg.data.image_size)
+    weights = pretrain_classifier(train_set, out / "pretrain", pretrain_cfg, negatives=negatives)
     t = _stage("pretrain", t, timings)
 
     sipe_cfg = SIPETrainConfig(

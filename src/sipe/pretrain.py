@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision import models
 
 from sipe.engine import TrainConfig, fit, is_main_process
@@ -62,8 +62,11 @@ def classifier_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[st
     return {"loss": loss}
 
 
-def pretrain_classifier(dataset: Any, out_dir: str | os.PathLike, cfg: PretrainConfig | None = None) -> Path:
-    """Train a torchvision ResNet as a multi-label classifier on ``dataset``.
+def pretrain_classifier(
+    dataset: Any, out_dir: str | os.PathLike, cfg: PretrainConfig | None = None, negatives: Any = None
+) -> Path:
+    """Train a torchvision ResNet as a multi-label classifier on ``dataset``, plus the label-free
+    images of ``negatives`` if given (e.g. :class:`~sipe.data.SyntheticBackgrounds`).
 
     Returns ``out_dir/backbone.pth``: a torchvision-format state dict without ``fc``, loadable
     as ``weights=`` by :func:`sipe.models.build_sipe`. Resumes like any engine run.
@@ -75,7 +78,8 @@ def pretrain_classifier(dataset: Any, out_dir: str | os.PathLike, cfg: PretrainC
         return target
     net = getattr(models, cfg.backbone)(weights=None, num_classes=dataset.num_classes - 1)
     groups = [{"params": list(net.parameters()), "lr_mult": 1.0}]
-    trained = fit(net, ClassifierTrainSet(dataset, cfg.resize_long, cfg.crop_size), classifier_step, groups,
+    images = dataset if negatives is None else ConcatDataset([dataset, negatives])
+    trained = fit(net, ClassifierTrainSet(images, cfg.resize_long, cfg.crop_size), classifier_step, groups,
                   cfg.engine, out_dir)
     if is_main_process():
         state = {k: v.cpu() for k, v in trained.state_dict().items() if not k.startswith("fc.")}

@@ -22,7 +22,7 @@ from .base import (
 from .coco import COCODataset
 from .custom import CustomDataset, read_labels_file
 from .image import ImageReadError, ImageTooSmallError, check_min_size, image_size, read_image, read_mask
-from .synthetic import SyntheticDataset, generate_synthetic, synthetic_class_names
+from .synthetic import SyntheticBackgrounds, SyntheticDataset, generate_synthetic, synthetic_class_names
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resize_flip_crop
 from .voc import VOC_CLASSES, VOCDataset
 
@@ -40,6 +40,7 @@ __all__ = [
     "MissingMaskError",
     "SegDataset",
     "SkipCounter",
+    "SyntheticBackgrounds",
     "SyntheticDataset",
     "UnknownClassError",
     "VOCDataset",

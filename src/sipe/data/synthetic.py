@@ -37,7 +37,14 @@ from ..io import save_label_png, write_bytes, write_text
 from .base import DatasetError, check_root
 from .voc import VOCDataset
 
-__all__ = ["PART_STYLES", "SyntheticDataset", "draw_synthetic_image", "generate_synthetic", "synthetic_class_names"]
+__all__ = [
+    "PART_STYLES",
+    "SyntheticBackgrounds",
+    "SyntheticDataset",
+    "draw_synthetic_image",
+    "generate_synthetic",
+    "synthetic_class_names",
+]
 
 logger = logging.getLogger("sipe.data")
 
@@ -95,6 +102,7 @@ def draw_synthetic_image(
     body_radius: tuple[float, float] = (0.18, 0.27),
     part_scale: float = 0.5,
     return_regions: bool = False,
+    min_objects: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Draw one image.
 
@@ -102,7 +110,8 @@ def draw_synthetic_image(
         rng: the image's own generator.
         height, width: image size in pixels.
         num_classes: foreground classes to draw from (at most ``len(PART_STYLES)``).
-        max_objects: objects per image are uniform in 1..max_objects (fewer when they do not fit).
+        max_objects: objects per image are uniform in min_objects..max_objects (fewer when they
+            do not fit); ``min_objects=max_objects=0`` draws a background only.
         body_radius: body semi-major axis as a fraction of min(height, width), before the
             per-count shrink (x0.85 for two objects, x0.75 for three or more).
         part_scale: part radius as a fraction of the body's semi-minor axis.
@@ -131,7 +140,9 @@ def draw_synthetic_image(
     img = c0 * (1 - field) + c1 * field + noise((h, w, 1), 7.0)
     mask = np.zeros((h, w), np.uint8)
 
-    n_obj = int(rng.integers(1, max_objects + 1))
+    if not 0 <= min_objects <= max_objects:
+        raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    n_obj = int(rng.integers(min_objects, max_objects + 1))
     shrink = {1: 1.0, 2: 0.85}.get(n_obj, 0.75)
     side = min(h, w)
     placed: list[tuple[float, float, float]] = []
@@ -320,3 +331,29 @@ class SyntheticDataset(VOCDataset):
             raise DatasetError(f"split file {split_file} does not exist; synthetic splits are 'train' and 'val'.")
         kwargs.setdefault("class_names", class_names)
         super().__init__(root, split_file, **kwargs)
+
+
+class SyntheticBackgrounds:
+    """``n`` object-free synthetic images (backgrounds only, no label), drawn in memory.
+
+    Negatives for classifier pretraining: without them every training image holds some class, so a
+    classifier may recognise one class by the absence of the others, and that class's CAM then
+    lights up the background. Item ``i`` is a pure function of ``(seed, i)``; items are dicts with
+    ``image`` (H, W, 3) uint8, ``labels`` (num_classes,) zeros and ``name``.
+    """
+
+    def __init__(self, n: int, num_classes: int, seed: int = 0, image_size: tuple[int, int] = (96, 160)) -> None:
+        self.n, self.num_classes, self.seed = int(n), int(num_classes), int(seed)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, 3, int(i)])  # 3: apart from the train/val streams
+        lo, hi = self.image_size
+        h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        image, _, _ = draw_synthetic_image(rng, h, w, num_classes=self.num_classes, min_objects=0, max_objects=0)
+        return {"image": image, "labels": np.zeros(self.num_classes, np.float32), "name": f"background_{i:05d}"}
