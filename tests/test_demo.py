@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from sipe.config import load_config
 from sipe.demo import DemoConfig, run_demo
@@ -57,6 +58,10 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert len(list((out / "pseudo_train").glob("*.png"))) == 8
     assert (out / "config.yaml").is_file() and (out / "run_info.json").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    # The saved config shows what the stages ran with, not the stage defaults.
+    assert saved["irn"]["backbone"] == saved["seg_model"]["backbone"] == saved["pretrain"]["backbone"] == "resnet18"
+    assert cfg.irn.backbone == "resnet50"  # the caller's config is left as it was
     # Rerun: every stage finds its outputs and the metrics come out the same.
     again = run_demo(load_config(DemoConfig, None, TINY), out)
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in metrics.items() if k != "seconds"}

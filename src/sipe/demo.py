@@ -14,6 +14,7 @@ Steps (each resumable; rerunning the command picks up where it stopped):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -107,6 +108,15 @@ def _stage(name: str, t0: float, timings: dict[str, float]) -> float:
     return now
 
 
+def _resolved(cfg: DemoConfig) -> DemoConfig:
+    """A copy whose stage configs carry the demo's backbone and seed, so that the saved
+    ``config.yaml`` shows what every stage really ran with (the weights come later, per stage)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.pretrain.backbone = cfg.irn.backbone = cfg.seg_model.backbone = cfg.backbone
+    cfg.pretrain.engine.seed = cfg.irn.engine.seed = cfg.seg_engine.seed = cfg.seed
+    return cfg
+
+
 def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the metrics written to ``out_dir/metrics.json``."""
     import torch
@@ -121,6 +131,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = _resolved(cfg)
     save_run_info(out, cfg)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
@@ -135,14 +146,11 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     val_set = build_dataset("synthetic", data_root, "val")
     t = _stage("data", t, timings)
 
-    pretrain_cfg = cfg.pretrain
-    pretrain_cfg.backbone = cfg.backbone
-    pretrain_cfg.engine.seed = cfg.seed
     negatives = None
     if cfg.background_images > 0:
         negatives = SyntheticBackgrounds(cfg.background_images, cfg.data.num_classes, seed=cfg.seed,
                                          image_size=cfg.data.image_size)
-    weights = pretrain_classifier(train_set, out / "pretrain", pretrain_cfg, negatives=negatives)
+    weights = pretrain_classifier(train_set, out / "pretrain", cfg.pretrain, negatives=negatives)
     t = _stage("pretrain", t, timings)
 
     sipe_cfg = SIPETrainConfig(
@@ -198,8 +206,7 @@ def _refine_and_segment(
     t = time.perf_counter()
     make_confident_regions(train_set, cams["train"] / "is_cam", out / "regions_train")
     t = _stage("confident_regions", t, timings)
-    irn_cfg = dataclasses.replace(cfg.irn, backbone=cfg.backbone, weights=str(weights))
-    irn_cfg.engine.seed = cfg.seed
+    irn_cfg = dataclasses.replace(cfg.irn, weights=str(weights))
     irn = train_irn(train_set, out / "regions_train", out / "irn", irn_cfg)
     t = _stage("irn_train", t, timings)
     for name, dataset in (("val", val_set), ("train", train_set)):
@@ -212,9 +219,9 @@ def _refine_and_segment(
     seg_cfg = SegTrainConfig(
         pseudo_labels=str(out / "pseudo_train"),
         data=SegDataConfig(kind="synthetic", root=str(out / "data"), split="train"),
-        model=dataclasses.replace(cfg.seg_model, backbone=cfg.backbone, weights=str(weights)),
+        model=dataclasses.replace(cfg.seg_model, weights=str(weights)),
         aug=cfg.seg_aug,
-        engine=dataclasses.replace(cfg.seg_engine, seed=cfg.seed),
+        engine=cfg.seg_engine,
     )
     seg_model, _ = load_seg_checkpoint(train_seg(seg_cfg, out / "seg"))
     t = _stage("seg_train", t, timings)

@@ -16,6 +16,7 @@ from sipe.models.sipe_net import SIPENet
 __all__ = [
     "DEFAULT_SCALES",
     "fuse_scales",
+    "fused_maps",
     "kept_classes",
     "model_memory_format",
     "multiscale_is_cam",

@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
     from sipe.cam import CamConfig, generate_cams
     from sipe.compat import load_checkpoint
-    from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import setup_distributed
 
     setup_logging()
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("cam", err, USAGE_ERROR)
     try:
         dataset = build_dataset_from_args(args, with_masks=False)
-    except (DatasetRootError, DatasetError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # DatasetError, DatasetRootError and other bad input
         return fail("cam", err, INPUT_ERROR)
     model, _ = load_checkpoint(args.checkpoint)
     if model.num_classes != dataset.num_classes:
