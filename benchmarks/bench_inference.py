@@ -6,7 +6,7 @@ Usage: python benchmarks/bench_inference.py [--threads 2] [--size 640x480] [--cl
 Rows (all ResNet-50, 4 scales + flip, the official ``make_cam`` semantics):
 - ``plain fp32``: the model as built, default memory format (the reference);
 - ``fp32 channels-last``: weights and inputs channels-last (not run by default; a breakdown row);
-- ``fp32 fast``: :func:`sipe.inference.prepare_for_inference` (channels-last, batch norm folded,
+- ``fp32 fast``: :func:`sipe.cams.multiscale.prepare_for_inference` (channels-last, batch norm folded,
   convolution + ReLU (+ residual) fused into one oneDNN call on CPU);
 - ``bf16 fast``: the same under bf16 autocast (the trunk; IPE float32).
 
@@ -39,17 +39,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import MiB, load_average, peak_rss, reset_peak_rss  # noqa: E402
-from sipe import ipe  # noqa: E402
-from sipe.data.synthetic import draw_synthetic_image  # noqa: E402
-from sipe.inference import (  # noqa: E402
+from sipe.cams.multiscale import (  # noqa: E402
     multiscale_is_cam,
     prepare_for_inference,
     release_memory,
     scale_batch,
     to_tensor,
 )
+from sipe.core import ipe  # noqa: E402
+from sipe.data.synthetic import draw_synthetic_image  # noqa: E402
 from sipe.models import SIPENet, build_sipe  # noqa: E402
-from sipe.models.backbone import FrozenStatsBatchNorm2d  # noqa: E402
+from sipe.models.layers import FrozenBatchNorm2d  # noqa: E402
 
 PATHS = {  # name -> (channels_last, fold_bn, autocast dtype)
     "plain fp32": (False, False, None),
@@ -104,7 +104,7 @@ def probe_model(num_classes: int, size: tuple[int, int]) -> tuple[SIPENet, np.nd
         bn.running_mean.copy_(inputs[0].mean((0, 2, 3)))
         bn.running_var.copy_(inputs[0].var((0, 2, 3)))
 
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenStatsBatchNorm2d)]
+    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     stages = model.encoder(x)
     for hook in hooks:
         hook.remove()

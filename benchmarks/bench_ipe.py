@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import MiB, measure  # noqa: E402
-from sipe import ipe  # noqa: E402
-from sipe.inference import multiscale_is_cam  # noqa: E402
+from sipe.cams.multiscale import multiscale_is_cam  # noqa: E402
+from sipe.core import ipe  # noqa: E402
 from sipe.models import build_sipe  # noqa: E402
 
 

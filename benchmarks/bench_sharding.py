@@ -5,7 +5,7 @@ Usage: python benchmarks/bench_sharding.py [--images 24] [--size 160,240] [--cor
 Writes a small synthetic data set (``sipe.data.generate_synthetic``) and a random-weights ResNet-50
 checkpoint to a temporary folder, then runs ``torchrun --nproc_per_node P`` with this script as
 the worker for P = 1 and 2, splitting ``--cores`` threads between the processes. Each worker loads
-the checkpoint, warms up on one image, waits at a barrier, runs ``sipe.cam.generate_cams`` on its
+the checkpoint, warms up on one image, waits at a barrier, runs ``sipe.cams.generate.generate_cams`` on its
 shard (every P-th image, 4 scales + flip, channels-last, batch norm folded, one loader worker) and
 waits at a barrier again: the time between the barriers is the generation time, without the
 start-up (imports, checkpoint loading). ``--cli`` also times ``torchrun -m sipe cam`` end to end.
@@ -31,10 +31,10 @@ from _measure import load_average  # noqa: E402
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from sipe.cam import CamConfig, generate_cams
-    from sipe.compat import load_checkpoint
+    from sipe.cams.generate import CamConfig, generate_cams
+    from sipe.cams.multiscale import multiscale_is_cam, prepare_for_inference
     from sipe.data.synthetic import SyntheticDataset
-    from sipe.inference import multiscale_is_cam, prepare_for_inference
+    from sipe.models.checkpoint import load_checkpoint
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import MiB, load_average, peak_rss, reset_peak_rss  # noqa: E402
-from sipe import ipe, losses  # noqa: E402
-from sipe.inference import release_memory  # noqa: E402
+from sipe.cams.multiscale import release_memory  # noqa: E402
+from sipe.core import ipe, losses  # noqa: E402
 from sipe.models import SIPENet, build_sipe  # noqa: E402
 
 

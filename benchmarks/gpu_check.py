@@ -9,7 +9,7 @@ Usage: python benchmarks/gpu_check.py [--out DIR] [--quick]
   plus the paper's formulas materialised (``bench_train_step.official_forward``) in fp32;
 - IS-CAM: ``multiscale_is_cam`` (4 scales + flip) on 500x375 images (K=21) and on 640x480 images
   (K=81), fp32 / fp16 / bf16 autocast on a prepared model (batch norm folded, channels-last),
-  and ``sipe.cam.generate_cams`` end to end (DataLoader workers decoding and resizing, files written);
+  and ``sipe.cams.generate.generate_cams`` end to end (DataLoader workers decoding and resizing, files written);
 - peak GPU memory (``torch.cuda.max_memory_allocated``) of every row.
 Prints markdown tables and writes them with the raw numbers to ``--out`` (results.md, results.json).
 """
@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train_step import official_forward, ours_forward  # noqa: E402
-from sipe import ipe, losses  # noqa: E402
-from sipe.inference import multiscale_is_cam, prepare_for_inference  # noqa: E402
+from sipe.cams.multiscale import multiscale_is_cam, prepare_for_inference  # noqa: E402
+from sipe.core import ipe, losses  # noqa: E402
 from sipe.models import build_sipe  # noqa: E402
 
 GiB = 1024**3
@@ -131,7 +131,7 @@ def iscam_rows(device: torch.device, n_images: int) -> list[dict]:
 
 
 def generate_cams_row(device: torch.device, n_images: int) -> dict:
-    from sipe.cam import CamConfig, generate_cams
+    from sipe.cams.generate import CamConfig, generate_cams
     from sipe.data.synthetic import SyntheticDataset, generate_synthetic
 
     with tempfile.TemporaryDirectory() as tmp:

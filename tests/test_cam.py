@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sipe.cam import CamConfig, generate_cams, output_path
+from sipe.cams.format import read_cam_file
+from sipe.cams.generate import CamConfig, generate_cams, output_path
+from sipe.cams.multiscale import multiscale_is_cam
 from sipe.data.image import ImageReadError
-from sipe.evaluation import read_cam_file
-from sipe.inference import multiscale_is_cam
 from sipe.models import build_sipe
 
 

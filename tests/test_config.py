@@ -170,8 +170,8 @@ def test_merged_values_are_validated_and_defaults_not_shared(tmp_path):
 
 
 def test_demo_config_partial_aug_keeps_the_demo_sizes(tmp_path):
+    from sipe.config import AugConfig
     from sipe.demo import DemoConfig
-    from sipe.train import AugConfig
 
     demo_aug = DemoConfig().aug
     assert (demo_aug.crop_size, demo_aug.resize_long) != (AugConfig().crop_size, AugConfig().resize_long)

@@ -26,7 +26,7 @@ def test_pretraining_sees_the_negatives(tmp_path):
     import torch
 
     from sipe.data import SyntheticBackgrounds, build_dataset, generate_synthetic
-    from sipe.pretrain import PretrainConfig, pretrain_classifier
+    from sipe.train.pretrain import PretrainConfig, pretrain_classifier
 
     root = generate_synthetic(tmp_path / "syn", seed=0, n_train=8, n_val=0, image_size=(40, 48), progress=False)
     train = build_dataset("synthetic", root, "train")

@@ -10,14 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
-from sipe import evaluation as ev
 from sipe import io as sio
+from sipe.cams.format import find_cam_file, is_cam_to_label, read_cam_file, write_cam_file
+from sipe.data.image import read_label_png
+from sipe.metrics import ConfusionMatrix, evaluate_cam, evaluate_is_cam, evaluate_label_dir, format_report, write_report
 
 # gt / pred pairs, read column by column in the comment below:
 # (0,0) (0,1) (1,1) | (1,1) (2,2) (2,0) | (255,2) ignored-gt (2,2) (0,255) ignored-pred
 GT = np.array([[0, 0, 1], [1, 2, 2], [255, 2, 0]], dtype=np.uint8)
 PRED = np.array([[0, 1, 1], [1, 2, 0], [2, 2, 255]], dtype=np.uint8)
 EXPECTED = np.array([[1, 1, 0], [0, 2, 0], [1, 0, 2]])
+
+
+def _load_cam_file(path):
+    f = read_cam_file(path)
+    return f.keys, f.maps
+
+
+def _cam_to_label(keys, maps, threshold):
+    """The official rule (a background channel of constant ``threshold`` prepended, argmax, ties to
+    the background): the reference that evaluate_cam's one-pass sweep is checked against."""
+    if maps.shape[0] == 0:
+        return np.zeros(maps.shape[1:], dtype=np.int64)
+    padded = np.concatenate([np.full((1, *maps.shape[1:]), threshold, maps.dtype), maps])
+    return np.concatenate([[0], keys])[np.argmax(padded, axis=0)]
 
 
 class TinyDataset:
@@ -58,7 +74,7 @@ NAMES3 = ["background", "cat", "dog"]
 
 # ---------------------------------------------------------------- confusion matrix
 def test_confusion_matrix_hand_computed():
-    cm = ev.ConfusionMatrix(3)
+    cm = ConfusionMatrix(3)
     cm.update(PRED, GT)
     assert cm.matrix.dtype == np.int64
     np.testing.assert_array_equal(cm.matrix, EXPECTED)
@@ -73,7 +89,7 @@ def test_confusion_matrix_hand_computed():
 
 def test_confusion_matrix_nan_handling():
     # Class 3 appears nowhere: its IoU is undefined and left out of the mean.
-    cm = ev.ConfusionMatrix(4)
+    cm = ConfusionMatrix(4)
     cm.update(PRED, GT)
     iou = cm.iou()
     assert math.isnan(iou[3]) and math.isnan(cm.precision()[3]) and math.isnan(cm.recall()[3])
@@ -84,7 +100,7 @@ def test_confusion_matrix_nan_handling():
     assert math.isnan(cm.recall()[3]) and cm.precision()[3] == 0.0
     assert cm.iou()[0] == pytest.approx(1 / 4)  # tp 1, gt 3, pred 2
     assert cm.miou() == pytest.approx((1 / 4 + 2 / 3 + 2 / 3 + 0) / 4)
-    empty = ev.ConfusionMatrix(3)
+    empty = ConfusionMatrix(3)
     assert math.isnan(empty.miou()) and math.isnan(empty.pixel_accuracy())
 
 
@@ -93,7 +109,7 @@ def test_confusion_matrix_torch_matches_numpy_and_rejects_bad_values():
     gt = rng.integers(0, 5, (3, 17, 13))
     gt[0, :2] = 255
     pred = rng.integers(0, 5, (3, 17, 13))
-    a, b = ev.ConfusionMatrix(5), ev.ConfusionMatrix(5)
+    a, b = ConfusionMatrix(5), ConfusionMatrix(5)
     a.update(pred, gt)
     b.update(torch.from_numpy(pred), torch.from_numpy(gt))
     np.testing.assert_array_equal(a.matrix, b.matrix)
@@ -106,34 +122,8 @@ def test_confusion_matrix_torch_matches_numpy_and_rejects_bad_values():
         a.update(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
-def test_reduce_is_noop_without_distributed():
-    cm = ev.ConfusionMatrix(3)
-    cm.update(PRED, GT)
-    cm.reduce_from_all_processes()
-    np.testing.assert_array_equal(cm.matrix, EXPECTED)
-
-
-def _reduce_worker(rank: int, init: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    cm = ev.ConfusionMatrix(3)
-    cm.update(PRED if rank == 0 else GT, GT)
-    cm.reduce_from_all_processes()
-    np.save(f"{out}_{rank}.npy", cm.matrix)
-    dist.destroy_process_group()
-
-
-def test_reduce_sums_over_two_gloo_processes(tmp_path):
-    init = f"file://{tmp_path / 'rdv'}"
-    torch.multiprocessing.spawn(_reduce_worker, args=(init, str(tmp_path / "m")), nprocs=2)
-    perfect = np.diag([3, 2, 3])  # rank 1 predicts the ground truth itself (8 counted pixels)
-    for rank in range(2):
-        np.testing.assert_array_equal(np.load(tmp_path / f"m_{rank}.npy"), EXPECTED + perfect)
-
-
 def test_report_and_format_table():
-    cm = ev.ConfusionMatrix(4)
+    cm = ConfusionMatrix(4)
     cm.update(PRED, GT)
     rep = cm.report(NAMES3 + ["bird"])
     assert rep["miou"] == pytest.approx(5 / 9)
@@ -149,7 +139,7 @@ def test_report_and_format_table():
     }
     assert rep["classes"][3]["iou"] is None
     assert rep["confusion_matrix"][2] == [1, 0, 2, 0]
-    table = cm.format_table(NAMES3 + ["bird"])
+    table = format_report(cm.report(NAMES3 + ["bird"]))
     assert "mIoU 55.56" in table
     lines = table.splitlines()
     assert lines[3].split() == ["2", "dog", "66.67", "100.00", "66.67"]
@@ -159,10 +149,10 @@ def test_report_and_format_table():
 
 
 def test_write_report_json(tmp_path):
-    cm = ev.ConfusionMatrix(4)
+    cm = ConfusionMatrix(4)
     cm.update(PRED, GT)
     path = tmp_path / "sub" / "report.json"
-    ev.write_report(path, {"extra": np.float32(0.5), "nan": float("nan"), **cm.report()})
+    write_report(path, {"extra": np.float32(0.5), "nan": float("nan"), **cm.report()})
     data = json.loads(path.read_text())
     assert data["miou"] == pytest.approx(5 / 9)
     assert data["nan"] is None and data["extra"] == 0.5
@@ -182,7 +172,7 @@ def _is_cam_example():
 
 def test_is_cam_argmax_through_keys():
     keys, maps, expected = _is_cam_example()
-    np.testing.assert_array_equal(ev.is_cam_to_label(keys, maps), expected)
+    np.testing.assert_array_equal(is_cam_to_label(keys, maps), expected)
 
 
 def test_cam_file_formats_round_trip(tmp_path):
@@ -193,18 +183,18 @@ def test_cam_file_formats_round_trip(tmp_path):
     sio.save_npz(tmp_path / "d.npz", keys=np.array([2]), maps=maps[1:])  # no kind: inferred from keys
     sio.save_npz(tmp_path / "e.npz", keys=np.array([2]), maps=maps[1:], kind=np.array(b"cam"))
     for name in ("a.npz", "b.npy"):
-        k, m = ev.load_cam_file(tmp_path / name)
+        k, m = _load_cam_file(tmp_path / name)
         assert k.dtype == np.int64 and m.dtype == np.float32 and m.shape == (2, 2, 3)
         np.testing.assert_array_equal(k, keys)
         np.testing.assert_allclose(m, maps, atol=1e-3)
-        assert ev.read_cam_file(tmp_path / name).kind == "is_cam"
-    irn = ev.read_cam_file(tmp_path / "c.npy")
+        assert read_cam_file(tmp_path / name).kind == "is_cam"
+    irn = read_cam_file(tmp_path / "c.npy")
     assert irn.kind == "cam" and irn.keys.tolist() == [2]  # IRN counts foreground classes from 0
     np.testing.assert_array_equal(irn.maps, maps[1:])
-    assert ev.read_cam_file(tmp_path / "d.npz").kind == "cam"
-    assert ev.read_cam_file(tmp_path / "e.npz").kind == "cam"
-    assert ev.find_cam_file(tmp_path, "a") == tmp_path / "a.npz"
-    assert ev.find_cam_file(tmp_path, "zzz") is None
+    assert read_cam_file(tmp_path / "d.npz").kind == "cam"
+    assert read_cam_file(tmp_path / "e.npz").kind == "cam"
+    assert find_cam_file(tmp_path, "a") == tmp_path / "a.npz"
+    assert find_cam_file(tmp_path, "zzz") is None
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".npy"])
@@ -212,8 +202,8 @@ def test_cam_file_formats_round_trip(tmp_path):
 def test_write_cam_file_round_trip(tmp_path, suffix, kind):
     keys = np.array([0, 3]) if kind == "is_cam" else np.array([1, 3])
     maps = np.random.default_rng(0).random((2, 5, 4)).astype(np.float32)
-    ev.write_cam_file(tmp_path / f"a{suffix}", keys, maps, kind)
-    f = ev.read_cam_file(tmp_path / f"a{suffix}")
+    write_cam_file(tmp_path / f"a{suffix}", keys, maps, kind)
+    f = read_cam_file(tmp_path / f"a{suffix}")
     assert f.kind == kind and f.keys.tolist() == keys.tolist()
     np.testing.assert_allclose(f.maps, maps, atol=1e-3 if suffix == ".npz" else 0)
     if suffix == ".npy":  # the official layouts
@@ -221,27 +211,27 @@ def test_write_cam_file_round_trip(tmp_path, suffix, kind):
         assert sorted(d) == (["IS_CAM", "keys"] if kind == "is_cam" else ["high_res", "keys"])
         assert d["keys"].tolist() == (keys.tolist() if kind == "is_cam" else (keys - 1).tolist())
     with pytest.raises(ValueError, match="background 0" if kind == "is_cam" else "foreground classes only"):
-        ev.write_cam_file(tmp_path / f"b{suffix}", np.array([1, 0]), maps, kind)
+        write_cam_file(tmp_path / f"b{suffix}", np.array([1, 0]), maps, kind)
 
 
 def test_cam_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=r"broken\.npz.*rerun `sipe cam`"):
-        ev.load_cam_file(bad)
+        _load_cam_file(bad)
     trunc = tmp_path / "trunc.npy"
     sio.save_npy_dict(trunc, {"keys": np.array([0]), "IS_CAM": np.zeros((1, 4, 4), np.float32)})
     trunc.write_bytes(trunc.read_bytes()[:60])
     with pytest.raises(ValueError, match=r"trunc\.npy"):
-        ev.load_cam_file(trunc)
+        _load_cam_file(trunc)
     with pytest.raises(FileNotFoundError, match=r"nothere\.npz"):
-        ev.load_cam_file(tmp_path / "nothere.npz")
+        _load_cam_file(tmp_path / "nothere.npz")
     sio.save_npz(tmp_path / "shape.npz", keys=np.array([0, 1]), maps=np.zeros((3, 2, 2)))
     with pytest.raises(ValueError, match=r"shape\.npz.*M = len\(keys\) = 2"):
-        ev.load_cam_file(tmp_path / "shape.npz")
+        _load_cam_file(tmp_path / "shape.npz")
     sio.save_npz(tmp_path / "nobg.npz", keys=np.array([1]), maps=np.zeros((1, 2, 2)), kind=np.array("is_cam"))
     with pytest.raises(ValueError, match="background channel"):
-        ev.load_cam_file(tmp_path / "nobg.npz")
+        _load_cam_file(tmp_path / "nobg.npz")
 
 
 @pytest.mark.parametrize("dataset_cls", [TinyDataset, MaskReadingDataset])
@@ -251,17 +241,17 @@ def test_evaluate_is_cam_both_formats(tmp_path, dataset_cls):
     ds = dataset_cls({"x": gt, "y": gt, "nomask": None}, NAMES3)
     sio.save_npz(tmp_path / "x.npz", keys=keys, maps=maps.astype(np.float16), kind=np.array("is_cam"))
     sio.save_npy_dict(tmp_path / "y.npy", {"keys": keys, "IS_CAM": maps})
-    rep = ev.evaluate_is_cam(tmp_path, ds)
-    cm = ev.ConfusionMatrix(3)
+    rep = evaluate_is_cam(tmp_path, ds)
+    cm = ConfusionMatrix(3)
     cm.update(expected, gt)
     cm.update(expected, gt)
     assert rep["confusion_matrix"] == cm.matrix.tolist()
     # per image: (0,0) (2,2) (1,2) (2,2) (0,0): bg iou 1, cat iou 0, dog 2/3
     assert rep["miou"] == pytest.approx((1 + 0 + 2 / 3) / 3)
     assert (rep["num_images"], rep["skipped"], rep["missing"], rep["kind"]) == (2, 1, 0, "is_cam")
-    assert ev.evaluate_is_cam(tmp_path, ds, names=["y"])["num_pixels"] == 5
+    assert evaluate_is_cam(tmp_path, ds, names=["y"])["num_pixels"] == 5
     with pytest.raises(ValueError, match="not in the dataset"):
-        ev.evaluate_is_cam(tmp_path, ds, names=["y", "q"])
+        evaluate_is_cam(tmp_path, ds, names=["y", "q"])
 
 
 def test_evaluate_missing_prediction_and_masks(tmp_path):
@@ -270,15 +260,15 @@ def test_evaluate_missing_prediction_and_masks(tmp_path):
     ds = TinyDataset({"x": gt, "gone": gt}, NAMES3)
     sio.save_npz(tmp_path / "x.npz", keys=keys, maps=maps, kind=np.array("is_cam"))
     with pytest.raises(FileNotFoundError, match="'gone'"):
-        ev.evaluate_is_cam(tmp_path, ds)
-    rep = ev.evaluate_is_cam(tmp_path, ds, missing="skip")
+        evaluate_is_cam(tmp_path, ds)
+    rep = evaluate_is_cam(tmp_path, ds, missing="skip")
     assert (rep["num_images"], rep["missing"]) == (1, 1)
     with pytest.raises(ValueError, match="no image of this split has a ground-truth mask"):
-        ev.evaluate_is_cam(tmp_path, TinyDataset({"x": None}, NAMES3))
+        evaluate_is_cam(tmp_path, TinyDataset({"x": None}, NAMES3))
     with pytest.raises(ValueError, match=r"x\.npz holds IS-CAMs \(kind 'is_cam'\)"):
-        ev.evaluate_cam(tmp_path, TinyDataset({"x": gt}, NAMES3))
+        evaluate_cam(tmp_path, TinyDataset({"x": gt}, NAMES3))
     with pytest.raises(ValueError, match=r"differs from the ground-truth mask \(3, 3\)"):
-        ev.evaluate_is_cam(tmp_path, TinyDataset({"x": np.zeros((3, 3), np.uint8)}, NAMES3))
+        evaluate_is_cam(tmp_path, TinyDataset({"x": np.zeros((3, 3), np.uint8)}, NAMES3))
 
 
 # ---------------------------------------------------------------- CAM threshold sweep
@@ -291,7 +281,7 @@ def test_cam_sweep_picks_the_right_threshold(tmp_path):
     maps = np.array([[[0.5, 0.42, 0.37, 0.2]]], dtype=np.float32)
     sio.save_npz(tmp_path / "x.npz", keys=np.array([1]), maps=maps, kind=np.array("cam"))
     ds = TinyDataset({"x": gt}, NAMES3)
-    rep = ev.evaluate_cam(tmp_path, ds)
+    rep = evaluate_cam(tmp_path, ds)
     assert rep["threshold"] == pytest.approx(0.37)
     assert rep["miou"] == pytest.approx(1.0)
     sweep = {round(s["threshold"], 2): s["miou"] for s in rep["sweep"]}
@@ -318,13 +308,13 @@ def test_cam_sweep_matches_brute_force(tmp_path):
         masks[f"im{i}"] = gt
     ds = TinyDataset(masks, ["bg", "a", "b", "c"])
     thresholds = [0.6, 0.1, 0.35, 0.8]  # unsorted on purpose
-    rep = ev.evaluate_cam(tmp_path, ds, thresholds=thresholds)
+    rep = evaluate_cam(tmp_path, ds, thresholds=thresholds)
     mious = []
     for t in thresholds:
-        cm = ev.ConfusionMatrix(4)
+        cm = ConfusionMatrix(4)
         for name, gt in masks.items():
-            keys, maps = ev.load_cam_file(tmp_path / f"{name}.npz")
-            cm.update(ev.cam_to_label(keys, maps, t), gt)
+            keys, maps = _load_cam_file(tmp_path / f"{name}.npz")
+            cm.update(_cam_to_label(keys, maps, t), gt)
         mious.append(cm.miou())
         if t == rep["threshold"]:
             assert rep["confusion_matrix"] == cm.matrix.tolist()
@@ -337,8 +327,8 @@ def test_cam_sweep_ties_go_to_background(tmp_path):
     # A score equal to the threshold is background (the official argmax picks the padded channel first).
     gt = np.array([[1, 0]], dtype=np.uint8)
     maps = np.array([[[0.3, 0.3]]], dtype=np.float32)
-    ev.write_cam_file(tmp_path / "x.npy", [1], maps, "cam")
-    rep = ev.evaluate_cam(tmp_path, TinyDataset({"x": gt}, NAMES3), thresholds=[0.3, 0.25])
+    write_cam_file(tmp_path / "x.npy", [1], maps, "cam")
+    rep = evaluate_cam(tmp_path, TinyDataset({"x": gt}, NAMES3), thresholds=[0.3, 0.25])
     assert [s["miou"] for s in rep["sweep"]] == [pytest.approx(0.25), pytest.approx(0.25)]
     assert rep["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]  # t=0.3: all background
     # t=0.25: both pixels cat -> bg iou 0, cat iou 1/2
@@ -346,8 +336,8 @@ def test_cam_sweep_ties_go_to_background(tmp_path):
 
 def test_cam_to_label_official_tie_rule():
     maps = np.array([[[0.3, 0.31]], [[0.1, 0.5]]], dtype=np.float32)
-    np.testing.assert_array_equal(ev.cam_to_label(np.array([4, 7]), maps, 0.3), [[0, 7]])
-    np.testing.assert_array_equal(ev.cam_to_label(np.zeros(0, np.int64), np.zeros((0, 2, 2)), 0.3), np.zeros((2, 2)))
+    np.testing.assert_array_equal(_cam_to_label(np.array([4, 7]), maps, 0.3), [[0, 7]])
+    np.testing.assert_array_equal(_cam_to_label(np.zeros(0, np.int64), np.zeros((0, 2, 2)), 0.3), np.zeros((2, 2)))
 
 
 # ---------------------------------------------------------------- label PNGs
@@ -359,8 +349,8 @@ def test_evaluate_label_dir_palette_and_rgb_pngs(tmp_path):
     rgb = sio.voc_palette()[pred_b]  # an RGB colour-coded PNG decodes through the palette
     sio.save_image(tmp_path / "b.png", rgb)
     assert Image.open(tmp_path / "a.png").mode == "P" and Image.open(tmp_path / "b.png").mode == "RGB"
-    np.testing.assert_array_equal(ev.read_label_png(tmp_path / "b.png"), pred_b)
-    rep = ev.evaluate_label_dir(tmp_path, TinyDataset({"a": gt, "b": gt}, NAMES3))
+    np.testing.assert_array_equal(read_label_png(tmp_path / "b.png"), pred_b)
+    rep = evaluate_label_dir(tmp_path, TinyDataset({"a": gt, "b": gt}, NAMES3))
     # a: (0,0) (1,1) (2,1) (2,2) [ (2,255) dropped, (255,0) dropped ];  b: (0,0) (1,1) (2,2) (2,2) (2,2)
     assert rep["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 1, 4]]
     assert rep["classes"][1]["iou"] == pytest.approx(2 / 3)
@@ -369,10 +359,10 @@ def test_evaluate_label_dir_palette_and_rgb_pngs(tmp_path):
     assert rep["kind"] == "labels" and rep["num_images"] == 2
     sio.save_image(tmp_path / "c.png", np.full((2, 3, 3), 7, np.uint8))
     with pytest.raises(ValueError, match=r"c\.png holds colour \[7, 7, 7\]"):
-        ev.read_label_png(tmp_path / "c.png")
+        read_label_png(tmp_path / "c.png")
     sio.save_label_png(tmp_path / "d.png", np.full((2, 3), 9, np.uint8))
     with pytest.raises(ValueError, match=r"d\.png: prediction holds values \[9\]"):
-        ev.evaluate_label_dir(tmp_path, TinyDataset({"d": gt}, NAMES3))
+        evaluate_label_dir(tmp_path, TinyDataset({"d": gt}, NAMES3))
 
 
 # ---------------------------------------------------------------- CLI
@@ -436,9 +426,9 @@ def test_cli_eval_on_a_real_synthetic_split(tmp_path, capsys):
         sio.save_label_png(tmp_path / "labels" / f"{name}.png", gt)
         onehot = (np.arange(k)[:, None, None] == gt[None]).astype(np.float32)
         present = [c for c in range(1, k) if (gt == c).any()]
-        ev.write_cam_file(tmp_path / "is_cam" / f"{name}.npz", [0, *present], onehot[[0, *present]], "is_cam")
+        write_cam_file(tmp_path / "is_cam" / f"{name}.npz", [0, *present], onehot[[0, *present]], "is_cam")
         if i < 2:  # the third image has no CAM file
-            ev.write_cam_file(tmp_path / "cam" / f"{name}.npy", present, 0.6 * onehot[present], "cam")
+            write_cam_file(tmp_path / "cam" / f"{name}.npy", present, 0.6 * onehot[present], "cam")
     base = ["eval", "--dataset", "synthetic", "--root", str(root), "--split", "val"]
     for kind in ("labels", "is_cam"):
         out = tmp_path / f"{kind}.json"

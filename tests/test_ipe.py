@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sipe import ipe, losses
+from sipe.core import ipe, losses
 
 
 def _hand_inputs():

@@ -8,7 +8,7 @@ import torch
 from helpers import TinyBackbone
 from sipe import compat
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
-from sipe.models.backbone import FrozenStatsBatchNorm2d
+from sipe.models.layers import FrozenBatchNorm2d
 
 
 def test_resnet_backbone_strides_and_frozen_parts():
@@ -18,7 +18,7 @@ def test_resnet_backbone_strides_and_frozen_parts():
     assert bb.out_channels == (256, 512, 1024, 2048)
     assert not any(p.requires_grad for m in (bb.conv1, bb.bn1, bb.layer1, bb.layer2) for p in m.parameters())
     assert all(p.requires_grad for p in bb.layer3.parameters())
-    assert isinstance(bb.layer4[0].bn1, FrozenStatsBatchNorm2d)
+    assert isinstance(bb.layer4[0].bn1, FrozenBatchNorm2d)
 
 
 def test_frozen_bn_statistics_do_not_move_in_training():

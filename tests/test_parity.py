@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sipe import compat, losses
-from sipe.inference import multiscale_is_cam, scale_batch
+from sipe.cams.multiscale import multiscale_is_cam, scale_batch
 
 ATOL = 1e-4
 # SIPE_TEST_DEVICE=cuda runs these on a GPU (benchmarks/gpu_check.sh); CPU by default.

@@ -12,17 +12,12 @@ from PIL import Image
 
 from helpers import save_seg_checkpoint, tiny_seg_model
 from sipe import io as sio
+from sipe.cams.predict import is_cam_label, labels_from_names, predict_paths_is_cam
 from sipe.cli import main
+from sipe.data.image import collect_images
+from sipe.data.transforms import image_to_tensor
 from sipe.models import build_sipe
-from sipe.seg.model import image_to_tensor
-from sipe.seg.predict import (
-    collect_images,
-    is_cam_label,
-    labels_from_names,
-    predict_image,
-    predict_paths,
-    predict_paths_is_cam,
-)
+from sipe.seg.predict import predict_image, predict_paths
 
 CLASSES = ["background", "cat", "dog", "sofa"]
 

@@ -17,13 +17,9 @@ from sipe.config import from_dict
 from sipe.data import SyntheticDataset, generate_synthetic, synthetic_class_names
 from sipe.io import save_label_png
 from sipe.models import build_sipe
+from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm
 from sipe.seg.evaluate import crf_postprocess, evaluate_seg
-from sipe.seg.model import (
-    FrozenBatchNorm2d,
-    build_deeplab,
-    freeze_batchnorm,
-    load_seg_checkpoint,
-)
+from sipe.seg.model import build_deeplab, load_seg_checkpoint
 from sipe.seg.predict import predict_probs
 from sipe.seg.train import (
     PseudoLabelDataset,

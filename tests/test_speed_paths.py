@@ -8,17 +8,18 @@ import torch
 from torch import nn
 
 from helpers import TinyBackbone
-from sipe import compat, ipe
-from sipe.inference import model_memory_format, multiscale_is_cam, prepare_for_inference
+from sipe import compat
+from sipe.cams.multiscale import model_memory_format, multiscale_is_cam, prepare_for_inference
+from sipe.core import ipe
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
-from sipe.models.backbone import FrozenStatsBatchNorm2d
+from sipe.models.layers import FrozenBatchNorm2d
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
     # Fresh batch norms are the identity map; give them statistics so that folding has work to do.
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
-        if isinstance(m, FrozenStatsBatchNorm2d):
+        if isinstance(m, FrozenBatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5, generator=g)
             m.running_var.uniform_(0.5, 2.0, generator=g)
             m.weight.data.uniform_(0.5, 1.5, generator=g)
@@ -62,7 +63,7 @@ def test_prepared_model_is_a_copy_and_cannot_train():
     assert fast is not model
     assert model_memory_format(fast) == torch.channels_last
     assert model_memory_format(model) == torch.contiguous_format
-    assert isinstance(model.encoder.bn1, FrozenStatsBatchNorm2d) and isinstance(fast.encoder.bn1, nn.Identity)
+    assert isinstance(model.encoder.bn1, FrozenBatchNorm2d) and isinstance(fast.encoder.bn1, nn.Identity)
     assert not any(p.requires_grad for p in fast.parameters())
     fast.train()
     with pytest.raises(RuntimeError, match="prepared for inference"):

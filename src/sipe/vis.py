@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
 
 from sipe import io as sio
+from sipe.cams.format import check_cam_arrays
+from sipe.data.base import SkipCounter
+from sipe.data.image import ImageReadError, check_min_size, collect_images, read_image
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -80,16 +85,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _check_maps(maps: np.ndarray, keys: Sequence[int], image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    maps = np.asarray(maps)
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    if maps.ndim != 3 or maps.shape[0] != keys.size:
-        raise ValueError(f"maps must be (M, H, W) with M = len(keys) = {keys.size}, got {maps.shape}")
-    if maps.shape[1:] != image.shape[:2]:
-        raise ValueError(f"maps of size {maps.shape[1:]} do not match the image's {image.shape[:2]}")
-    return maps, keys
-
-
 def _selected(keys: np.ndarray, include_background: bool) -> np.ndarray:
     return np.nonzero(include_background | (keys != 0))[0]
 
@@ -117,7 +112,7 @@ def cam_grid(
         (H + caption, n * W + (n - 1) * gap, 3) uint8 on a white background.
     """
     image = _check_image(image)
-    maps, keys = _check_maps(maps, keys, image)
+    keys, maps = check_cam_arrays(keys, maps, size=image.shape[:2])
     h, w = image.shape[:2]
     panels = [(title, image)]
     for i in _selected(keys, include_background):
@@ -154,7 +149,7 @@ def save_overlays(
     Arguments as :func:`cam_grid`. Returns the paths written.
     """
     image = _check_image(image)
-    maps, keys = _check_maps(maps, keys, image)
+    keys, maps = check_cam_arrays(keys, maps, size=image.shape[:2])
     paths = []
     for i in _selected(keys, include_background):
         k = int(keys[i])
@@ -162,3 +157,57 @@ def save_overlays(
         sio.save_image(path, heatmap_overlay(image, maps[i], alpha))
         paths.append(path)
     return paths
+
+
+@dataclass
+class PredictResult:
+    """What :func:`write_label_maps` wrote: ``labels`` (palette PNGs), ``overlays`` and the ``skipped`` inputs."""
+
+    labels: list[Path] = field(default_factory=list)
+    overlays: list[Path] = field(default_factory=list)
+    skipped: SkipCounter = field(default_factory=lambda: SkipCounter("images"))
+
+
+def write_label_maps(
+    label_fn: Callable[[np.ndarray], np.ndarray],
+    paths: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    overlay: bool = True,
+    alpha: float = 0.5,
+    min_size: int = 1,
+) -> PredictResult:
+    """Run ``label_fn`` ((H, W, 3) uint8 RGB -> (H, W) class indices) on image files and write the masks.
+
+    Writes ``out_dir/<stem>.png`` (palette PNG, pixel value = class index) and, with ``overlay``,
+    ``out_dir/overlay/<stem>.jpg`` (the colours blended over the photo with weight ``alpha``).
+    ``paths``: files and folders (see :func:`sipe.data.image.collect_images`). Unreadable images and
+    images with a side below ``min_size`` pixels are skipped with their name and reason.
+    """
+    files = collect_images(paths)
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise ValueError(
+                f"{stems[f.stem]} and {f} would both be written as {f.stem}.png; predict them into "
+                "separate output folders"
+            )
+        stems[f.stem] = f
+    out_dir = Path(out_dir)
+    result = PredictResult()
+    for f in tqdm(files, desc="predict", unit="img", disable=len(files) < 2):
+        try:
+            image = read_image(f)
+            check_min_size(image, min_size, name=str(f))
+        except ImageReadError as e:
+            result.skipped.add(str(f), "unreadable", str(e))
+            continue
+        label = label_fn(image)
+        target = out_dir / f"{f.stem}.png"
+        sio.save_label_png(target, label)
+        result.labels.append(target)
+        if overlay:
+            target = out_dir / "overlay" / f"{f.stem}.jpg"
+            sio.save_image(target, label_overlay(image, label, alpha))
+            result.overlays.append(target)
+    result.skipped.log(len(files))
+    return result

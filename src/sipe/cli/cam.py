@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from sipe.cam import CamConfig, generate_cams
-    from sipe.compat import load_checkpoint
+    from sipe.cams.generate import CamConfig, generate_cams
     from sipe.engine import setup_distributed
+    from sipe.models.checkpoint import load_checkpoint
 
     setup_logging()
     try:

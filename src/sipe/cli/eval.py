@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from sipe import evaluation
+    from sipe import metrics as evaluation
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":

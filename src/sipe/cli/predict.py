@@ -65,22 +65,18 @@ def _sipe_class_names(meta: dict, num_classes: int, given: str | None) -> list[s
 
 
 def handler(args: argparse.Namespace) -> int:
-    import torch
 
-    from sipe.seg.model import is_seg_checkpoint, seg_model_from_checkpoint
-    from sipe.seg.predict import labels_from_names, predict_paths, predict_paths_is_cam
+    from sipe.cams.predict import labels_from_names, predict_paths_is_cam
+    from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint
+    from sipe.seg.model import seg_model_from_checkpoint
+    from sipe.seg.predict import predict_paths
 
     setup_logging()
     flip, overlay = not args.no_flip, not args.no_overlay
     try:
         device = resolve_device(args.device)
-        try:
-            ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist") from None
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {args.checkpoint}: {e}. Is the file complete?") from e
-        if isinstance(ckpt, dict) and is_seg_checkpoint(ckpt):
+        ckpt = read_checkpoint(args.checkpoint, made_by="sipe train' or 'sipe seg train")
+        if checkpoint_kind(ckpt) == "seg":
             if args.labels is not None:
                 raise ValueError(
                     "--labels selects IS-CAM masks and needs a SIPE checkpoint; this is a segmentation "
@@ -93,15 +89,13 @@ def handler(args: argparse.Namespace) -> int:
                 overlay=overlay, alpha=args.alpha,
             )
         else:
-            from sipe.compat import load_checkpoint
-
-            del ckpt
             if args.labels is None:
                 raise ValueError(
                     f"{args.checkpoint} is a SIPE checkpoint: pass the image-level classes with --labels cat,sofa "
                     "(or use a segmentation checkpoint from 'sipe seg train')"
                 )
-            model, meta = load_checkpoint(args.checkpoint)
+            model, meta = sipe_model_from_checkpoint(ckpt, f"checkpoint {args.checkpoint}")
+            del ckpt
             names = _sipe_class_names(meta, model.num_classes, args.class_names)
             labels = labels_from_names(args.labels.split(","), names)
             result = predict_paths_is_cam(

@@ -86,7 +86,7 @@ def train_handler(args: argparse.Namespace) -> int:
 
 
 def eval_handler(args: argparse.Namespace) -> int:
-    from sipe import evaluation
+    from sipe import metrics as evaluation
     from sipe.seg.evaluate import evaluate_seg
     from sipe.seg.model import load_seg_checkpoint
 

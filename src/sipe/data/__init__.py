@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from sipe.config.common import DATASET_KINDS, DataConfig
 
 from .base import (
     DatasetError,
@@ -21,7 +24,16 @@ from .base import (
 )
 from .coco import COCODataset
 from .custom import CustomDataset, read_labels_file
-from .image import ImageReadError, ImageTooSmallError, check_min_size, image_size, read_image, read_mask
+from .image import (
+    ImageReadError,
+    ImageTooSmallError,
+    check_min_size,
+    collect_images,
+    image_size,
+    read_image,
+    read_label_png,
+    read_mask,
+)
 from .synthetic import SyntheticBackgrounds, SyntheticDataset, generate_synthetic, synthetic_class_names
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resize_flip_crop
 from .voc import VOC_CLASSES, VOCDataset
@@ -46,18 +58,19 @@ __all__ = [
     "VOCDataset",
     "VOC_CLASSES",
     "build_dataset",
+    "dataset_from_config",
     "check_min_size",
+    "collect_images",
     "generate_synthetic",
     "image_size",
     "normalize",
     "random_resize_flip_crop",
     "read_image",
+    "read_label_png",
     "read_labels_file",
     "read_mask",
     "synthetic_class_names",
 ]
-
-DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
 
 
 def build_dataset(kind: str, root: str | os.PathLike, split: str | os.PathLike, **kwargs) -> SegDataset:
@@ -84,3 +97,19 @@ def build_dataset(kind: str, root: str | os.PathLike, split: str | os.PathLike, 
             labels_file = Path(root) / labels_file
         return CustomDataset(root, labels_file, **kwargs)
     raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
+
+
+def dataset_from_config(data: DataConfig, split: str, *, with_masks: bool) -> SegDataset:
+    """The :class:`sipe.data.SegDataset` for ``split`` of the dataset described by ``data``."""
+    if not data.root:
+        raise ValueError("data.root is empty; set it in the config or pass data.root=/path/to/dataset")
+    kwargs: dict[str, Any] = {"with_masks": with_masks}
+    if data.class_names is not None:
+        if data.kind == "coco":
+            raise ValueError("data.class_names is fixed for COCO (the 80 categories); remove it")
+        kwargs["class_names"] = list(data.class_names)
+    if data.cache_dir is not None and data.kind in ("voc", "coco"):
+        kwargs["cache_dir"] = data.cache_dir
+    if data.kind == "custom" and with_masks and data.mask_dir is not None:
+        kwargs["mask_dir"] = data.mask_dir
+    return build_dataset(data.kind, data.root, split, **kwargs)

@@ -280,12 +280,6 @@ class SegDataset(Dataset):
         self.mask_paths = [self.mask_paths[i] for i in idx]
         self.label_matrix = self.label_matrix[idx]
 
-    def image_sizes(self) -> np.ndarray:
-        """(N, 2) int64 (H, W) of every image, read from headers (no decoding)."""
-        return np.array(
-            [image_size(p, exif_transpose=self.exif_transpose) for p in self.image_paths], dtype=np.int64
-        ).reshape(-1, 2)
-
     def drop_small(self, min_size: int) -> int:
         """Drop images whose shorter side is below ``min_size`` (the network stride), and unreadable ones.
 

@@ -9,20 +9,28 @@ partially (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sipe import io as sio
+
 __all__ = [
+    "IMAGE_SUFFIXES",
     "ImageReadError",
     "ImageTooSmallError",
     "check_min_size",
+    "collect_images",
     "image_size",
     "read_image",
+    "read_label_png",
     "read_mask",
     "to_rgb_array",
 ]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 # EXIF orientation tag; values 5..8 swap width and height.
 _EXIF_ORIENTATION = 0x0112
@@ -32,7 +40,7 @@ class ImageReadError(ValueError):
     """An image or mask file that cannot be read (missing, corrupt, truncated, unsupported)."""
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(ImageReadError):
     """An image smaller than the network stride: its feature map would be empty."""
 
 
@@ -188,3 +196,51 @@ def check_min_size(image: np.ndarray | tuple[int, int], min_size: int, *, name: 
             "feature map would be empty. Upscale the image or remove it from the split "
             "(datasets' drop_small(min_size) skips such images with a logged count)."
         )
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """(H, W) int64 class indices from a label image: palette/grey PNGs by index, RGB by the VOC colours."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            arr = np.asarray(img)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read label image {path} ({e}); rewrite or delete it") from e
+    if mode in ("P", "L", "I", "I;16") or arr.ndim == 2:
+        return arr.astype(np.int64)
+    if mode in ("RGB", "RGBA"):
+        rgb = arr[..., :3].astype(np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        pal = sio.voc_palette().astype(np.int64)
+        pal_code = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
+        lut_keys, first = np.unique(pal_code, return_index=True)
+        pos = np.searchsorted(lut_keys, code).clip(0, lut_keys.size - 1)
+        known = lut_keys[pos] == code
+        if not known.all():
+            c = rgb[~known][0].tolist()
+            raise ValueError(
+                f"label image {path} holds colour {c} that is not in the VOC palette; save labels as index PNGs"
+            )
+        return first[pos].astype(np.int64)
+    raise ValueError(f"label image {path} has unsupported mode {mode}; save labels as palette or greyscale PNGs")
+
+
+def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files given, plus the image files (by suffix, sorted) in each folder given (not recursive).
+
+    Raises ``FileNotFoundError`` for a path that does not exist and ``ValueError`` when nothing is found.
+    """
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist; pass image files or folders of images")
+    if not out:
+        raise ValueError(f"no images found in {[str(p) for p in paths]} (suffixes {', '.join(IMAGE_SUFFIXES)})")
+    return out

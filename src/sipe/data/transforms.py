@@ -10,19 +10,24 @@ resized with nearest neighbour and padded with the ignore index. Sizes round lik
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "crop_box",
+    "image_to_tensor",
     "normalize",
+    "normalize_batch",
     "random_resize_flip_crop",
     "rescale",
     "resize",
-    "top_left_crop",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -52,6 +57,26 @@ def normalize(
     for c in range(3):
         np.take(lut[c], image[:, :, c], out=out[c])
     return out
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32, ImageNet-normalised."""
+    import torch  # here, so that the numpy transforms import without torch
+
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) normalised float32 on ``device``."""
+    import torch
+
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    t = torch.tensor(image, device=device)  # a copy: the array may be read-only (e.g. from PIL)
+    return normalize_batch(t.unsqueeze(0))
 
 
 def resize(array: np.ndarray, size: tuple[int, int], order: int = 3) -> np.ndarray:
@@ -94,17 +119,6 @@ def crop_box(
         cont_left, img_left = int(rng.integers(0, -w_space + 1)), 0
     return cont_top, cont_top + ch, cont_left, cont_left + cw, img_top, img_top + ch, img_left, img_left + cw
 
-
-def top_left_crop(array: np.ndarray, crop_size: int, fill: float) -> np.ndarray:
-    """Place ``array``'s top-left (crop_size, crop_size) window in a container filled with ``fill``.
-
-    Works on (H, W) and channel-last (H, W, C) arrays (the official ``top_left_crop``).
-    """
-    h, w = array.shape[:2]
-    out = np.full((crop_size, crop_size, *array.shape[2:]), fill, dtype=array.dtype)
-    ch, cw = min(crop_size, h), min(crop_size, w)
-    out[:ch, :cw] = array[:ch, :cw]
-    return out
 
 
 def random_resize_flip_crop(

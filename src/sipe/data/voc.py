@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ._cache import default_cache_dir, file_stamp, load_json, save_json
 from .base import DatasetError, DatasetRootError, SegDataset, UnknownClassError, check_root, list_some
+from .image import IMAGE_SUFFIXES
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "read_split_file", "resolve_voc_split", "shipped_splits"]
 
@@ -36,7 +37,6 @@ VOC_CLASSES: tuple[str, ...] = (
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits" / "voc"
 _LABEL_CACHE_VERSION = 1
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def shipped_splits() -> list[str]:
@@ -80,7 +80,7 @@ def read_split_file(path: Path) -> list[str]:
         if not line or line.startswith("#"):
             continue
         token = line.split()[0]
-        if "/" in token or Path(token).suffix.lower() in _IMAGE_SUFFIXES:
+        if "/" in token or Path(token).suffix.lower() in IMAGE_SUFFIXES:
             token = Path(token).stem
         if token in seen:
             raise DatasetError(

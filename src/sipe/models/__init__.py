@@ -1,13 +1,12 @@
-"""Model builders."""
+"""Networks: backbones (torchvision ResNets adapted as the official code), builders, weights and checkpoints."""
 
 from __future__ import annotations
 
 import os
 
+from sipe.core.sipe_net import SIPENet
 from sipe.models.backbone import ResNetBackbone
-from sipe.models.sipe_net import SIPENet
-
-_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+from sipe.models.weights import RESNETS, check_resnet
 
 
 def build_sipe(
@@ -21,9 +20,8 @@ def build_sipe(
     ``weights``: ``None``, a torchvision weights name (``"IMAGENET1K_V1"``, what the paper used) or
     a local state-dict file. Extra keyword arguments go to :class:`SIPENet`.
     """
-    if backbone not in _RESNETS:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(_RESNETS)}")
-    return SIPENet(ResNetBackbone(_RESNETS[backbone], weights=weights), num_classes, **kwargs)
+    check_resnet(backbone)
+    return SIPENet(ResNetBackbone(RESNETS[backbone], weights=weights), num_classes, **kwargs)
 
 
-__all__ = ["ResNetBackbone", "SIPENet", "build_sipe"]
+__all__ = ["RESNETS", "ResNetBackbone", "SIPENet", "build_sipe"]

@@ -7,62 +7,17 @@ Any module works as a SIPE backbone if ``forward(x)`` returns four feature maps 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-_DEPTHS = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50, 101: models.resnet101}
-_WEIGHTS = {
-    18: models.ResNet18_Weights,
-    34: models.ResNet34_Weights,
-    50: models.ResNet50_Weights,
-    101: models.ResNet101_Weights,
-}
+from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm
+from sipe.models.weights import RESNETS, load_resnet_weights
+
+_DEPTH_NAMES = {d: n for n, d in RESNETS.items()}
 
 
-class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm that always normalises with its running statistics.
-
-    The affine parameters still train (the official code trains them in stages 3-4); only the
-    statistics are frozen, in train and eval mode alike.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-
-
-def freeze_bn_stats(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm2d`` in ``module`` by :class:`FrozenStatsBatchNorm2d` in place."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            frozen = FrozenStatsBatchNorm2d(child.num_features, eps=child.eps, affine=child.affine)
-            frozen.load_state_dict(child.state_dict())
-            frozen.to(device=child.running_mean.device)
-            setattr(module, name, frozen)
-        else:
-            freeze_bn_stats(child)
-    return module
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local ``.pth``/``.pt`` file (torchvision's format or wrapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"weights file {path} does not exist; pass the path of a downloaded torchvision "
-            "checkpoint (e.g. resnet50-0676ba61.pth) or weights=None for random initialisation"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    for key in ("state_dict", "model", "net"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
 
 
 class ResNetBackbone(nn.Module):
@@ -92,17 +47,16 @@ class ResNetBackbone(nn.Module):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__()
-        if depth not in _DEPTHS:
-            raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_DEPTHS)}")
-        net = _DEPTHS[depth](weights=None)
-        if weights is not None:
-            net.load_state_dict(_resolve_weights(depth, weights), strict=False)
+        if depth not in _DEPTH_NAMES:
+            raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_DEPTH_NAMES)}")
+        net = getattr(models, _DEPTH_NAMES[depth])(weights=None)
+        load_resnet_weights(net, _DEPTH_NAMES[depth], weights)
         self.depth = depth
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self._set_strides(strides)
         if freeze_bn:
-            freeze_bn_stats(self)
+            freeze_batchnorm(self, train_affine=True)
         self.frozen_stages = frozen_stages
         # The stem never trains in the official code, even with frozen_stages=0.
         for module in self._frozen_modules(max(frozen_stages, 0)):
@@ -129,7 +83,7 @@ class ResNetBackbone(nn.Module):
     def fold_bn(self) -> ResNetBackbone:
         """Fold every batch norm into the convolution before it, in place, for inference.
 
-        A :class:`FrozenStatsBatchNorm2d` is a fixed per-channel affine map, so ``bn(conv(x))``
+        A :class:`FrozenBatchNorm2d` is a fixed per-channel affine map, so ``bn(conv(x))``
         equals one convolution with scaled weights and a bias (up to float rounding, ~1e-6
         relative). That saves one full read and write of every activation map: about a quarter of
         the float32 CPU time of the backbone. The folded backbone is for inference only (the
@@ -152,7 +106,7 @@ class ResNetBackbone(nn.Module):
                     pairs.append((block.downsample, "0", "1"))
         for parent, conv_name, bn_name in pairs:
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-            if not isinstance(bn, FrozenStatsBatchNorm2d):
+            if not isinstance(bn, FrozenBatchNorm2d):
                 raise ValueError(
                     f"cannot fold {type(bn).__name__} at {bn_name}: only batch norm with frozen statistics "
                     "(freeze_bn=True, the official setting) is a fixed affine map"
@@ -224,7 +178,7 @@ def _conv_add_relu(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def _folded_conv(conv: nn.Conv2d, bn: FrozenStatsBatchNorm2d) -> nn.Conv2d:
+def _folded_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     """One conv equal to ``bn(conv(x))`` (folded in float64, stored in the conv's dtype and memory format)."""
     w = conv.weight.double()
     scale = torch.rsqrt(bn.running_var.double() + bn.eps)
@@ -243,22 +197,3 @@ def _folded_conv(conv: nn.Conv2d, bn: FrozenStatsBatchNorm2d) -> nn.Conv2d:
     return folded
 
 
-def _resolve_weights(depth: int, weights: str | os.PathLike) -> dict[str, torch.Tensor]:
-    name = str(weights)
-    if name in _WEIGHTS[depth].__members__ or name == "DEFAULT":
-        enum = _WEIGHTS[depth][name] if name != "DEFAULT" else _WEIGHTS[depth].DEFAULT
-        try:
-            return enum.get_state_dict(progress=False)
-        except Exception as exc:  # noqa: BLE001 - network errors vary by platform
-            raise RuntimeError(
-                f"could not obtain torchvision weights {enum} ({exc}). On an offline machine, copy the "
-                f"file from {enum.url} into {torch.hub.get_dir()}/checkpoints/ or pass its local path as "
-                "the weights option; refusing to continue with random weights"
-            ) from exc
-    if Path(name).suffix in {".pth", ".pt", ".bin"} or Path(name).exists():
-        state = load_weights_file(name)
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    raise ValueError(
-        f"unknown weights {name!r} for ResNet-{depth}: use None, one of "
-        f"{list(_WEIGHTS[depth].__members__)} or a local .pth file"
-    )

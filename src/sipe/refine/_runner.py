@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.io import save_label_png
 
 Job = Callable[[dict[str, Any]], np.ndarray]
@@ -30,16 +31,6 @@ class RunStats:
         return self.written + self.skipped
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) from the torchrun environment (0, 1 outside torchrun)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def shard_indices(n: int, rank: int, world: int) -> list[int]:
-    """The dataset indices of one rank: rank r takes every world-th image starting at r."""
-    return list(range(rank, n, world))
-
-
 def available_cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -48,24 +39,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def load_cams(cam_dir: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one image's IS-CAM file (``<name>.npz`` or official ``<name>.npy``) from ``cam_dir``.
-
-    Returns:
-        keys (M,) int64 with 0 (background) first, maps (M, H, W) float32.
-    """
-    from sipe.evaluation import find_cam_file, read_cam_file
-
-    path = find_cam_file(cam_dir, name)
-    if path is None:
-        raise FileNotFoundError(
-            f"no IS-CAM file for image {name!r} in {cam_dir} (looked for {name}.npz and {name}.npy); "
-            "run `sipe cam` for this split first and pass its is_cam/ folder as --cam-dir"
-        )
-    cam = read_cam_file(path)
-    if cam.kind != "is_cam":
-        raise ValueError(f"{path} holds plain CAMs; refinement needs IS-CAMs (background channel first)")
-    return cam.keys, cam.maps
 
 
 # Worker-process state, set once per process by _init so the dataset is pickled once per worker.

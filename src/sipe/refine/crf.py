@@ -15,7 +15,8 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
-from sipe.refine._runner import RunStats, load_cams, run_label_job
+from sipe.cams.format import check_cam_arrays, read_is_cam
+from sipe.refine._runner import RunStats, run_label_job
 
 IGNORE = 255
 
@@ -55,21 +56,6 @@ def crf_label_inference(
     return q.reshape(n_labels, h, w).argmax(axis=0)
 
 
-def _check_cams(image: np.ndarray, keys: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.asarray(keys).astype(np.int64).reshape(-1)
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
-        raise ValueError(f"maps must be (M, H, W) with M = len(keys) = {len(keys)}, got {maps.shape}")
-    if maps.shape[1:] != np.asarray(image).shape[:2]:
-        raise ValueError(
-            f"IS-CAM size {maps.shape[1:]} differs from the image size {np.asarray(image).shape[:2]}; "
-            "the maps must be saved at the original image size"
-        )
-    if keys.size == 0 or keys[0] != 0:
-        raise ValueError(f"keys must start with 0 (background), got {keys.tolist()}")
-    return keys, maps
-
-
 def crf_refine_cams(
     image: np.ndarray, keys: np.ndarray, maps: np.ndarray, gt_prob: float = 0.7, t: int = 10
 ) -> np.ndarray:
@@ -87,7 +73,7 @@ def crf_refine_cams(
     Returns:
         (H, W) uint8 class ids.
     """
-    keys, maps = _check_cams(image, keys, maps)
+    keys, maps = check_cam_arrays(keys, np.asarray(maps, dtype=np.float32), "is_cam", np.asarray(image).shape[:2])
     pred = crf_label_inference(image, maps.argmax(axis=0), len(keys), gt_prob=gt_prob, t=t)
     return keys[pred].astype(np.uint8)
 
@@ -115,7 +101,7 @@ def confident_regions(
     Returns:
         (H, W) uint8 labels: class ids, 0 background, 255 ignore.
     """
-    keys, maps = _check_cams(image, keys, maps)
+    keys, maps = check_cam_arrays(keys, np.asarray(maps, dtype=np.float32), "is_cam", np.asarray(image).shape[:2])
     n = len(keys)
     fg = keys[crf_label_inference(image, maps.argmax(axis=0), n, gt_prob=gt_prob, t=t)]
     scaled = maps.copy()
@@ -127,12 +113,12 @@ def confident_regions(
 
 
 def _regions_job(item: dict[str, Any], cam_dir: str, bg_scale: float) -> np.ndarray:
-    keys, maps = load_cams(cam_dir, item["name"])
+    keys, maps = read_is_cam(cam_dir, item["name"])
     return confident_regions(item["image"], keys, maps, bg_scale=bg_scale)
 
 
 def _crf_job(item: dict[str, Any], cam_dir: str) -> np.ndarray:
-    keys, maps = load_cams(cam_dir, item["name"])
+    keys, maps = read_is_cam(cam_dir, item["name"])
     return crf_refine_cams(item["image"], keys, maps)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sipe.engine.distributed import rank_and_world
 from sipe.refine.affinity import edge_to_affinity, pair_displacement, pair_paths
 
 STRIDE = 4  # the branches' output stride
@@ -117,16 +118,10 @@ class IRN(nn.Module):
 
 def _global_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over all DDP ranks (identity outside torch.distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_and_world()[1] > 1:
         t = t.clone()
         dist.all_reduce(t)
     return t
-
-
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 def irn_losses(
@@ -178,7 +173,7 @@ def irn_losses(
     n_bg, n_fg, n_neg = counts.unbind()
     denom = torch.stack([n_bg + 1e-5, n_fg + 1e-5, n_neg + 1e-5, 2 * n_fg + 1e-5, 2 * n_bg + 1e-5])
     weights = torch.tensor([0.25, 0.25, 0.5, 0.5, 0.5], dtype=local.dtype, device=local.device)
-    world = _world_size()
+    world = rank_and_world()[1]
     terms = local / denom  # this rank's share of each global mean
     loss_local = world * (terms * weights).sum()
     global_terms = _global_sum(terms.detach())

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sipe.refine._runner import RunStats, load_cams, run_label_job
+from sipe.cams.format import check_cam_arrays, read_is_cam
+from sipe.refine._runner import RunStats, run_label_job
 from sipe.refine.irn import IRN, STRIDE
 from sipe.refine.random_walk import random_walk
 
@@ -79,9 +80,7 @@ def pseudo_label(
         (H, W) uint8 class ids.
     """
     h, w = image.shape[:2]
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim != 3 or maps.shape[1:] != (h, w) or maps.shape[0] != len(keys):
-        raise ValueError(f"IS-CAM of shape {maps.shape} does not fit image {(h, w)} with {len(keys)} keys")
+    keys, maps = check_cam_arrays(keys, np.asarray(maps, dtype=np.float32), size=(h, w))
     edge = irn_boundary(model, image, canvas=canvas)
     cams = torch.from_numpy(maps).to(edge.device)[None]
     cams = F.interpolate(cams, size=edge.shape[-2:], mode="bilinear", align_corners=False)[0].pow(cam_power)
@@ -89,11 +88,11 @@ def pseudo_label(
     up = F.interpolate(rw[None], scale_factor=STRIDE, mode="bilinear", align_corners=False)[0, :, :h, :w]
     # The official division by the global max cannot change the argmax, so it is left out.
     pred = up.argmax(dim=0).cpu().numpy()
-    return np.asarray(keys, dtype=np.int64)[pred].astype(np.uint8)
+    return keys[pred].astype(np.uint8)
 
 
 def _pseudo_job(item: dict[str, Any], model: IRN, cam_dir: str, options: dict[str, Any]) -> np.ndarray:
-    keys, maps = load_cams(cam_dir, item["name"])
+    keys, maps = read_is_cam(cam_dir, item["name"])
     return pseudo_label(model, item["image"], keys, maps, **options)
 
 

@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sipe.engine import TrainConfig
+from sipe.engine.distributed import rank_and_world, shard_indices
+from sipe.models.checkpoint import read_checkpoint, write_checkpoint
+from sipe.models.weights import check_resnet
 from sipe.refine.affinity import affinity_labels, pair_paths
 from sipe.refine.irn import IRN, STRIDE, irn_losses
-
-BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
 @dataclass
@@ -59,8 +60,7 @@ class IRNConfig:
     engine: IRNEngineConfig = field(default_factory=IRNEngineConfig)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        check_resnet(self.backbone)
         grid = self.crop_size // STRIDE
         if self.crop_size % 16 or grid <= 2 * (self.radius - 1):
             smallest = 16 * (8 * (self.radius - 1) // 16 + 1)
@@ -72,17 +72,16 @@ class IRNConfig:
 
 def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = None) -> IRN:
     """IRN on a torchvision ResNet with strides (2, 2, 2, 1), frozen (statistics included)."""
-    from sipe.models.backbone import ResNetBackbone
+    from sipe.models import RESNETS, ResNetBackbone
 
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
-    trunk = ResNetBackbone(depth=BACKBONES[backbone], weights=weights, strides=(2, 2, 2, 1), frozen_stages=4,
+    check_resnet(backbone)
+    trunk = ResNetBackbone(depth=RESNETS[backbone], weights=weights, strides=(2, 2, 2, 1), frozen_stages=4,
                            freeze_bn=True)
     return IRN(trunk)
 
 
 def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
-    from sipe.evaluation import read_label_png
+    from sipe.data.image import read_label_png
 
     path = label_dir / f"{name}.png"
     if not path.is_file():
@@ -161,13 +160,13 @@ def estimate_mean_shift(
     Under torch.distributed every rank takes every world-th image and the per-image means are
     summed over ranks, so the result does not depend on the number of processes.
     """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     kept = model.mean_shift.clone()
     model.mean_shift.zero_()  # the raw displacement is averaged
-    view = _TopLeftView(dataset, list(range(rank, len(dataset), world)), crop_size)
+    view = _TopLeftView(dataset, shard_indices(len(dataset), rank, world), crop_size)
     loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers)
     total = torch.zeros(3, dtype=torch.float64, device=device)  # sum dy, sum dx, images
     for images in tqdm(loader, desc="mean displacement", disable=rank != 0, dynamic_ncols=True):
@@ -183,22 +182,22 @@ def estimate_mean_shift(
     return (total[:2] / total[2]).float()
 
 
+def irn_meta(cfg: IRNConfig) -> dict[str, Any]:
+    """The ``meta`` entry of IRN checkpoints: what :func:`load_irn` rebuilds the network from."""
+    return {"kind": "irn", "backbone": cfg.backbone, "radius": cfg.radius}
+
+
 def save_irn(model: IRN, path: str | os.PathLike, cfg: IRNConfig) -> None:
     """Write the trained IRN (weights with the mean shift, backbone name, config) atomically."""
     from sipe.config import to_dict
-    from sipe.io import save_torch
 
-    save_torch({"model": model.state_dict(), "meta": {"kind": "irn", "backbone": cfg.backbone,
-                                                      "radius": cfg.radius}, "config": to_dict(cfg)}, path)
+    write_checkpoint(path, model.state_dict(), irn_meta(cfg), config=to_dict(cfg))
 
 
 def load_irn(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> IRN:
     """Rebuild an IRN saved by :func:`save_irn` (or an engine checkpoint of :func:`train_irn`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IRN weights {path} do not exist; train them with `sipe refine train-irn`")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    ckpt = read_checkpoint(path, map_location, made_by="sipe refine train-irn")
+    if "model" not in ckpt:
         raise ValueError(f"{path} is not an IRN checkpoint written by sipe (no 'model' entry)")
     meta = ckpt.get("meta") or {}
     backbone = meta.get("backbone")
@@ -246,7 +245,7 @@ def train_irn(
     data = IRNTrainSet(train_set, label_dir, cfg)
     step = functools.partial(irn_step, radius=cfg.radius)
     model = fit(model, data, step, model.param_groups(cfg.dp_lr_mult), cfg.engine, out_dir,
-                meta={"kind": "irn", "backbone": cfg.backbone, "radius": cfg.radius})
+                meta=irn_meta(cfg))
     shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set, crop_size=cfg.crop_size,
                                 batch_size=cfg.mean_batch_size, num_workers=cfg.engine.num_workers)
     model.mean_shift.copy_(shift)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sipe.evaluation import ConfusionMatrix
+from sipe.metrics import ConfusionMatrix
 from sipe.seg.predict import predict_probs
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def evaluate_seg(
         num_workers: DataLoader workers decoding images while the network runs.
 
     Returns:
-        :meth:`sipe.evaluation.ConfusionMatrix.report` plus ``kind`` ("seg"), ``scales``, ``flip``,
+        :meth:`sipe.metrics.ConfusionMatrix.report` plus ``kind`` ("seg"), ``scales``, ``flip``,
         ``crf``, ``num_images`` (evaluated) and ``skipped`` (no ground-truth mask).
     """
     class_names = list(getattr(dataset, "class_names", None) or [])

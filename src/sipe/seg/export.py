@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sipe import io as sio
-from sipe.seg.model import IMAGENET_MEAN, IMAGENET_STD
+from sipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sipe.seg.predict import seg_logits
 
 

@@ -1,34 +1,24 @@
-"""Segmentation masks for images: multi-scale + flip inference, and label PNGs / overlays on disk.
+"""Segmentation-network inference: multi-scale + flip class probabilities, and masks for image files.
 
-Two sources of masks share the writers here: a trained segmentation network
-(:func:`predict_image`, :func:`predict_paths`) and, when the image-level labels are known, SIPE's
-IS-CAM (:func:`is_cam_label`, :func:`predict_paths_is_cam`).
+(Masks from SIPE's IS-CAM, when the image-level labels are known, are in :mod:`sipe.cams.predict`;
+both write their files through :func:`sipe.vis.write_label_maps`.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from sipe import io as sio
-from sipe.data.base import SkipCounter
-from sipe.data.image import ImageReadError, read_image
-from sipe.seg.model import image_to_tensor
-from sipe.vis import label_overlay
+from sipe.data.transforms import image_to_tensor
+from sipe.vis import PredictResult, write_label_maps
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the first parameter or buffer of ``model`` (CPU for a module without any)."""
@@ -100,103 +90,6 @@ def predict_image(
     return predict_probs(model, image, scales, flip, autocast_dtype).argmax(0).cpu().numpy()
 
 
-def is_cam_label(
-    model: nn.Module,
-    image: np.ndarray,
-    labels: np.ndarray,
-    scales: Sequence[float] | None = None,
-    flip: bool = True,
-) -> np.ndarray:
-    """(H, W) int64 class map from SIPE's multi-scale IS-CAM: argmax over the kept channels, mapped
-    through their class ids. image (H, W, 3) uint8; labels (K-1,) multi-hot foreground classes."""
-    from sipe.inference import DEFAULT_SCALES, multiscale_is_cam
-
-    keys, maps = multiscale_is_cam(
-        model, image, labels, scales=DEFAULT_SCALES if scales is None else scales, flip=flip
-    )
-    return np.asarray(keys)[np.argmax(maps, axis=0)]
-
-
-def labels_from_names(names: Iterable[str], class_names: Sequence[str]) -> np.ndarray:
-    """(K-1,) float32 multi-hot over the foreground classes of ``class_names`` from class names."""
-    fg = list(class_names[1:])
-    out = np.zeros(len(fg), dtype=np.float32)
-    for n in names:
-        n = n.strip()
-        if not n:
-            continue
-        if n not in fg:
-            raise ValueError(f"unknown class {n!r}; the model knows: {', '.join(fg)}")
-        out[fg.index(n)] = 1.0
-    if not out.any():
-        raise ValueError("give at least one foreground class name (e.g. --labels cat,sofa)")
-    return out
-
-
-def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files given, plus the image files (by suffix, sorted) in each folder given (not recursive).
-
-    Raises ``FileNotFoundError`` for a path that does not exist and ``ValueError`` when nothing is found.
-    """
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"input {p} does not exist; pass image files or folders of images")
-    if not out:
-        raise ValueError(f"no images found in {[str(p) for p in paths]} (suffixes {', '.join(IMAGE_SUFFIXES)})")
-    return out
-
-
-@dataclass
-class PredictResult:
-    """What :func:`predict_paths` wrote: ``labels`` (palette PNGs), ``overlays`` and the ``skipped`` inputs."""
-
-    labels: list[Path] = field(default_factory=list)
-    overlays: list[Path] = field(default_factory=list)
-    skipped: SkipCounter = field(default_factory=lambda: SkipCounter("images"))
-
-
-def _write_predictions(
-    label_fn: Callable[[np.ndarray], np.ndarray],
-    paths: Iterable[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    overlay: bool,
-    alpha: float,
-) -> PredictResult:
-    files = collect_images(paths)
-    stems: dict[str, Path] = {}
-    for f in files:
-        if f.stem in stems:
-            raise ValueError(
-                f"{stems[f.stem]} and {f} would both be written as {f.stem}.png; predict them into "
-                "separate output folders"
-            )
-        stems[f.stem] = f
-    out_dir = Path(out_dir)
-    result = PredictResult()
-    for f in tqdm(files, desc="predict", unit="img", disable=len(files) < 2):
-        try:
-            image = read_image(f)
-        except ImageReadError as e:
-            result.skipped.add(str(f), "unreadable", str(e))
-            continue
-        label = label_fn(image)
-        target = out_dir / f"{f.stem}.png"
-        sio.save_label_png(target, label)
-        result.labels.append(target)
-        if overlay:
-            target = out_dir / "overlay" / f"{f.stem}.jpg"
-            sio.save_image(target, label_overlay(image, label, alpha))
-            result.overlays.append(target)
-    result.skipped.log(len(files))
-    return result
-
-
 def predict_paths(
     model: nn.Module,
     paths: Iterable[str | os.PathLike],
@@ -213,24 +106,6 @@ def predict_paths(
     with ``overlay``, ``out_dir/overlay/<stem>.jpg`` (the colours blended over the photo with
     weight ``alpha``). Unreadable files are skipped, logged and counted in ``result.skipped``.
     """
-    return _write_predictions(
+    return write_label_maps(
         lambda im: predict_image(model, im, scales, flip, autocast_dtype), paths, out_dir, overlay, alpha
-    )
-
-
-def predict_paths_is_cam(
-    model: nn.Module,
-    paths: Iterable[str | os.PathLike],
-    labels: np.ndarray,
-    out_dir: str | os.PathLike,
-    scales: Sequence[float] | None = None,
-    flip: bool = True,
-    overlay: bool = True,
-    alpha: float = 0.5,
-) -> PredictResult:
-    """As :func:`predict_paths`, with masks from a SIPE network's IS-CAM for the given image-level
-    ``labels`` ((K-1,) multi-hot, the same for every image; see :func:`labels_from_names`)."""
-    labels = np.asarray(labels, dtype=np.float32)
-    return _write_predictions(
-        lambda im: is_cam_label(model, im, labels, scales, flip), paths, out_dir, overlay, alpha
     )

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sipe.config import save_run_info, to_dict
+from sipe.config import DataConfig, save_run_info, to_dict
+from sipe.data import dataset_from_config
 from sipe.data.base import SkipCounter
 from sipe.data.image import read_mask
 from sipe.data.transforms import random_resize_flip_crop
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
-from sipe.seg.model import SegModelSpec, build_deeplab, freeze_batchnorm
-from sipe.train import DataConfig, build_dataset
+from sipe.models.layers import freeze_batchnorm
+from sipe.seg.model import SegModelSpec, build_deeplab
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     if not cfg.pseudo_labels:
         raise ValueError("set pseudo_labels= to the folder of pseudo-label PNGs (<image name>.png)")
     info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
-    base = build_dataset(cfg.data, cfg.data.split, with_masks=False)
+    base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
     base.drop_small(cfg.data.min_size)  # unreadable and tiny images: skipped with a logged count
     train_set = PseudoLabelDataset(
         base, cfg.pseudo_labels, cfg.aug.crop_size, cfg.aug.scale_range, cfg.aug.flip, missing=cfg.missing_labels
@@ -264,7 +265,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     if cfg.data.val_split:
         from sipe.seg.evaluate import evaluate_seg
 
-        val_set = build_dataset(cfg.data, cfg.data.val_split, with_masks=True)
+        val_set = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)
         if list(val_set.class_names) != list(base.class_names):
             raise ValueError(
                 f"the validation split {val_set.source} has classes {val_set.class_names}, the training split "

@@ -23,81 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sipe.config import save_run_info, to_dict
+from sipe.config import STRIDE, AugConfig, DataConfig, ModelConfig, save_run_info, to_dict
+from sipe.data import dataset_from_config
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AugConfig",
-    "DataConfig",
-    "ModelConfig",
     "SIPETrainConfig",
     "SIPETrainSet",
-    "build_dataset",
     "make_val_fn",
     "sipe_step",
     "train_sipe",
 ]
-
-STRIDE = 16  # output stride of the adapted ResNet; crops must be multiples of it
-
-
-@dataclass
-class DataConfig:
-    """Where the images and labels come from.
-
-    kind: ``voc`` (VOC2012 layout), ``coco`` (COCO 2014), ``custom`` or ``synthetic`` (the demo data).
-    root: the VOC2012 folder, the COCO folder, or (custom) the image folder.
-    split: VOC split name or file (``train_aug``), COCO ``train``/``val``, or (custom) the labels
-        CSV/JSON of the training images.
-    val_split: the split whose ground-truth masks select ``best.pt`` (official: VOC ``train``);
-        ``null`` disables validation. For ``custom`` a labels file whose images have masks in ``mask_dir``.
-    """
-
-    kind: str = "voc"
-    root: str = ""
-    split: str = "train_aug"
-    val_split: str | None = "train"
-    val_max_images: int | None = None  # validate on the first N images only (None = all)
-    # voc / custom: the foreground class list (voc default: the 20 VOC classes; custom default:
-    # inferred from the labels file)
-    class_names: list[str] | None = None
-    mask_dir: str | None = None  # custom: folder of ground-truth masks for validation
-    cache_dir: str | None = None  # label / mask caches (default: inside the dataset root, else ~/.cache)
-    min_size: int = STRIDE  # images with a shorter side are skipped (logged with a count)
-
-    def __post_init__(self) -> None:
-        kinds = ("voc", "coco", "custom", "synthetic")
-        if self.kind not in kinds:
-            raise ValueError(f"data.kind must be one of {', '.join(kinds)}, got {self.kind!r}")
-
-
-@dataclass
-class AugConfig:
-    """Training augmentation (official defaults)."""
-
-    resize_long: tuple[int, int] | None = (320, 640)
-    scale_range: tuple[float, float] | None = None
-    flip: bool = True
-    crop_size: int = 512
-
-    def __post_init__(self) -> None:
-        if self.crop_size <= 0 or self.crop_size % STRIDE:
-            raise ValueError(
-                f"aug.crop_size must be a positive multiple of the network stride {STRIDE}, got {self.crop_size}"
-            )
-
-
-@dataclass
-class ModelConfig:
-    """The network: a torchvision ResNet trunk adapted as the official code, plus the SIPE head."""
-
-    backbone: str = "resnet50"
-    # torchvision weights name (the paper: ImageNet), a local state-dict file, or null (random init).
-    weights: str | None = "IMAGENET1K_V1"
-    num_classes: int | None = None  # K with background; None = taken from the dataset
-
 
 def _official_engine() -> TrainConfig:
     return TrainConfig(
@@ -118,24 +56,6 @@ class SIPETrainConfig:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def build_dataset(data: DataConfig, split: str, *, with_masks: bool) -> Any:
-    """The :class:`sipe.data.SegDataset` for ``split`` of the dataset described by ``data``."""
-    from sipe.data import build_dataset as _build
-
-    if not data.root:
-        raise ValueError("data.root is empty; set it in the config or pass data.root=/path/to/dataset")
-    kwargs: dict[str, Any] = {"with_masks": with_masks}
-    if data.class_names is not None:
-        if data.kind == "coco":
-            raise ValueError("data.class_names is fixed for COCO (the 80 categories); remove it")
-        kwargs["class_names"] = list(data.class_names)
-    if data.cache_dir is not None and data.kind in ("voc", "coco"):
-        kwargs["cache_dir"] = data.cache_dir
-    if data.kind == "custom" and with_masks and data.mask_dir is not None:
-        kwargs["mask_dir"] = data.mask_dir
-    return _build(data.kind, data.root, split, **kwargs)
 
 
 class SIPETrainSet(Dataset):
@@ -196,8 +116,8 @@ def sipe_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tor
 
     Returns ``loss`` = ``loss_cls`` (multi-label soft margin) + ``loss_gsc`` (general-specific consistency).
     """
-    from sipe.ipe import lowres_valid_mask
-    from sipe.losses import classification_loss, gsc_loss
+    from sipe.core.ipe import lowres_valid_mask
+    from sipe.core.losses import classification_loss, gsc_loss
 
     labels = batch["labels"]
     mask = lowres_valid_mask(batch["valid"], labels, stride=STRIDE)
@@ -238,7 +158,7 @@ def make_val_fn(
     Each image goes through the training forward at full size with the labels (background = 1)
     as the valid mask; IS-CAM is upsampled bilinearly, max-normalised per class and argmaxed.
     """
-    from sipe.evaluation import ConfusionMatrix
+    from sipe.metrics import ConfusionMatrix
 
     val_set.require_masks()
     n = len(val_set) if max_images is None else min(max_images, len(val_set))
@@ -277,7 +197,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
 
     out_dir = Path(out_dir)
     setup_distributed(cfg.engine.device)  # before any rank-dependent step below
-    train_base = build_dataset(cfg.data, cfg.data.split, with_masks=False)
+    train_base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
     train_base.drop_small(cfg.data.min_size)
     k = train_base.num_classes
     if cfg.model.num_classes is not None and cfg.model.num_classes != k:
@@ -287,7 +207,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
         )
     val_fn = None
     if cfg.data.val_split is not None:
-        val_base = build_dataset(cfg.data, cfg.data.val_split, with_masks=True)
+        val_base = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)
         val_base.drop_small(cfg.data.min_size)
         if val_base.class_names != train_base.class_names:
             raise ValueError(

@@ -21,19 +21,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from sipe.data.base import SkipCounter
-from sipe.data.image import ImageReadError
-from sipe.evaluation import write_cam_file
-from sipe.inference import (
+from sipe.cams.format import write_cam_file
+from sipe.cams.multiscale import (
     DEFAULT_SCALES,
     fused_maps,
     prepare_for_inference,
     release_memory,
     scale_batch,
 )
-from sipe.models.sipe_net import SIPENet
+from sipe.core.sipe_net import SIPENet
+from sipe.data.base import SkipCounter
+from sipe.data.image import ImageReadError
 
-logger = logging.getLogger("sipe.cam")
+logger = logging.getLogger("sipe.cams")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

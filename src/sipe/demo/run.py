@@ -20,85 +20,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sipe import io
-from sipe.engine import TrainConfig
-from sipe.pretrain import PretrainConfig
-from sipe.refine.train_irn import IRNConfig, IRNEngineConfig
-from sipe.seg.train import SegAugConfig, SegEngineConfig, SegModelConfig
-from sipe.train import AugConfig, DataConfig, ModelConfig, SIPETrainConfig
+from sipe.config import DataConfig, ModelConfig
+from sipe.demo.config import DemoConfig
+from sipe.train import SIPETrainConfig
 
 logger = logging.getLogger("sipe.demo")
-
-
-@dataclass
-class SyntheticConfig:
-    n_train: int = 400
-    n_val: int = 100
-    image_size: tuple[int, int] = (96, 160)
-    num_classes: int = 4  # foreground classes
-    max_objects: int = 2
-    # Objects a few stride-16 cells wide even at scale 1.0, so that image-specific prototypes have
-    # room to work (the paper's VOC objects span tens of cells).
-    body_radius: tuple[float, float] = (0.26, 0.36)
-
-
-# Why the demo trains at twice the synthetic images' size (measured, seed 0, 400/100 images,
-# ResNet-18): a classifier trained from scratch localises only when objects are large against its
-# receptive field. At the native 96-160 px its CAMs of labelled classes average 0.33 on background
-# cells (0.67 on their objects), the structure-aware seeds are right for 56 % of cells and IS-CAM
-# falls BELOW CAM (0.256 vs 0.354 mIoU), although prototypes from ground-truth seeds would give
-# 0.69: the seeds, i.e. the CAMs, were the weak link. Pretraining and SIPE training at 2x (crops
-# of 224 px) make CAM 0.40 and IS-CAM 0.51 (scales 1.5, 2.0). Both need the larger size: 2x in
-# pretraining only gives 0.36 / 0.30, 2x in SIPE only 0.34 / 0.33; 1.5x everywhere 0.32 / 0.37;
-# 300 instead of 400 training images 0.32 / 0.36.
-def _demo_pretrain() -> PretrainConfig:
-    return PretrainConfig(resize_long=(192, 320), crop_size=224, engine=dataclasses.replace(
-        PretrainConfig().engine, epochs=6))
-
-
-def _demo_sipe_engine() -> TrainConfig:
-    # The official recipe unchanged (batch 16, 5 epochs, lr 0.1 / 10x, momentum 1e-4, wd 1e-4, clip 1, seed 15).
-    return TrainConfig(num_workers=1, log_every=5, channels_last=True)
-
-
-@dataclass
-class DemoConfig:
-    """Everything ``sipe demo`` runs; ``configs/demo.yaml`` holds the same defaults."""
-
-    seed: int = 0
-    data: SyntheticConfig = field(default_factory=SyntheticConfig)
-    backbone: str = "resnet18"
-    pretrain: PretrainConfig = field(default_factory=_demo_pretrain)
-    # Object-free images added to pretraining as negatives. Without them every image holds a class
-    # and a classifier may learn one class as "none of the others": its CAM then covers the
-    # background (seed 1: the disk's CAM averaged 0.77 on background cells, the other classes
-    # 0.07). With 80 such images: 0.07-0.10 for all four classes.
-    background_images: int = 80
-    aug: AugConfig = field(default_factory=lambda: AugConfig(resize_long=(192, 352), crop_size=224))
-    engine: TrainConfig = field(default_factory=_demo_sipe_engine)
-    # Scales of the native images, so 2.0 is the training size. Held-out IS-CAM mIoU (seed 0):
-    # (1.0, 2.0) 0.527, (1.5, 2.0) 0.509, (2.0,) 0.486; the official (1.0, 0.5, 1.5, 2.0) relative
-    # to the training size would cost 4x the time.
-    scales: tuple[float, ...] = (1.0, 2.0)
-    # IRN and DeepLab epochs trimmed (3 -> 2, 4 -> 3) to keep the whole demo well under 10 minutes.
-    irn: IRNConfig = field(default_factory=lambda: IRNConfig(
-        crop_size=128, engine=IRNEngineConfig(epochs=2, num_workers=1, log_every=5, channels_last=True)))
-    seg_model: SegModelConfig = field(default_factory=lambda: SegModelConfig(output_stride=16))
-    seg_aug: SegAugConfig = field(default_factory=lambda: SegAugConfig(crop_size=96))
-    seg_engine: SegEngineConfig = field(default_factory=lambda: SegEngineConfig(
-        batch_size=8, epochs=3, num_workers=1, log_every=10, channels_last=True))
-    # Random-walk steps 2^rw_exp_times. The official 2^8 suit VOC's ~125x94 stride-4 grids; on
-    # the demo's 24x40 grids they mix whole images: held-out pseudo labels 0.37 with 2^8, 0.51
-    # with 2^3 (IS-CAM 0.51; seed 0).
-    rw_exp_times: int = 3
-    refine: bool = True  # stages 5 and 6
-    num_overlays: int = 6
 
 
 def _stage(name: str, t0: float, timings: dict[str, float]) -> float:
@@ -121,13 +51,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the metrics written to ``out_dir/metrics.json``."""
     import torch
 
-    from sipe.cam import CamConfig, generate_cams
-    from sipe.compat import load_checkpoint
+    from sipe.cams.generate import CamConfig, generate_cams
     from sipe.config import save_run_info
     from sipe.data import SyntheticBackgrounds, build_dataset, generate_synthetic
-    from sipe.evaluation import evaluate_cam, evaluate_is_cam, write_report
-    from sipe.pretrain import pretrain_classifier
+    from sipe.demo.pictures import save_demo_overlays
+    from sipe.metrics import evaluate_cam, evaluate_is_cam, write_report
+    from sipe.models.checkpoint import load_checkpoint
     from sipe.train import train_sipe
+    from sipe.train.pretrain import pretrain_classifier
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +103,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     is_cam_report = evaluate_is_cam(cams["val"] / "is_cam", val_set)
     write_report(out / "eval_cam.json", cam_report)
     write_report(out / "eval_is_cam.json", is_cam_report)
-    _overlays(out, val_set, cams["val"], cfg.num_overlays)
+    save_demo_overlays(out, val_set, cams["val"], cfg.num_overlays)
     t = _stage("evaluate_cams", t, timings)
     metrics: dict[str, Any] = {
         "seed": cfg.seed,
@@ -195,7 +126,7 @@ def _refine_and_segment(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Stages 5-6: confident regions -> IRN -> pseudo labels -> DeepLabV3; their metrics."""
-    from sipe.evaluation import evaluate_label_dir, write_report
+    from sipe.metrics import evaluate_label_dir, write_report
     from sipe.refine.crf import make_confident_regions
     from sipe.refine.pseudo import make_pseudo_labels
     from sipe.refine.train_irn import train_irn
@@ -235,22 +166,3 @@ def _refine_and_segment(
     }
 
 
-def _overlays(out: Path, dataset: Any, cam_dir: Path, n: int) -> None:
-    """Side-by-side pictures: image | CAM per class | IS-CAM per class | ground truth."""
-    from sipe.evaluation import read_cam_file
-    from sipe.vis import cam_grid, colorize
-
-    for i in range(min(n, len(dataset))):
-        item = dataset[i]
-        name = item["name"]
-        cam = read_cam_file(cam_dir / "cam" / f"{name}.npz")
-        is_cam = read_cam_file(cam_dir / "is_cam" / f"{name}.npz")
-        top = cam_grid(item["image"], cam.maps, cam.keys, dataset.class_names, title="CAM")
-        bottom = cam_grid(item["image"], is_cam.maps, is_cam.keys, dataset.class_names, title="IS-CAM")
-        width = max(top.shape[1], bottom.shape[1])
-        gt = colorize(item["mask"]) if item["mask"] is not None else np.zeros_like(item["image"])
-        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in (top, bottom)]
-        pic = np.concatenate(rows, axis=0)
-        gt_col = np.full((pic.shape[0], gt.shape[1] + 4, 3), 255, np.uint8)
-        gt_col[-gt.shape[0] - 4:-4, 4:] = gt
-        io.save_image(out / "overlays" / f"{name}.png", np.concatenate([pic, gt_col], axis=1))

@@ -297,9 +297,13 @@ def save_run_info(out_dir: str | os.PathLike, cfg: Any) -> None:
     checkout ("unknown" outside one), the command line and a UTC timestamp. Under torchrun only
     rank 0 writes (other ranks return at once), so the files are never written twice.
     """
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     import torch
+
+    from sipe.engine.distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    if rank != 0:
+        return
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +316,6 @@ def save_run_info(out_dir: str | os.PathLike, cfg: Any) -> None:
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config_class": f"{type(cfg).__module__}.{type(cfg).__qualname__}",
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": world,
     }
     write_text(out_dir / "run_info.json", json.dumps(info, indent=2) + "\n")

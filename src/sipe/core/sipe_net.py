@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sipe import ipe
 from sipe._memory import release_memory
+from sipe.core import ipe
 
 Structure = Literal["backbone", "hierarchical"]
 
@@ -103,14 +103,14 @@ class SIPENet(nn.Module):
         """Training forward.
 
         x (N, 3, H, W); valid_mask (N, K, h, w) low-resolution validity x labels (background
-        channel = crop validity), see :func:`sipe.ipe.lowres_valid_mask`.
+        channel = crop validity), see :func:`sipe.core.ipe.lowres_valid_mask`.
         Returns score (N, K-1), cam (N, K, h, w) masked normalised CAM, seeds (N, K, h, w),
         prototypes (N, K, 768), is_cam (N, K, h, w) before max-normalisation, probs (N, K, h, w).
         """
         if self.training and getattr(self.encoder, "bn_folded", False):
             raise RuntimeError(
                 "this model was prepared for inference (batch norm folded into the convolutions, see "
-                "sipe.inference.prepare_for_inference) and cannot be trained; train the original model"
+                "sipe.cams.multiscale.prepare_for_inference) and cannot be trained; train the original model"
             )
         f = self.features(x)
         # CAM normalisation and IPE run in float32 even under autocast: fp16 turns the norm

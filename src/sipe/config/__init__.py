@@ -1,0 +1,26 @@
+"""The configuration layer: dataclass configs, YAML + ``key=value`` overrides, run metadata, and the
+sections several stages share (:mod:`sipe.config.common`)."""
+
+from sipe.config.common import DATASET_KINDS, STRIDE, AugConfig, DataConfig, ModelConfig
+from sipe.config.loader import (
+    ConfigError,
+    from_dict,
+    git_commit,
+    load_config,
+    save_run_info,
+    to_dict,
+)
+
+__all__ = [
+    "DATASET_KINDS",
+    "STRIDE",
+    "AugConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "from_dict",
+    "git_commit",
+    "load_config",
+    "save_run_info",
+    "to_dict",
+]

@@ -1,0 +1,93 @@
+"""Checkpoint files of every model kind: one reader with clear errors, one writer, and the SIPE loader.
+
+A sipe checkpoint is a dict ``{"model": state_dict, "meta": {...}, ...}`` written atomically. The
+``meta`` entry says what the file holds: ``{"kind": "irn", "backbone", "radius"}`` for IRN,
+``{"model_spec": {...}, "class_names"}`` for a segmentation network, and ``{"config", "class_names"}``
+for SIPE (the authors' ``{"net": ...}`` files, with no meta, are SIPE too). Training checkpoints add
+the optimiser state, step and config (:mod:`sipe.engine`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sipe.core.sipe_net import SIPENet
+from sipe.io import save_torch
+from sipe.models import build_sipe
+from sipe.models.official import backbone_name, load_into, official_to_sipe
+
+__all__ = [
+    "checkpoint_kind",
+    "load_checkpoint",
+    "read_checkpoint",
+    "sipe_model_from_checkpoint",
+    "write_checkpoint",
+]
+
+
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", made_by: str = "sipe"
+) -> dict[str, Any]:
+    """Load a checkpoint file as a dict, with one clear error for each way it can be wrong.
+
+    ``made_by`` names the command that writes such files, for the messages. Raises
+    ``FileNotFoundError`` (missing) or ``ValueError`` (unreadable, truncated, not a dict).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .pt/.pth file written by '{made_by}'")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files; re-raised with the file named
+        raise ValueError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); the file is incomplete or damaged: "
+            f"write it again with '{made_by}'. Is the file complete?"
+        ) from exc
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
+    return dict(ckpt)
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                     **extra: Any) -> None:
+    """Write ``{"model": state_dict, "meta": meta, **extra}`` to ``path`` atomically."""
+    save_torch({"model": state_dict, "meta": dict(meta), **extra}, path)
+
+
+def checkpoint_kind(ckpt: Mapping[str, Any]) -> str:
+    """``"seg"``, ``"irn"`` or ``"sipe"``: what a loaded checkpoint dict holds (see the module docstring)."""
+    meta = ckpt.get("meta")
+    if isinstance(meta, Mapping):
+        if isinstance(meta.get("model_spec"), Mapping):
+            return "seg"
+        if meta.get("kind") == "irn":
+            return "irn"
+    return "sipe"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[SIPENet, dict]:
+    """A SIPE model from a checkpoint file: the authors' ``{"net": ...}`` or one written by ``sipe train``.
+
+    Returns the model (eval mode) and the checkpoint's metadata dict (``config``, ``class_names``
+    where present; empty for official checkpoints). The class count comes from the classifier.
+    """
+    return sipe_model_from_checkpoint(read_checkpoint(path, map_location, made_by="sipe train"), f"checkpoint {path}")
+
+
+def sipe_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[SIPENet, dict]:
+    """:func:`load_checkpoint` for a checkpoint dict already loaded (``source`` names it in errors)."""
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "net", "optimizer", "scaler")}
+    state = official_to_sipe(ckpt.get("model", ckpt))
+    cls = state.get("classifier.weight")
+    if cls is None:
+        raise ValueError(f"{source} has no classifier.weight: not a SIPE checkpoint")
+    try:
+        model = load_into(build_sipe(backbone_name(state), num_classes=cls.shape[0] + 1, weights=None), state)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
+    return model.eval(), meta

@@ -1,0 +1,110 @@
+"""Pretrained ResNet weights: torchvision names or local files, never a silent fallback to random."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["RESNETS", "check_resnet", "load_backbone_state_dict", "load_resnet_weights", "resnet_pretrained_state"]
+
+# The one table of torchvision ResNets sipe builds: backbone name -> depth (weights enum ResNet{depth}_Weights).
+RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+def check_resnet(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of the torchvision ResNets sipe builds."""
+    if name not in RESNETS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+
+
+def load_backbone_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ResNet state dict from ``path``: a plain state dict, or a checkpoint dict holding one
+    under ``"model"``/``"state_dict"``/``"net"``. The ResNet may sit under any key prefix, such as
+    ``module.`` or the ``encoder.`` of a SIPE checkpoint, whose other weights are then dropped."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read backbone weights from {path}: {e}") from e
+    for key in ("model", "state_dict", "net"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    sd = dict(obj)
+    # Find where a ResNet sits in the dict: at the top, or under a prefix such as "module." or the
+    # "encoder." of a SIPE network (whose head weights are then left out). The shortest prefix wins.
+    prefixes = sorted(
+        (k[: -len("conv1.weight")] for k in sd if k.endswith("conv1.weight")),
+        key=len,
+    )
+    for prefix in prefixes:
+        if prefix + "layer1.0.conv1.weight" in sd and prefix + "bn1.weight" in sd:
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dict[str, torch.Tensor] | None:
+    """The state dict (without ``fc.``) that ``weights`` names for ResNet ``name``, or ``None``.
+
+    ``weights``: ``None`` (random initialisation), a torchvision weights name (``"IMAGENET1K_V1"``,
+    ``"ResNet50_Weights.IMAGENET1K_V1"`` or ``"DEFAULT"``; downloaded or read from the torch hub
+    cache) or a local file holding a ResNet state dict (see :func:`load_backbone_state_dict`).
+    Raises instead of ever continuing with random weights.
+    """
+    import torchvision
+
+    check_resnet(name)
+    if weights is None:
+        return None
+    text = str(weights)
+    enum_name = f"ResNet{RESNETS[name]}_Weights"
+    enum = getattr(torchvision.models, enum_name)
+    if Path(text).is_file():
+        state = load_backbone_state_dict(text)
+    else:
+        member = text.split(".", 1)[1] if text.startswith(enum_name + ".") else text
+        if member not in enum.__members__ and member != "DEFAULT":
+            if os.sep in text or text.endswith((".pth", ".pt", ".bin")):
+                raise FileNotFoundError(
+                    f"weights file {text} does not exist; pass the path of a downloaded torchvision checkpoint "
+                    "(e.g. resnet50-0676ba61.pth) or null for random initialisation"
+                )
+            raise ValueError(
+                f"unknown weights {text!r} for {name} (unknown backbone weights are never replaced by random "
+                f"ones): pass a local state-dict file, null, or one of {', '.join(enum.__members__)} ({enum_name})"
+            )
+        chosen = enum.DEFAULT if member == "DEFAULT" else enum[member]
+        try:
+            state = chosen.get_state_dict(progress=True, check_hash=True)
+        except Exception as e:  # network or cache failures vary by platform; re-raised with the way out
+            hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+            raise RuntimeError(
+                f"could not fetch the pretrained weights {chosen} from {chosen.url} ({type(e).__name__}: {e}). "
+                f"This machine may be offline: download that file elsewhere and pass its local path as the "
+                f"weights option (/path/to/{Path(chosen.url).name}) or put it in {hub_dir}; refusing to continue "
+                "with random weights"
+            ) from e
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def load_resnet_weights(resnet: nn.Module, name: str, weights: str | os.PathLike | None) -> None:
+    """Load ``weights`` (see :func:`resnet_pretrained_state`) into a torchvision ``resnet``, checking
+    that every key but ``fc.*`` is there and nothing else; a no-op for ``None``."""
+    state = resnet_pretrained_state(name, weights)
+    if state is None:
+        return
+    own = {k for k in resnet.state_dict() if not k.startswith("fc.")}
+    missing = sorted(own - state.keys())
+    unexpected = sorted(state.keys() - own)
+    if missing or unexpected:
+        raise ValueError(
+            f"backbone weights {weights} do not fit a torchvision {name}: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); pass a "
+            f"torchvision ResNet state dict of the same depth"
+        )
+    resnet.load_state_dict(state, strict=False)
