@@ -45,3 +45,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The tiny demo (``helpers.TINY_DEMO``) run once per session: (the config passed, out dir, metrics)."""
+    from helpers import TINY_DEMO
+    from sipe.config import load_config
+    from sipe.demo import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, None, TINY_DEMO)
+    out = tmp_path_factory.mktemp("tiny_demo") / "demo"
+    return cfg, out, run_demo(cfg, out)

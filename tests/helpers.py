@@ -58,3 +58,16 @@ class TinyBackbone(nn.Module):
         b = self.b(a)
         c = self.c(b)
         return [a, b, c, self.d(c)]
+
+
+# The demo shrunk to a few tiny images (tests/test_demo.py, the session's `tiny_demo` fixture).
+TINY_DEMO = [
+    "data.n_train=8", "data.n_val=3", "data.image_size=[48,64]",
+    "pretrain.resize_long=[64,96]", "pretrain.crop_size=64", "pretrain.engine.epochs=1",
+    "pretrain.engine.batch_size=4", "pretrain.engine.num_workers=0", "pretrain.engine.progress=false",
+    "aug.resize_long=[64,96]", "aug.crop_size=64", "engine.epochs=1", "engine.batch_size=4",
+    "engine.num_workers=0", "engine.progress=false",
+    "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1", "irn.engine.batch_size=4", "irn.engine.num_workers=0",
+    "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.batch_size=4",
+    "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2", "background_images=4",
+]

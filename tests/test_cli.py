@@ -29,7 +29,7 @@ def test_every_dataset_command_speaks_the_same_options():
     commands = _subcommands(build_parser())
     readers = {name: p for name, p in commands.items() if "--root" in p._option_string_actions}
     assert set(readers) == {"cam", "eval", "seg eval", "refine crf-regions", "refine crf", "refine train-irn",
-                            "refine labels"}
+                            "refine labels", "report"}
     for name, p in readers.items():
         assert DATASET_OPTIONS <= set(p._option_string_actions), name
         # The pre-helper names of the custom-dataset options are gone everywhere.

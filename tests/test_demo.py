@@ -7,19 +7,9 @@ import json
 import pytest
 import yaml
 
+from helpers import TINY_DEMO as TINY
 from sipe.config import load_config
 from sipe.demo import DemoConfig, run_demo
-
-TINY = [
-    "data.n_train=8", "data.n_val=3", "data.image_size=[48,64]",
-    "pretrain.resize_long=[64,96]", "pretrain.crop_size=64", "pretrain.engine.epochs=1",
-    "pretrain.engine.batch_size=4", "pretrain.engine.num_workers=0", "pretrain.engine.progress=false",
-    "aug.resize_long=[64,96]", "aug.crop_size=64", "engine.epochs=1", "engine.batch_size=4",
-    "engine.num_workers=0", "engine.progress=false",
-    "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1", "irn.engine.batch_size=4", "irn.engine.num_workers=0",
-    "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.batch_size=4",
-    "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2", "background_images=4",
-]
 
 
 def test_pretraining_sees_the_negatives(tmp_path):
@@ -44,10 +34,8 @@ def test_pretraining_sees_the_negatives(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
-    cfg = load_config(DemoConfig, None, TINY)
-    out = tmp_path / "demo"
-    metrics = run_demo(cfg, out)
+def test_tiny_demo_runs_every_stage_and_resumes(tiny_demo):
+    cfg, out, metrics = tiny_demo  # run once per session; tests/test_report.py reads it too
     for key in ("cam_miou", "cam_threshold", "is_cam_miou", "pseudo_label_miou", "seg_miou"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["num_val_images"] == 3
@@ -58,6 +46,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert len(list((out / "pseudo_train").glob("*.png"))) == 8
     assert (out / "config.yaml").is_file() and (out / "run_info.json").is_file()
+    assert (out / "report.html").is_file() and len(list((out / "seg_val").glob("*.png"))) == 3
     saved = yaml.safe_load((out / "config.yaml").read_text())
     # The saved config shows what the stages ran with, not the stage defaults.
     assert saved["irn"]["backbone"] == saved["seg_model"]["backbone"] == saved["pretrain"]["backbone"] == "resnet18"

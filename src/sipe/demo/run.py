@@ -9,7 +9,7 @@ Steps (each resumable; rerunning the command picks up where it stopped):
    held-out split;
 5. refinement: dense-CRF confident regions, IRN training, random-walk pseudo labels; evaluate;
 6. a DeepLabV3 segmentation network trained on the pseudo labels of the training split; evaluate;
-7. write ``out/metrics.json`` and overlay pictures.
+7. write ``out/metrics.json``, overlay pictures and the results page ``out/report.html`` (``sipe report``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     from sipe.demo.pictures import save_demo_overlays
     from sipe.metrics import evaluate_cam, evaluate_is_cam, write_report
     from sipe.models.checkpoint import load_checkpoint
+    from sipe.report import write_report_html
     from sipe.train import train_sipe
     from sipe.train.pretrain import pretrain_classifier
 
@@ -118,6 +119,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     metrics["num_val_images"] = len(val_set)
     metrics["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
     io.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_report_html(out, out / "report.html", dataset=val_set)
     return metrics
 
 
@@ -156,7 +158,7 @@ def _refine_and_segment(
     )
     seg_model, _ = load_seg_checkpoint(train_seg(seg_cfg, out / "seg"))
     t = _stage("seg_train", t, timings)
-    seg_report = evaluate_seg(seg_model, val_set)
+    seg_report = evaluate_seg(seg_model, val_set, save_dir=out / "seg_val")  # predictions for the report
     write_report(out / "eval_seg.json", seg_report)
     _stage("seg_eval", t, timings)
     return {

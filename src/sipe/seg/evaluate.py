@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sipe.io import save_label_png
 from sipe.metrics import ConfusionMatrix
 from sipe.seg.predict import predict_probs
 
@@ -47,6 +50,7 @@ def evaluate_seg(
     num_workers: int = 0,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    save_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on every item of ``dataset`` that has a ground-truth mask.
 
@@ -57,6 +61,8 @@ def evaluate_seg(
         scales, flip: test-time augmentation; the softmax probabilities are averaged.
         crf: refine each prediction with a dense CRF (:func:`crf_postprocess`).
         num_workers: DataLoader workers decoding images while the network runs.
+        save_dir: also write each evaluated prediction as ``save_dir/<name>.png`` (VOC palette),
+            e.g. for ``sipe report``'s image grid.
 
     Returns:
         :meth:`sipe.metrics.ConfusionMatrix.report` plus ``kind`` ("seg"), ``scales``, ``flip``,
@@ -86,6 +92,8 @@ def evaluate_seg(
         if crf:
             pred = torch.from_numpy(crf_postprocess(image, pred.cpu().numpy(), gt_prob=crf_gt_prob))
         cm.update(pred, torch.from_numpy(np.asarray(mask)).to(pred.device))
+        if save_dir is not None:
+            save_label_png(Path(save_dir) / f"{item['name']}.png", pred.cpu().numpy())
         evaluated += 1
     if skipped:
         log.warning("%d images have no ground-truth mask and were skipped", skipped)

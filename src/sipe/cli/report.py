@@ -1,0 +1,65 @@
+"""``sipe report``: one self-contained HTML results page (tables, plots, image grid) of a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from sipe.cli._common import DATASET_KINDS
+
+    p = sub.add_parser(
+        "report", help="write a self-contained HTML results page of a run folder", description=__doc__,
+        epilog="Open the page in any browser (file:// works; nothing is fetched from the network).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (e.g. the --out folder of sipe demo)")
+    p.add_argument("--out", default=None, help="the HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--num-images", type=int, default=12,
+                   help="rows of the image grid: the best, median and worst thirds by IS-CAM IoU when masks "
+                        "exist, else the first ones (default: %(default)s)")
+    p.add_argument("--max-side", type=int, default=256, help="thumbnails' long side in pixels (default: %(default)s)")
+    g = p.add_argument_group("images shown (default: a sipe demo run's held-out split and folders)")
+    g.add_argument("--dataset", default=None, choices=DATASET_KINDS, help="dataset kind of the CAMs' images")
+    g.add_argument("--root", default=None, help="dataset root (VOC2012 folder, COCO folder, or custom image folder)")
+    g.add_argument("--split", default=None, help="split name, or a custom dataset's labels CSV/JSON")
+    g.add_argument("--class-names", default=None, help="voc, custom: comma-separated foreground classes in order")
+    g.add_argument("--mask-dir", default=None, help="custom: folder of ground-truth <name>.png masks (optional)")
+    g.add_argument("--cam-dir", default=None, help="folder holding cam/ and is_cam/ (default: RUN_DIR/cams_val)")
+    g.add_argument("--pseudo-dir", default=None, help="pseudo-mask PNGs (default: RUN_DIR/pseudo_val)")
+    g.add_argument("--seg-dir", default=None, help="segmentation-prediction PNGs (default: RUN_DIR/seg_val)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sipe.cli._common import INPUT_ERROR, USAGE_ERROR, DatasetArgsError, build_dataset_from_args, fail
+
+    if args.num_images < 0 or args.max_side < 16:
+        return fail("report", "--num-images must be >= 0 and --max-side >= 16", USAGE_ERROR)
+    given = [o for o in ("dataset", "root", "split") if getattr(args, o) is not None]
+    if given and len(given) < 3:
+        missing = ", ".join(f"--{o}" for o in ("dataset", "root", "split") if getattr(args, o) is None)
+        return fail("report", f"--dataset, --root and --split go together; add {missing}", USAGE_ERROR)
+    if not given and (args.class_names or args.mask_dir):
+        return fail("report", "--class-names and --mask-dir need --dataset, --root and --split", USAGE_ERROR)
+
+    from sipe.cli._common import setup_logging
+    from sipe.data import DatasetError
+    from sipe.report import ReportError, write_report_html
+
+    setup_logging()
+    dataset = None
+    try:
+        if given:
+            dataset = build_dataset_from_args(args)
+    except DatasetArgsError as err:
+        return fail("report", err, USAGE_ERROR)
+    except (DatasetError, FileNotFoundError) as err:
+        return fail("report", err, INPUT_ERROR)
+    try:
+        path = write_report_html(args.run_dir, args.out, dataset=dataset, cam_dir=args.cam_dir,
+                                 pseudo_dir=args.pseudo_dir, seg_dir=args.seg_dir, num_images=args.num_images,
+                                 max_side=args.max_side)
+    except (ReportError, DatasetError, FileNotFoundError, ValueError) as err:
+        return fail("report", err, INPUT_ERROR)
+    print(f"wrote {path}; open it in a browser: file://{path.resolve()}")
+    return 0

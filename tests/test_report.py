@@ -1,0 +1,287 @@
+"""``sipe report``: the results page of a run folder, its numbers, its embedded pictures, in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sipe import io as sio
+from sipe.cams.format import write_cam_file
+from sipe.cli import main
+from sipe.report import collect_run, write_report_html
+
+SECTIONS = ("summary", "per-class", "sweep", "training", "images", "confusion")
+MB = 1_000_000
+
+
+# ---------------------------------------------------------------------- a fake run of "your own photos"
+def _fake_run(root: Path, n: int = 12, hw: tuple[int, int] = (375, 500), masks: bool = True) -> dict[str, Path]:
+    """n VOC-sized photos (smooth colour noise, which JPEG compresses about as badly as photos) of a
+    custom dataset, with CAM / IS-CAM files, pseudo masks and a TensorBoard log; masks optional."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rng = np.random.default_rng(0)
+    photos, run = root / "photos", root / "run"
+    h, w = hw
+    yy, xx = np.mgrid[:h, :w] / max(h, w)
+    lines = ["image,labels"]
+    for i in range(n):
+        name = f"img_{i:02d}"
+        coarse = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
+        sio.save_image(photos / f"{name}.jpg", image)
+        mask = np.zeros((h, w), np.uint8)
+        mask[(yy - 0.35) ** 2 + (xx - 0.4) ** 2 < 0.04] = 1
+        mask[(yy - 0.4) ** 2 + (xx - 0.8) ** 2 < 0.02] = 2
+        lines.append(f"{name}.jpg,cat;dog")
+        if masks:
+            sio.save_label_png(photos / "masks" / f"{name}.png", mask)
+        # IS-CAMs shifted more and more to the right: image i's IoU falls with i.
+        shifted = np.roll(mask, 12 * i, axis=1)
+        fg = np.stack([(shifted == c).astype(np.float32) for c in (1, 2)])
+        write_cam_file(run / "cams_val" / "cam" / f"{name}.npz", np.array([1, 2]), fg * 0.9, kind="cam")
+        write_cam_file(run / "cams_val" / "is_cam" / f"{name}.npz", np.array([0, 1, 2]),
+                       np.concatenate([1 - fg.max(0, keepdims=True), fg]), kind="is_cam")
+        sio.save_label_png(run / "pseudo_val" / f"{name}.png", shifted)
+    sio.write_text(photos / "labels.csv", "\n".join(lines) + "\n")
+    writer = SummaryWriter(str(run / "sipe" / "tb"))
+    for step in range(1, 6):
+        writer.add_scalar("train/loss_cls", 1.0 / step, step)
+        writer.add_scalar("train/loss_gsc", 0.5 / step, step)
+        writer.add_scalar("train/lr", 0.1 * (1 - step / 6), step)
+    writer.close()
+    return {"photos": photos, "run": run, "labels": photos / "labels.csv", "masks": photos / "masks"}
+
+
+def _img_srcs(html: str) -> list[str]:
+    return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", html)
+
+
+def _decode(uri: str) -> Image.Image:
+    head, data = uri.split(",", 1)
+    assert head in ("data:image/png;base64", "data:image/jpeg;base64"), head
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def _assert_self_contained(html: str) -> None:
+    srcs = _img_srcs(html)
+    assert srcs and all(s.startswith("data:image/") for s in srcs), [s[:40] for s in srcs if not s.startswith("data:")]
+    assert html.count("<img") == len(srcs)  # every <img> has a src we checked
+    assert not re.search(r"(src|href)=\"(?!data:|#)", html)  # no relative or remote resources
+    assert "http://" not in html and "https://" not in html and "<link" not in html and "url(" not in html
+
+
+# ---------------------------------------------------------------------- the tiny demo run
+@pytest.mark.slow
+def test_demo_report_has_every_section_with_the_runs_numbers(tiny_demo):
+    _, out, _ = tiny_demo
+    page = out / "report.html"
+    assert page.is_file()  # written by the demo itself
+    html = page.read_text(encoding="utf-8")
+    metrics = json.loads((out / "metrics.json").read_text())
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html, section
+    # The mIoU table equals metrics.json (the raw value and the percentage shown).
+    stages = dict(re.findall(r'<tr data-stage="(\w+)".*?data-value="([^"]+)"', html, flags=re.S))
+    wanted = {"cam": "cam_miou", "is_cam": "is_cam_miou", "pseudo_labels": "pseudo_label_miou", "seg": "seg_miou"}
+    assert set(stages) == set(wanted)
+    for stage, key in wanted.items():
+        assert float(stages[stage]) == metrics[key], stage
+        assert re.search(rf'data-value="{re.escape(stages[stage])}">{100 * metrics[key]:.2f}</td>', html)
+    assert f"CAM (best background threshold {metrics['cam_threshold']:.2f})" in html
+    for stage, sec in metrics["seconds"].items():  # wall times
+        assert f"<td>{stage}</td><td class=\"num\">{sec}</td>" in html, stage
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["git_commit"] in html and "config.yaml (" in html
+    # Training curves of every stage that ran, the image grid with all five kinds of picture.
+    for title in ("classifier pretraining", "SIPE training", "IRN", "DeepLabV3"):
+        assert f"<h3>{title} <span" in html, title
+    assert html.count('<div class="imgrow"') == 3  # 3 held-out images < 12
+    for caption in ("<figcaption>image</figcaption>", "<figcaption>pseudo mask</figcaption>",
+                    "<figcaption>segmentation</figcaption>", "<figcaption>ground truth</figcaption>"):
+        assert html.count(caption) == 3, caption
+    assert html.count("<figcaption>CAM ") >= 3 and html.count("<figcaption>IS-CAM ") >= 3
+    assert 'class="legend"' in html and "No ground-truth masks" not in html
+    _assert_self_contained(html)
+    assert len(html.encode()) < 5 * MB
+
+
+@pytest.mark.slow
+def test_demo_report_cli_rebuilds_the_same_page(tiny_demo, tmp_path, capsys):
+    _, out, _ = tiny_demo
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    assert "file://" in capsys.readouterr().out
+    assert (tmp_path / "r.html").read_text() == (out / "report.html").read_text()
+
+
+# ---------------------------------------------------------------------- your own photos, 12 VOC-sized images
+def test_twelve_large_images_best_median_worst_thumbnails_and_size(tmp_path):
+    from sipe.data import build_dataset
+
+    f = _fake_run(tmp_path, n=15)
+    ds = build_dataset("custom", f["photos"], f["labels"], mask_dir=f["masks"])
+    page = write_report_html(f["run"], dataset=ds, progress=False)
+    html = page.read_text()
+    assert page == f["run"] / "report.html"
+    rows = re.findall(r'<div class="imgrow" data-name="(img_\d+)">.*?<span class="group-(\w+)">', html, flags=re.S)
+    # IoU falls with the index: the 4 best, the 4 around the median (of 15), the 4 worst.
+    assert rows == [(f"img_{i:02d}", g) for g, idx in (("best", range(4)), ("median", range(5, 9)),
+                                                        ("worst", range(11, 15))) for i in idx]
+    grid = html[html.index('<section id="images">'):html.index('<section id="confusion">')]
+    thumbs = _img_srcs(grid)
+    assert len(thumbs) == 12 * 7  # image, CAM x2, IS-CAM x2, pseudo mask, ground truth (no segmentation)
+    assert all(_decode(uri).size == (256, 192) for uri in thumbs)  # 500x375 -> long side 256
+    _assert_self_contained(html)
+    assert len(html.encode()) < 5 * MB
+    # The ranking printed is the per-image IS-CAM IoU: image 0's IS-CAM is its mask, IoU 1.
+    assert "img_00<br><span class=\"group-best\">best</span><br>IS-CAM IoU 1.000" in html
+
+
+def test_report_without_masks_renders_and_says_so(tmp_path, capsys):
+    f = _fake_run(tmp_path, n=14, hw=(120, 160), masks=False)
+    out = tmp_path / "page.html"
+    code = main(["report", str(f["run"]), "--out", str(out), "--dataset", "custom", "--root", str(f["photos"]),
+                 "--split", str(f["labels"])])
+    assert code == 0, capsys.readouterr().err
+    html = out.read_text()
+    assert 'id="no-masks"' in html and "No ground-truth masks were given." in html
+    assert 'id="miou-table"' not in html and "ground truth</figcaption>" not in html
+    names = re.findall(r'<div class="imgrow" data-name="(img_\d+)">', html)
+    assert names == [f"img_{i:02d}" for i in range(12)]  # unranked: the first 12
+    assert "<h3>SIPE training <span" in html and 'class="group-best"' not in html
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html
+    _assert_self_contained(html)
+
+
+def test_report_command_line_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 1
+    assert "run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--dataset", "custom"]) == 2
+    assert "add --root, --split" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text("{broken")
+    assert main(["report", str(tmp_path)]) == 1
+    assert "metrics.json" in capsys.readouterr().err
+
+
+def test_collect_reads_every_tensorboard_point(tmp_path):
+    f = _fake_run(tmp_path, n=1, hw=(40, 48))
+    contents = collect_run(f["run"])
+    steps, values = contents.curves["sipe"].scalars["train/loss_cls"]
+    assert steps == [1, 2, 3, 4, 5] and values == pytest.approx([1 / s for s in steps])
+    assert contents.dataset is None and contents.cam_dir == f["run"] / "cams_val"
+
+
+# ---------------------------------------------------------------------- in a real browser
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", function (e) {
+  var t = e.target;
+  window.__errors.push(t && t !== window && t.tagName ? "failed to load " + t.tagName : "uncaught: " + e.message);
+}, true);
+var __consoleError = console.error;
+console.error = function () { window.__errors.push("console.error: " + Array.from(arguments).join(" "));
+                              __consoleError.apply(console, arguments); };
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var p = document.createElement("pre"); p.id = "__probe";
+  p.textContent = JSON.stringify({errors: window.__errors, images: imgs.length,
+    broken: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length,
+    height: document.documentElement.scrollHeight});
+  document.body.appendChild(p);
+});
+</script>"""
+
+
+def _browser(binary: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", *args, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def browser_check(page: Path, work: Path, inject: str = "") -> tuple[dict, Image.Image, str]:
+    """Open ``page`` (file://) in headless Chromium: the probe's findings (errors, images, broken
+    images, page height), a full-page screenshot and the browser's log."""
+    binary = _chromium()
+    html = page.read_text(encoding="utf-8")
+    # The probe runs first in <head>, so that it sees every later error (scripts, images).
+    probed = page.with_name(f"probe_{page.name}")
+    probed.write_text(html.replace("<head>", "<head>\n" + _PROBE + inject, 1), encoding="utf-8")
+    dom = _browser(binary, probed, work / "profile1", "--dump-dom", "--virtual-time-budget=10000")
+    match = re.search(r'<pre id="__probe">(.*?)</pre>', dom.stdout, flags=re.S)
+    assert match, f"the probe did not report; chromium said: {dom.stderr[-2000:]}"
+    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    shot = work / "shot.png"
+    height = min(max(int(probe["height"]), 600), 16000)
+    target = probed if inject else page
+    res = _browser(binary, target, work / "profile2", f"--screenshot={shot}", f"--window-size=1280,{height}",
+                   "--hide-scrollbars", "--enable-logging=stderr", "--v=0")
+    assert shot.is_file(), f"no screenshot; chromium said: {res.stderr[-2000:]}"
+    return probe, Image.open(shot).convert("RGB"), res.stderr
+
+
+def _console_errors(log: str) -> list[str]:
+    return [ln for ln in log.splitlines() if "CONSOLE" in ln and ("Uncaught" in ln or "rror" in ln)]
+
+
+def _assert_clean_render(probe: dict, shot: Image.Image, log: str, min_images: int) -> None:
+    assert probe["errors"] == [] and not _console_errors(log), (probe["errors"], _console_errors(log))
+    assert probe["images"] >= min_images and probe["broken"] == 0, probe
+    arr = np.asarray(shot)
+    assert shot.size[1] >= min(probe["height"], 16000) - 1  # the whole page
+    # Non-blank: many colours and far from one flat background.
+    assert arr.std() > 20 and len(np.unique(arr.reshape(-1, 3), axis=0)) > 200
+    assert (np.abs(arr.astype(int) - arr[0, 0]).sum(-1) > 30).mean() > 0.05
+
+
+needs_chromium = pytest.mark.skipif(_chromium() is None, reason="no chromium binary on PATH (.ci/run installs "
+                                                                    "Debian's chromium package); browser check skipped")
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_demo_report_in_a_real_browser(tiny_demo, tmp_path):
+    _, out, _ = tiny_demo
+    probe, shot, log = browser_check(out / "report.html", tmp_path)
+    # 4 plots of the training stages, per-class IoU + P/R, sweep, confusion, 3 rows of >= 6 pictures
+    _assert_clean_render(probe, shot, log, min_images=8 + 3 * 6)
+
+
+@needs_chromium
+def test_report_without_masks_in_a_real_browser(tmp_path):
+    from sipe.data import build_dataset
+
+    f = _fake_run(tmp_path, n=3, hw=(120, 160), masks=False)
+    ds = build_dataset("custom", f["photos"], f["labels"])
+    page = write_report_html(f["run"], dataset=ds, progress=False)
+    probe, shot, log = browser_check(page, tmp_path)
+    _assert_clean_render(probe, shot, log, min_images=1 + 3 * 6)
+
+
+@needs_chromium
+def test_browser_check_catches_a_script_error_and_a_missing_image(tmp_path):
+    f = _fake_run(tmp_path, n=1, hw=(40, 48), masks=False)
+    page = write_report_html(f["run"], progress=False)
+    probe, _, log = browser_check(page, tmp_path, inject='<script>noSuchFunction();</script>')
+    assert any("noSuchFunction" in e for e in probe["errors"]) and _console_errors(log)
+    html = page.read_text().replace("</main>", '<img src="missing.png"></main>')
+    page.write_text(html)
+    probe, _, _ = browser_check(page, tmp_path / "again")
+    assert probe["broken"] == 1 and "failed to load IMG" in probe["errors"]
