@@ -23,7 +23,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
-from sipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sipe.seg.norm import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,20 @@ class SegModelSpec:
     output_stride: int = 8
     aux: bool = False
     class_names: list[str] = field(default_factory=list)
+    arch: str = "deeplabv3"  # deeplabv3 | deeplabv2 (sipe.seg.deeplabv2); older checkpoints lack it
+    normalization: str = "imagenet"  # input convention, sipe.seg.norm
+    atrous_rates: list[int] | None = None  # deeplabv2: the ASPP rates
+    msc_scales: list[float] | None = None  # deeplabv2: the MSC input scales (1.0 first)
+    caffe_resnet: bool = False  # deeplabv2: the Caffe ResNet variant of deeplab-pytorch's weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SegModelSpec:
-        known = {k: d[k] for k in ("num_classes", "backbone", "output_stride", "aux", "class_names") if k in d}
+        names = ("num_classes", "backbone", "output_stride", "aux", "class_names", "arch", "normalization",
+                 "atrous_rates", "msc_scales", "caffe_resnet")
+        known = {k: d[k] for k in names if k in d}
         if "num_classes" not in known:
             raise ValueError("segmentation model spec lacks 'num_classes'")
         known["class_names"] = list(known.get("class_names") or [])
@@ -230,8 +237,18 @@ def build_deeplab(
     return DeepLabV3(body, classifier, aux_classifier)
 
 
-def build_from_spec(spec: SegModelSpec) -> DeepLabV3:
+def build_from_spec(spec: SegModelSpec) -> nn.Module:
     """A randomly initialised network with the architecture ``spec`` describes."""
+    if spec.arch == "deeplabv2":
+        from sipe.seg.deeplabv2 import ATROUS_RATES, MSC_SCALES, build_deeplabv2
+
+        return build_deeplabv2(
+            spec.num_classes, spec.backbone, atrous_rates=spec.atrous_rates or ATROUS_RATES,
+            msc_scales=spec.msc_scales or MSC_SCALES, normalization=spec.normalization,
+            caffe_resnet=spec.caffe_resnet,
+        )
+    if spec.arch != "deeplabv3":
+        raise ValueError(f"unknown segmentation architecture {spec.arch!r} in the model spec (deeplabv3, deeplabv2)")
     return build_deeplab(
         spec.num_classes, backbone=spec.backbone, aux=spec.aux, output_stride=spec.output_stride
     )
@@ -245,7 +262,7 @@ def is_seg_checkpoint(ckpt: Mapping[str, Any]) -> bool:
 
 def load_seg_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[DeepLabV3, SegModelSpec]:
+) -> tuple[nn.Module, SegModelSpec]:
     """Rebuild a trained segmentation network from a checkpoint written by ``train_seg``.
 
     The checkpoint is a dict with ``"model"`` (state dict) and ``"meta"["model_spec"]``
@@ -262,7 +279,7 @@ def load_seg_checkpoint(
     return seg_model_from_checkpoint(ckpt, str(path))
 
 
-def seg_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[DeepLabV3, SegModelSpec]:
+def seg_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[nn.Module, SegModelSpec]:
     """:func:`load_seg_checkpoint` for a checkpoint dict already loaded (``source`` names it in errors)."""
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or not is_seg_checkpoint(ckpt):
         raise ValueError(
@@ -279,17 +296,19 @@ def seg_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint
     return model, spec
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32, ImageNet-normalised."""
+def normalize_images(images: torch.Tensor, norm: str = "imagenet") -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32 normalised by the
+    convention ``norm`` (:mod:`sipe.seg.norm`: ``imagenet`` or ``caffe``)."""
+    mean_, std_ = mean_std(norm)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean_, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std_, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) normalised float32 on ``device``."""
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet") -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 on ``device``, normalised by the convention ``norm``."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     t = torch.tensor(image, device=device)  # a copy: the array may be read-only (e.g. from PIL)
-    return normalize_images(t.unsqueeze(0))
+    return normalize_images(t.unsqueeze(0), norm)
