@@ -15,7 +15,10 @@ def register(subparsers: Any) -> None:
         description=(
             "Write a 'sipe seg train' checkpoint as an ONNX model. Input 'image': (N, 3, H, W) float32 RGB in "
             "[0, 255] (normalisation is inside the graph); output 'logits': (N, K, H, W) at the input size; "
-            "N, H and W are dynamic. The class names are stored in the model metadata."
+            "N, H and W are dynamic. The class names are stored in the model metadata. A DeepLabV2 checkpoint "
+            "(model.arch=deeplabv2) is exported as it is evaluated: its multi-scale inputs (MSC, scales 1.0, "
+            "0.75 and 0.5 by default) and their elementwise-max fusion are folded into the one graph, and the "
+            "input normalisation is the checkpoint's own (mean subtraction for deeplab-pytorch weights)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -40,7 +43,7 @@ def handler(args: argparse.Namespace) -> int:
         path = export_onnx(model, args.out, opset=args.opset, class_names=spec.class_names, dynamo=args.dynamo)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         return fail("export", e, INPUT_ERROR)
-    print(f"wrote {path} (opset {args.opset}, {spec.num_classes} classes, backbone {spec.backbone})")
+    print(f"wrote {path} (opset {args.opset}, {spec.arch}, {spec.num_classes} classes, backbone {spec.backbone})")
     if args.check:
         diff = compare_onnx(model, path)
         print(f"onnxruntime vs PyTorch: max |difference| = {diff:.3g}")

@@ -25,8 +25,11 @@ from sipe.cli._common import (
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "seg",
-        help="train / evaluate the final segmentation network (DeepLabV3) on pseudo masks",
-        description="The last stage of WSSS: a fully supervised DeepLabV3 trained on the pseudo masks.",
+        help="train / evaluate the final segmentation network (DeepLabV3 or DeepLabV2) on pseudo masks",
+        description=(
+            "The last stage of WSSS: a fully supervised DeepLabV3 (default) or DeepLabV2 (model.arch=deeplabv2, "
+            "the WSSS papers' network; see configs/seg_deeplabv2_voc.yaml) trained on the pseudo masks."
+        ),
     )
     sub = p.add_subparsers(dest="seg_command", metavar="SEG_COMMAND")
 
@@ -58,7 +61,15 @@ def register(subparsers: Any) -> None:
     add_dataset_args(e, split_default="val", masks_needed=True)
     e.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (e.g. 0.5 0.75 1.0 1.25)")
     e.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
-    e.add_argument("--crf", action="store_true", help="dense-CRF post-processing of each prediction")
+    e.add_argument(
+        "--crf", action="store_true",
+        help="dense-CRF post-processing of each prediction (softmax unary; deeplab-pytorch's parameters unless "
+             "--crf-param says otherwise)",
+    )
+    e.add_argument(
+        "--crf-param", action="append", default=[], metavar="KEY=VALUE",
+        help="override a CRF parameter (iter_max=10 pos_w=3 pos_xy_std=1 bi_w=4 bi_xy_std=67 bi_rgb_std=3); repeatable",
+    )
     e.add_argument("--workers", type=int, default=2, help="image-decoding workers")
     e.add_argument("--out", default=None, help="also write the report as JSON to this file")
     add_device_arg(e)
@@ -92,6 +103,10 @@ def eval_handler(args: argparse.Namespace) -> int:
 
     setup_logging()
     try:
+        crf_params = parse_crf_params(args.crf_param)
+    except ValueError as e:
+        return fail("seg eval", e, USAGE_ERROR)
+    try:
         check_dataset_args(args, masks_needed=True)  # before the (slow) checkpoint load
         device = resolve_device(args.device)
         model, spec = load_seg_checkpoint(args.checkpoint)
@@ -106,7 +121,9 @@ def eval_handler(args: argparse.Namespace) -> int:
                 f"{args.checkpoint} was trained for classes {spec.class_names}, the dataset has "
                 f"{list(dataset.class_names)}"
             )
-        report = evaluate_seg(model, dataset, args.scales, args.flip, args.crf, num_workers=args.workers)
+        report = evaluate_seg(
+            model, dataset, args.scales, args.flip, args.crf, crf_params=crf_params, num_workers=args.workers
+        )
     except DatasetArgsError as e:
         return fail("seg eval", e, USAGE_ERROR)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
@@ -117,3 +134,22 @@ def eval_handler(args: argparse.Namespace) -> int:
         evaluation.write_report(args.out, report)
         print(f"report written to {args.out}")
     return 0
+
+
+def parse_crf_params(items: list[str]):
+    """``["bi_w=5", ...]`` -> :class:`sipe.seg.dense_crf.DenseCRFParams` (``ValueError`` on a bad item)."""
+    import dataclasses
+
+    from sipe.seg.dense_crf import DenseCRFParams
+
+    fields = {f.name: f.type for f in dataclasses.fields(DenseCRFParams)}
+    values: dict[str, float | int] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--crf-param {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            values[key] = int(text) if key == "iter_max" else float(text)
+        except ValueError:
+            raise ValueError(f"--crf-param {item!r}: {text!r} is not a number") from None
+    return DenseCRFParams(**values)

@@ -19,10 +19,13 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "CAFFE_MEAN_RGB",
     "IMAGENET_MEAN",
+    "NORMALIZATIONS",
     "IMAGENET_STD",
     "crop_box",
     "image_to_tensor",
+    "mean_std",
     "normalize",
     "normalize_batch",
     "random_resize_flip_crop",
@@ -32,6 +35,27 @@ __all__ = [
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# deeplab-pytorch configs/voc12.yaml and cocostuff164k.yaml, IMAGE.MEAN (R, G, B) in [0, 255]: the
+# convention of the Caffe-converted DeepLabV2 weights (mean subtraction in [0, 255], no scaling).
+CAFFE_MEAN_RGB: tuple[float, float, float] = (122.675, 116.669, 104.008)
+
+# Input conventions as (mean, std) in [0, 1] units, so that ``(x / 255 - mean) / std`` applies either.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "caffe": (
+        (CAFFE_MEAN_RGB[0] / 255.0, CAFFE_MEAN_RGB[1] / 255.0, CAFFE_MEAN_RGB[2] / 255.0),
+        (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0),
+    ),
+}
+
+
+def mean_std(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` in [0, 1] units of the input convention ``name`` (``imagenet`` or ``caffe``)."""
+    try:
+        return NORMALIZATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown input normalisation {name!r}; choose one of {', '.join(NORMALIZATIONS)}") from None
 
 _RESAMPLE = {3: Image.Resampling.BICUBIC, 1: Image.Resampling.BILINEAR, 0: Image.Resampling.NEAREST}
 
@@ -59,24 +83,26 @@ def normalize(
     return out
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32, ImageNet-normalised."""
+def normalize_batch(images: torch.Tensor, norm: str = "imagenet") -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32 normalised by the input
+    convention ``norm`` (see :data:`NORMALIZATIONS`)."""
     import torch  # here, so that the numpy transforms import without torch
 
+    mean_, std_ = mean_std(norm)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean_, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std_, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) normalised float32 on ``device``."""
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet") -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 on ``device``, normalised by the convention ``norm``."""
     import torch
 
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     t = torch.tensor(image, device=device)  # a copy: the array may be read-only (e.g. from PIL)
-    return normalize_batch(t.unsqueeze(0))
+    return normalize_batch(t.unsqueeze(0), norm)
 
 
 def resize(array: np.ndarray, size: tuple[int, int], order: int = 3) -> np.ndarray:

@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["RESNETS", "check_resnet", "load_backbone_state_dict", "load_resnet_weights", "resnet_pretrained_state"]
+__all__ = [
+    "RESNETS",
+    "check_resnet",
+    "load_backbone_state_dict",
+    "load_resnet_weights",
+    "read_state_dict",
+    "resnet_pretrained_state",
+]
 
 # The one table of torchvision ResNets sipe builds: backbone name -> depth (weights enum ResNet{depth}_Weights).
 RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
@@ -21,21 +28,28 @@ def check_resnet(name: str) -> None:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
 
 
-def load_backbone_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ResNet state dict from ``path``: a plain state dict, or a checkpoint dict holding one
-    under ``"model"``/``"state_dict"``/``"net"``. The ResNet may sit under any key prefix, such as
-    ``module.`` or the ``encoder.`` of a SIPE checkpoint, whose other weights are then dropped."""
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from ``path`` (plain, or under ``model``/``state_dict``/``net``)."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist; pass an existing file path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read backbone weights from {path}: {e}") from e
+    except Exception as e:  # re-raised with the file named
+        raise ValueError(f"cannot read weights from {path}: {e}") from e
     for key in ("model", "state_dict", "net"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    sd = dict(obj)
+    return dict(obj)
+
+
+def load_backbone_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ResNet state dict from ``path``: a plain state dict, or a checkpoint dict holding one
+    under ``"model"``/``"state_dict"``/``"net"``. The ResNet may sit under any key prefix, such as
+    ``module.`` or the ``encoder.`` of a SIPE checkpoint, whose other weights are then dropped."""
+    sd = read_state_dict(path)
     # Find where a ResNet sits in the dict: at the top, or under a prefix such as "module." or the
     # "encoder." of a SIPE network (whose head weights are then left out). The shortest prefix wins.
     prefixes = sorted(

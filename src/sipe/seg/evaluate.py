@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from sipe.io import save_label_png
 from sipe.metrics import ConfusionMatrix
+from sipe.seg.dense_crf import DenseCRFParams, crf_refine_probs
 from sipe.seg.predict import predict_probs
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def evaluate_seg(
     flip: bool = False,
     crf: bool = False,
     *,
-    crf_gt_prob: float = 0.7,
+    crf_params: DenseCRFParams | None = None,
     num_workers: int = 0,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
@@ -59,14 +61,15 @@ def evaluate_seg(
         dataset: a sipe dataset (items with ``image`` (H, W, 3) uint8, ``name``, ``mask`` (H, W) uint8
             or ``None``; ``class_names`` with K entries).
         scales, flip: test-time augmentation; the softmax probabilities are averaged.
-        crf: refine each prediction with a dense CRF (:func:`crf_postprocess`).
+        crf: refine each prediction with the literature's dense CRF on the softmax probabilities
+            (:func:`sipe.seg.dense_crf.crf_refine_probs`; ``crf_params``, default deeplab-pytorch's).
         num_workers: DataLoader workers decoding images while the network runs.
         save_dir: also write each evaluated prediction as ``save_dir/<name>.png`` (VOC palette),
             e.g. for ``sipe report``'s image grid.
 
     Returns:
         :meth:`sipe.metrics.ConfusionMatrix.report` plus ``kind`` ("seg"), ``scales``, ``flip``,
-        ``crf``, ``num_images`` (evaluated) and ``skipped`` (no ground-truth mask).
+        ``crf`` (and ``crf_params``), ``num_images`` (evaluated) and ``skipped`` (no ground-truth mask).
     """
     class_names = list(getattr(dataset, "class_names", None) or [])
     if not class_names:
@@ -88,9 +91,9 @@ def evaluate_seg(
                 f"the model predicts {probs.shape[0]} classes but the dataset has {len(class_names)}; "
                 "evaluate on the dataset the model was trained for"
             )
-        pred = probs.argmax(0)
         if crf:
-            pred = torch.from_numpy(crf_postprocess(image, pred.cpu().numpy(), gt_prob=crf_gt_prob))
+            probs = torch.from_numpy(crf_refine_probs(image, probs.cpu().numpy(), crf_params))
+        pred = probs.argmax(0)
         cm.update(pred, torch.from_numpy(np.asarray(mask)).to(pred.device))
         if save_dir is not None:
             save_label_png(Path(save_dir) / f"{item['name']}.png", pred.cpu().numpy())
@@ -107,6 +110,7 @@ def evaluate_seg(
         "scales": [float(s) for s in scales],
         "flip": bool(flip),
         "crf": bool(crf),
+        **({"crf_params": dataclasses.asdict(crf_params or DenseCRFParams())} if crf else {}),
         "num_images": evaluated,
         "skipped": skipped,
         **cm.report(class_names),

@@ -1,9 +1,10 @@
 """ONNX export of a segmentation network with dynamic batch, height and width.
 
-The exported graph takes ``image``: (N, 3, H, W) float32 RGB in [0, 255] (the ImageNet
+The exported graph takes ``image``: (N, 3, H, W) float32 RGB in [0, 255] (the network's
 normalisation is inside the graph, so callers only convert their decoded pixels) and returns
-``logits``: (N, K, H, W) float32 at the input size. The class names are stored in the model's
-metadata (``class_names``, a JSON list).
+``logits``: (N, K, H, W) float32 at the input size. A DeepLabV2 is exported as it is evaluated: its
+multi-scale inputs (MSC, scales 1.0 / 0.75 / 0.5 by default) and their max fusion are part of
+the graph. The class names are stored in the model's metadata (``class_names``, a JSON list).
 """
 
 from __future__ import annotations
@@ -20,18 +21,23 @@ import torch
 from torch import nn
 
 from sipe import io as sio
-from sipe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sipe.data.transforms import mean_std
+from sipe.seg.model import input_normalization
 from sipe.seg.predict import seg_logits
 
 
 class NormalizedSegModel(nn.Module):
-    """(N, 3, H, W) float RGB in [0, 255] -> (N, K, H, W) logits: normalisation + ``model(x)["out"]``."""
+    """(N, 3, H, W) float RGB in [0, 255] -> (N, K, H, W) logits: normalisation + ``model(x)["out"]``.
+
+    The normalisation is the network's own convention (:func:`sipe.seg.model.input_normalization`).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+        mean, std = mean_std(input_normalization(model))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return seg_logits(self.model, (image - self.mean) / self.std)

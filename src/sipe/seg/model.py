@@ -37,13 +37,20 @@ class SegModelSpec:
     output_stride: int = 8
     aux: bool = False
     class_names: list[str] = field(default_factory=list)
+    arch: str = "deeplabv3"  # deeplabv3 | deeplabv2 (sipe.seg.deeplabv2); older checkpoints lack it
+    normalization: str = "imagenet"  # input convention, sipe.data.transforms.NORMALIZATIONS
+    atrous_rates: list[int] | None = None  # deeplabv2: the ASPP rates
+    msc_scales: list[float] | None = None  # deeplabv2: the MSC input scales (1.0 first)
+    caffe_resnet: bool = False  # deeplabv2: the Caffe ResNet variant of deeplab-pytorch's weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SegModelSpec:
-        known = {k: d[k] for k in ("num_classes", "backbone", "output_stride", "aux", "class_names") if k in d}
+        names = ("num_classes", "backbone", "output_stride", "aux", "class_names", "arch", "normalization",
+                 "atrous_rates", "msc_scales", "caffe_resnet")
+        known = {k: d[k] for k in names if k in d}
         if "num_classes" not in known:
             raise ValueError("segmentation model spec lacks 'num_classes'")
         known["class_names"] = list(known.get("class_names") or [])
@@ -109,8 +116,18 @@ def build_deeplab(
     return DeepLabV3(body, classifier, aux_classifier)
 
 
-def build_from_spec(spec: SegModelSpec) -> DeepLabV3:
+def build_from_spec(spec: SegModelSpec) -> nn.Module:
     """A randomly initialised network with the architecture ``spec`` describes."""
+    if spec.arch == "deeplabv2":
+        from sipe.seg.deeplabv2 import ATROUS_RATES, MSC_SCALES, build_deeplabv2
+
+        return build_deeplabv2(
+            spec.num_classes, spec.backbone, atrous_rates=spec.atrous_rates or ATROUS_RATES,
+            msc_scales=spec.msc_scales or MSC_SCALES, normalization=spec.normalization,
+            caffe_resnet=spec.caffe_resnet,
+        )
+    if spec.arch != "deeplabv3":
+        raise ValueError(f"unknown segmentation architecture {spec.arch!r} in the model spec (deeplabv3, deeplabv2)")
     return build_deeplab(
         spec.num_classes, backbone=spec.backbone, aux=spec.aux, output_stride=spec.output_stride
     )
@@ -118,7 +135,7 @@ def build_from_spec(spec: SegModelSpec) -> DeepLabV3:
 
 def load_seg_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[DeepLabV3, SegModelSpec]:
+) -> tuple[nn.Module, SegModelSpec]:
     """Rebuild a trained segmentation network from a checkpoint written by ``train_seg``.
 
     The checkpoint is a dict with ``"model"`` (state dict) and ``"meta"["model_spec"]``
@@ -129,7 +146,7 @@ def load_seg_checkpoint(
     return seg_model_from_checkpoint(ckpt, str(path))
 
 
-def seg_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[DeepLabV3, SegModelSpec]:
+def seg_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[nn.Module, SegModelSpec]:
     """:func:`load_seg_checkpoint` for a checkpoint dict already loaded (``source`` names it in errors)."""
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or checkpoint_kind(ckpt) != "seg":
         raise ValueError(
@@ -144,3 +161,9 @@ def seg_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint
         raise ValueError(f"{source} does not fit its model spec {spec}: {e}") from e
     model.eval()
     return model, spec
+
+
+def input_normalization(model: nn.Module) -> str:
+    """The input convention a network expects (:data:`sipe.data.transforms.NORMALIZATIONS`): its
+    ``input_norm`` attribute, ``imagenet`` when it has none."""
+    return str(getattr(model, "input_norm", "imagenet"))

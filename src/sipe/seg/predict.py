@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sipe.data.transforms import image_to_tensor
+from sipe.seg.model import input_normalization
 from sipe.vis import PredictResult, write_label_maps
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def predict_probs(
 ) -> torch.Tensor:
     """Class probabilities of one image averaged over scales (and horizontal flips).
 
-    image: (H, W, 3) uint8 RGB. Each scale resizes the normalised image bilinearly to
+    image: (H, W, 3) uint8 RGB, normalised as the model expects (its ``input_norm``, ImageNet when
+    it has none). Each scale resizes the normalised image bilinearly to
     ``round(H*s) x round(W*s)``; the softmax of each pass is resized back to (H, W) and averaged.
     Returns (K, H, W) float32 on the model's device. The model is run in eval mode and its
     train/eval state is restored afterwards.
@@ -57,7 +59,7 @@ def predict_probs(
         raise ValueError("give at least one scale")
     h, w = image.shape[:2]
     device = model_device(model)
-    x = image_to_tensor(image, device)
+    x = image_to_tensor(image, device, input_normalization(model))
     was_training = model.training
     model.eval()
     total = None

@@ -25,10 +25,10 @@ from sipe.config import DataConfig, save_run_info, to_dict
 from sipe.data import dataset_from_config
 from sipe.data.base import SkipCounter
 from sipe.data.image import read_mask
-from sipe.data.transforms import random_resize_flip_crop
+from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
 from sipe.models.layers import freeze_batchnorm
-from sipe.seg.model import SegModelSpec, build_deeplab
+from sipe.seg.model import SegModelSpec, build_deeplab, input_normalization
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,17 @@ class SegEngineConfig(TrainConfig):
 class SegModelConfig:
     """The segmentation network and its batch-norm handling."""
 
+    arch: Literal["deeplabv3", "deeplabv2"] = "deeplabv3"  # deeplabv2: sipe.seg.deeplabv2 (the WSSS papers')
     backbone: str = "resnet101"  # resnet50 | resnet101 (torchvision DeepLabV3) | resnet18 | resnet34
     # torchvision weights name (downloaded, or from the torch hub cache), a local state-dict file
     # (a torchvision ResNet, or a sipe/SIPE checkpoint whose backbone is reused), or null (random).
+    # deeplabv2 also takes a deeplab-pytorch DeepLabV2 file (e.g. the COCO-pretrained initialisation).
     weights: str | None = "IMAGENET1K_V1"
-    output_stride: int = 16  # 8 or 16
+    output_stride: int = 16  # 8 or 16; deeplabv2 runs at 8 only
+    atrous_rates: tuple[int, ...] = (6, 12, 18, 24)  # deeplabv2: the four ASPP branches
+    msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # deeplabv2: multi-scale inputs fused by max (1.0 first)
+    # deeplabv2 input convention: auto = caffe (mean subtraction) for deeplab-pytorch weights, else imagenet
+    normalization: Literal["auto", "imagenet", "caffe"] = "auto"
     aux: bool = False  # FCN auxiliary head on layer3
     freeze_bn: bool = False  # backbone batch norm frozen at its pretrained statistics (small batches)
     sync_bn: bool = True  # SyncBatchNorm across processes under torchrun (CUDA only)
@@ -68,6 +74,8 @@ class SegAugConfig:
     """Training augmentation: random rescale, horizontal flip, random square crop."""
 
     scale_range: tuple[float, float] = (0.5, 2.0)
+    # Discrete scales drawn uniformly instead of scale_range (deeplab-pytorch: 0.5, 0.75, 1.0, 1.25, 1.5)
+    scale_choices: tuple[float, ...] | None = None
     flip: bool = True
     crop_size: int = 512
 
@@ -77,6 +85,8 @@ class SegAugConfig:
             raise ValueError(f"aug.scale_range must satisfy 0 < lo <= hi, got {self.scale_range}")
         if self.crop_size <= 0:
             raise ValueError(f"aug.crop_size must be positive, got {self.crop_size}")
+        if self.scale_choices is not None and (not self.scale_choices or min(self.scale_choices) <= 0):
+            raise ValueError(f"aug.scale_choices must be positive scales, got {self.scale_choices}")
 
 
 @dataclass
@@ -101,6 +111,10 @@ class SegTrainConfig:
     aug: SegAugConfig = field(default_factory=SegAugConfig)
     engine: SegEngineConfig = field(default_factory=SegEngineConfig)
     head_lr_mult: float = 10.0  # lr multiplier of the ASPP head (and aux head) over the backbone
+    # deeplabv2 (deeplab-pytorch's Caffe lr_mult/decay_mult): the ASPP biases' lr multiplier and
+    # weight decay; null = the same as the ASPP weights
+    head_bias_lr_mult: float | None = None
+    head_bias_weight_decay: float | None = None
     aux_weight: float = 0.5  # weight of the auxiliary loss when model.aux
 
 
@@ -120,6 +134,8 @@ class PseudoLabelDataset(Dataset):
         scale_range: tuple[float, float] = (0.5, 2.0),
         flip: bool = True,
         missing: str = "error",
+        normalization: str = "imagenet",
+        scale_choices: tuple[float, ...] | None = None,
     ) -> None:
         label_dir = Path(label_dir)
         if not label_dir.is_dir():
@@ -132,6 +148,8 @@ class PseudoLabelDataset(Dataset):
         self.crop_size = crop_size
         self.scale_range = tuple(scale_range)
         self.flip = flip
+        self.mean_std = mean_std(normalization)
+        self.scale_choices = tuple(scale_choices) if scale_choices else None
         have = {p.stem for p in label_dir.glob("*.png")}
         absent = [i for i, n in enumerate(base.names) if n not in have]
         self.skipped = SkipCounter("images")
@@ -170,8 +188,15 @@ class PseudoLabelDataset(Dataset):
                 f"pseudo label {path} holds class {int(label[bad].max())}, but the dataset has "
                 f"{len(self.class_names)} classes (255 = ignore)"
             )
+        scale_range: tuple[float, float] | None = self.scale_range
+        if self.scale_choices is not None:
+            # deeplab-pytorch draws one of a few scales (bilinear image, nearest label)
+            s = float(self.scale_choices[int(rng.integers(len(self.scale_choices)))])
+            image, label, scale_range = rescale(image, s, 1), rescale(label, s, 0), None
+        mean, std = self.mean_std
         out = random_resize_flip_crop(
-            image, rng, label=label, scale_range=self.scale_range, crop_size=self.crop_size, flip=self.flip
+            image, rng, label=label, scale_range=scale_range, crop_size=self.crop_size, flip=self.flip,
+            mean=mean, std=std,
         )
         return {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"].astype(np.int64))}
 
@@ -215,9 +240,22 @@ def param_groups(model: nn.Module, head_lr_mult: float) -> list[dict]:
 def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device: torch.device) -> nn.Module:
     """Build the network and set up its batch norm for this run (frozen / synchronised)."""
     m = cfg.model
-    model = build_deeplab(
-        num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride
-    )
+    if m.arch == "deeplabv2":
+        from sipe.seg.deeplabv2 import build_deeplabv2
+
+        if m.output_stride != 8 or m.aux:
+            raise ValueError(
+                "model.arch=deeplabv2 runs at output stride 8 without an auxiliary head: set model.output_stride=8 "
+                "model.aux=false (configs/seg_deeplabv2_voc.yaml does)"
+            )
+        model = build_deeplabv2(
+            num_classes, m.backbone, m.weights, atrous_rates=m.atrous_rates, msc_scales=m.msc_scales,
+            normalization=m.normalization,
+        )
+    else:
+        model = build_deeplab(
+            num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride
+        )
     if m.freeze_bn:
         freeze_batchnorm(model.backbone)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
@@ -257,9 +295,6 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
     base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
     base.drop_small(cfg.data.min_size)  # unreadable and tiny images: skipped with a logged count
-    train_set = PseudoLabelDataset(
-        base, cfg.pseudo_labels, cfg.aug.crop_size, cfg.aug.scale_range, cfg.aug.flip, missing=cfg.missing_labels
-    )
     k = len(base.class_names)
     val_fn = None
     if cfg.data.val_split:
@@ -282,24 +317,43 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     # Same initial weights in every process and in a resumed run.
     torch.manual_seed(cfg.engine.seed)
     model = prepare_model(cfg, k, info.world_size, info.device)
+    # After the network: its input normalisation may follow from its weights (deeplabv2, auto).
+    train_set = PseudoLabelDataset(
+        base, cfg.pseudo_labels, cfg.aug.crop_size, cfg.aug.scale_range, cfg.aug.flip, missing=cfg.missing_labels,
+        normalization=input_normalization(model), scale_choices=cfg.aug.scale_choices,
+    )
     spec = SegModelSpec(
         num_classes=k,
         backbone=cfg.model.backbone,
         output_stride=cfg.model.output_stride,
         aux=cfg.model.aux,
         class_names=list(base.class_names),
+        arch=cfg.model.arch,
+        normalization=input_normalization(model),
     )
+    if cfg.model.arch == "deeplabv2":
+        from sipe.seg import deeplabv2
+
+        spec.atrous_rates = list(cfg.model.atrous_rates)
+        spec.msc_scales = list(model.scales)
+        spec.caffe_resnet = bool(model.caffe_resnet)
+        step_fn = deeplabv2.msc_step_fn
+        groups = deeplabv2.param_groups(model, cfg.head_lr_mult, cfg.head_bias_lr_mult, cfg.head_bias_weight_decay)
+    else:
+        step_fn = make_step_fn(cfg.aux_weight)
+        groups = param_groups(model, cfg.head_lr_mult)
     save_run_info(out_dir, cfg)
     if is_main_process():
         log.info(
-            "training %s DeepLabV3 on %s (%d images, %d classes)", cfg.model.backbone, base.source, len(train_set), k
+            "training %s %s on %s (%d images, %d classes)", cfg.model.backbone, cfg.model.arch, base.source,
+            len(train_set), k,
         )
     meta = {"model_spec": spec.to_dict(), "class_names": list(base.class_names), "seg_config": to_dict(cfg)}
     fit(
         model,
         train_set,
-        make_step_fn(cfg.aux_weight),
-        param_groups(model, cfg.head_lr_mult),
+        step_fn,
+        groups,
         cfg.engine,
         out_dir,
         val_fn=val_fn,

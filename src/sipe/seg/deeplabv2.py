@@ -1,0 +1,394 @@
+"""DeepLabV2 (ASPP-v2 on a dilated ResNet, multi-scale inputs fused by max), as the WSSS literature trains it.
+
+The segmentation numbers of SIPE and most WSSS papers come from kazuto1011/deeplab-pytorch's
+DeepLabV2-ResNet-101: a ResNet whose last two stages are dilated (rates 2 and 4, output stride 8),
+an ASPP of four parallel 3x3 convolutions at rates 6, 12, 18 and 24 whose class logits are summed,
+and MSC: the network runs on the input at scales 1.0, 0.75 and 0.5, the smaller logits are
+upsampled to the 1.0 logits and fused by an elementwise max. Training sums the cross-entropy of the
+three scales' logits and of the fused logits (labels resized to each by nearest neighbour); at test
+time the fused logits are the prediction.
+
+Here the ResNet is torchvision's (``replace_stride_with_dilation=[False, True, True]``), so the
+ImageNet weights of torchvision load as they are. deeplab-pytorch's own files (the COCO-pretrained
+initialisation of the paper's setting, or a trained model) use Caffe key names, BGR input with
+mean subtraction, the stride of ``layer2`` in its first 1x1 convolution, a ceil-mode max pool and
+the first block of each dilated stage at the stage's rate;
+:func:`build_deeplabv2` maps their keys, flips the first convolution to RGB and builds that
+variant (``caffe_resnet``), with the ``caffe`` input normalisation, so the network computes what
+the file was trained to compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from sipe.data.transforms import mean_std
+from sipe.models.weights import check_resnet, load_resnet_weights, read_state_dict
+from sipe.seg.model import _dilate_basic_layer
+
+log = logging.getLogger(__name__)
+
+ATROUS_RATES: tuple[int, ...] = (6, 12, 18, 24)
+MSC_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
+IGNORE = 255
+
+
+class ASPPv2(nn.Module):
+    """DeepLabV2's ASPP: parallel 3x3 convolutions to class logits at the given dilation rates, summed.
+
+    (N, C, h, w) features -> (N, K, h, w) logits. Initialised N(0, 0.01), bias 0, as DeepLab does.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = ATROUS_RATES) -> None:
+        super().__init__()
+        if not rates:
+            raise ValueError("ASPP needs at least one atrous rate")
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 3, padding=int(r), dilation=int(r), bias=True) for r in rates
+        )
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs[0](x)
+        for conv in self.convs[1:]:
+            out = out + conv(x)
+        return out
+
+
+class DeepLabV2(nn.Module):
+    """Dilated ResNet + :class:`ASPPv2` with multi-scale inputs (MSC) fused by elementwise max.
+
+    ``model(x)``, x (N, 3, H, W) normalised as ``input_norm`` says:
+      - eval: ``{"out": (N, K, H, W)}``, the fused logits upsampled (bilinear) to the input size;
+      - train: ``"out"`` (N, K, h, w), the fused logits at output stride 8 (h = ceil(H / 8)),
+        ``"pyramid"`` [(N, K, h_s, w_s) for each scale], the logits of every scale, and ``"scales"``.
+    ``scales[0]`` must be 1.0; ``scales=(1.0,)`` is the plain single-scale network.
+    Submodules ``backbone`` (``IntermediateLayerGetter``, ``{"out": layer4}``) and ``classifier``
+    (the ASPP) follow torchvision's DeepLabV3 naming, so the batch-norm handling and the
+    state-dict layout of the backbone are shared with it.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classifier: nn.Module,
+        scales: Sequence[float] = MSC_SCALES,
+        input_norm: str = "imagenet",
+        caffe_resnet: bool = False,
+    ) -> None:
+        super().__init__()
+        scales = tuple(float(s) for s in scales)
+        if not scales or scales[0] != 1.0 or any(s <= 0 for s in scales):
+            raise ValueError(f"MSC scales must start with 1.0 and be positive, got {list(scales)}")
+        mean_std(input_norm)  # fail early on an unknown convention
+        self.backbone = backbone
+        self.classifier = classifier
+        self.scales = scales
+        self.input_norm = input_norm
+        self.caffe_resnet = caffe_resnet
+
+    def single_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, K, ceil(H/8), ceil(W/8)) logits of one pass, no MSC."""
+        return self.classifier(self.backbone(x)["out"])
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        pyramid = [self.single_scale(x)]
+        for s in self.scales[1:]:
+            # deeplab-pytorch's resize: bilinear by the scale factor (output floor(H * s)), which ONNX
+            # exports as a Resize by scale, so the exported graph keeps dynamic H and W.
+            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            pyramid.append(self.single_scale(xs))
+        ref = pyramid[0]
+        fused = ref
+        for logits in pyramid[1:]:
+            up = F.interpolate(logits, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+            fused = torch.maximum(fused, up)
+        if self.training:
+            return {"out": fused, "pyramid": pyramid, "scales": self.scales}
+        return {"out": F.interpolate(fused, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+# ----------------------------------------------------------------------------- deeplab-pytorch weights
+
+_PREFIXES = ("module.", "base.", "scale.")
+_BLOCK_PARTS = {"reduce": "conv1", "conv3x3": "conv2", "increase": "conv3"}
+_BN_TENSORS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+_RE_STEM = re.compile(rf"^layer1\.conv1\.(conv\.weight|bn\.{_BN_TENSORS})$")
+_RE_BLOCK = re.compile(
+    rf"^layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut|proj)\.(conv\.weight|bn\.{_BN_TENSORS})$"
+)
+_RE_ASPP = re.compile(r"^aspp\.(?:stages\.)?c(\d+)\.(weight|bias)$")
+
+
+def deeplab_pytorch_key(key: str) -> str | None:
+    """The sipe DeepLabV2 state-dict key of a deeplab-pytorch key, or ``None`` for keys with no
+    counterpart. ``base.layer3.block1.reduce.conv.weight`` -> ``backbone.layer2.0.conv1.weight``;
+    ``base.layer1.conv1.bn.running_mean`` -> ``backbone.bn1.running_mean``;
+    ``base.aspp.c2.bias`` -> ``classifier.convs.2.bias``. The ``module.``/``base.``/``scale.``
+    prefixes (DataParallel, MSC) and the older ``proj``/``aspp.stages`` names are accepted."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key, stripped = key[len(p) :], True
+    if m := _RE_STEM.match(key):
+        part = m.group(1)
+        return "backbone.conv1.weight" if part == "conv.weight" else "backbone.bn1." + part.split(".", 1)[1]
+    if m := _RE_BLOCK.match(key):
+        layer, block, unit, tensor = int(m.group(1)) - 1, int(m.group(2)) - 1, m.group(3), m.group(4)
+        kind, name = tensor.split(".", 1)
+        prefix = f"backbone.layer{layer}.{block}."
+        if unit in ("shortcut", "proj"):
+            return prefix + ("downsample.0." if kind == "conv" else "downsample.1.") + name
+        conv = _BLOCK_PARTS[unit]
+        return prefix + (conv if kind == "conv" else "bn" + conv[-1]) + "." + name
+    if m := _RE_ASPP.match(key):
+        return f"classifier.convs.{m.group(1)}.{m.group(2)}"
+    return None
+
+
+def is_deeplab_pytorch_state(state: Mapping[str, Any]) -> bool:
+    """True when ``state`` holds deeplab-pytorch-layout ResNet keys (``...layer1.conv1.conv.weight``)."""
+    return any(isinstance(k, str) and k.endswith("layer1.conv1.conv.weight") for k in state)
+
+
+@dataclass
+class WeightLoadReport:
+    """What a deeplab-pytorch file gave a :class:`DeepLabV2`: counts and the keys left out."""
+
+    source: str
+    file_tensors: int
+    matched: int
+    backbone_matched: int
+    head_matched: int
+    unmapped: list[str] = field(default_factory=list)  # file keys with no counterpart (e.g. a classifier fc)
+    shape_mismatch: list[str] = field(default_factory=list)  # e.g. an ASPP trained for other classes
+    not_in_file: list[str] = field(default_factory=list)  # network tensors left at their initialisation
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: {self.matched} of {self.file_tensors} tensors loaded "
+            f"({self.backbone_matched} backbone, {self.head_matched} ASPP); {len(self.unmapped)} without a "
+            f"counterpart, {len(self.shape_mismatch)} of another shape (e.g. {self.shape_mismatch[:2]}), "
+            f"{len(self.not_in_file)} network tensors not in the file"
+        )
+
+
+def load_deeplab_pytorch_weights(
+    model: DeepLabV2, state: Mapping[str, torch.Tensor], source: str = "state dict"
+) -> WeightLoadReport:
+    """Copy a deeplab-pytorch-layout state dict into ``model`` (in place) and report the counts.
+
+    The first convolution is flipped from the file's BGR to RGB. Every backbone tensor of the model
+    must come from the file (a ResNet of another depth raises); ASPP tensors of another shape (a
+    head trained for other classes, such as the COCO initialisation's) are skipped and reported.
+    Raises ``ValueError`` naming ``source`` when nothing matches.
+    """
+    own = model.state_dict()
+    report = WeightLoadReport(source=source, file_tensors=len(state), matched=0, backbone_matched=0, head_matched=0)
+    new: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        target = deeplab_pytorch_key(key)
+        if target is None or target not in own:
+            report.unmapped.append(key)
+            continue
+        if target == "backbone.conv1.weight" and value.ndim == 4 and value.shape[1] == 3:
+            value = value.flip(1)  # Caffe's BGR input channels -> RGB
+        if own[target].shape != value.shape:
+            report.shape_mismatch.append(key)
+            continue
+        new[target] = value
+    if not new:
+        raise ValueError(
+            f"no tensor of {source} fits DeepLabV2 with this backbone in the deeplab-pytorch layout (expected keys "
+            f"such as base.layer1.conv1.conv.weight, base.layer2.block1.reduce.conv.weight, base.aspp.c0.weight; "
+            f"found e.g. {list(state)[:3]}); pass a deeplab-pytorch DeepLabV2 file or torchvision ResNet weights"
+        )
+    missing_backbone = sorted(
+        k for k in own if k.startswith("backbone.") and k not in new and not k.endswith("num_batches_tracked")
+    )
+    if missing_backbone:
+        raise ValueError(
+            f"{source} lacks {len(missing_backbone)} backbone tensors of this network (e.g. {missing_backbone[:3]}); "
+            "it holds a ResNet of another depth: set model.backbone to the file's (resnet101 for deeplab-pytorch's "
+            "DeepLabV2-ResNet-101)"
+        )
+    extra_backbone = [k for k in report.unmapped if (deeplab_pytorch_key(k) or "").startswith("backbone.")]
+    if extra_backbone:
+        raise ValueError(
+            f"{source} holds {len(extra_backbone)} backbone tensors this network lacks (e.g. {extra_backbone[:3]}); "
+            "it holds a deeper ResNet: set model.backbone to the file's"
+        )
+    model.load_state_dict(new, strict=False)
+    report.matched = len(new)
+    report.backbone_matched = sum(k.startswith("backbone.") for k in new)
+    report.head_matched = report.matched - report.backbone_matched
+    report.not_in_file = sorted(k for k in own if k not in new and not k.endswith("num_batches_tracked"))
+    return report
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+@dataclass
+class ResolvedWeights:
+    """Where a DeepLabV2's initial weights come from: ``kind`` is ``none``, ``torchvision`` (a weights
+    name or a local ResNet file, loaded by :func:`sipe.models.weights.load_resnet_weights`) or
+    ``deeplab-pytorch`` (a local file in that layout, ``state``)."""
+
+    kind: str
+    path: Path | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+
+def resolve_weights(backbone: str, weights: str | os.PathLike | None) -> ResolvedWeights:
+    """Classify ``weights`` (``None``, a torchvision weights name, or a local file of either layout)."""
+    if weights is None:
+        return ResolvedWeights("none")
+    path = Path(str(weights))
+    if path.is_file():
+        state = read_state_dict(path)
+        if is_deeplab_pytorch_state(state):
+            return ResolvedWeights("deeplab-pytorch", path=path, state=state)
+    return ResolvedWeights("torchvision", path=path if path.is_file() else None)
+
+
+def _dilated_resnet(backbone: str, caffe_resnet: bool) -> tuple[nn.Module, int]:
+    """A torchvision ResNet with ``layer3``/``layer4`` dilated (rates 2, 4; output stride 8) and its
+    ``layer4`` width. ``caffe_resnet``: the stride of ``layer2`` in its first 1x1 convolution, a
+    ceil-mode max pool and every block of ``layer3``/``layer4`` at the stage's rate, as the
+    MSRA/Caffe ResNet of deeplab-pytorch's weights."""
+    ctor = getattr(torchvision.models, backbone)
+    bottleneck = backbone in ("resnet50", "resnet101")
+    if bottleneck:
+        resnet = ctor(weights=None, replace_stride_with_dilation=[False, True, True])
+    else:
+        resnet = ctor(weights=None)
+        _dilate_basic_layer(resnet.layer3, 1, 2)
+        _dilate_basic_layer(resnet.layer4, 2, 4)
+    if caffe_resnet:
+        resnet.maxpool.ceil_mode = True
+        if bottleneck:
+            first = resnet.layer2[0]
+            first.conv1.stride, first.conv2.stride = (2, 2), (1, 1)
+            # torchvision gives the first block of a dilated stage the previous stage's rate;
+            # DeepLab's Caffe ResNet dilates every block of the stage.
+            for layer, rate in ((resnet.layer3, 2), (resnet.layer4, 4)):
+                layer[0].conv2.dilation = layer[0].conv2.padding = (rate, rate)
+    return resnet, (2048 if bottleneck else 512)
+
+
+def build_deeplabv2(
+    num_classes: int,
+    backbone: str = "resnet101",
+    weights: str | os.PathLike | None = None,
+    *,
+    atrous_rates: Sequence[int] = ATROUS_RATES,
+    msc_scales: Sequence[float] = MSC_SCALES,
+    normalization: str = "auto",
+    caffe_resnet: bool | None = None,
+) -> DeepLabV2:
+    """Build a DeepLabV2 for ``num_classes`` classes (background included), optionally initialised.
+
+    backbone: ``resnet101`` / ``resnet50`` (``resnet18`` / ``resnet34`` for small CPU runs).
+    weights: ``None`` (random), a torchvision weights name such as ``IMAGENET1K_V1``, a local
+        torchvision ResNet state dict, or a local deeplab-pytorch DeepLabV2 file (layout detected
+        from its keys; the matched counts are logged and a total mismatch raises).
+    normalization: ``auto`` = ``caffe`` for deeplab-pytorch weights, else ``imagenet``.
+    caffe_resnet: ``None`` = True exactly for deeplab-pytorch weights (see the module docstring).
+    """
+    check_resnet(backbone)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    src = resolve_weights(backbone, weights)
+    from_deeplab = src.kind == "deeplab-pytorch"
+    if normalization == "auto":
+        normalization = "caffe" if from_deeplab else "imagenet"
+    mean_std(normalization)
+    if caffe_resnet is None:
+        caffe_resnet = from_deeplab
+    resnet, width = _dilated_resnet(backbone, caffe_resnet)
+    if src.kind == "torchvision":
+        load_resnet_weights(resnet, backbone, weights)
+        log.info("DeepLabV2 backbone: %s (all %d ResNet tensors but fc)", weights, len(resnet.state_dict()) - 2)
+    body = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
+    model = DeepLabV2(
+        body,
+        ASPPv2(width, num_classes, atrous_rates),
+        scales=msc_scales,
+        input_norm=normalization,
+        caffe_resnet=caffe_resnet,
+    )
+    if from_deeplab:
+        report = load_deeplab_pytorch_weights(model, src.state, str(src.path))
+        log.info("DeepLabV2 weights: %s", report.summary())
+    return model
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def msc_loss(out: Mapping[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """deeplab-pytorch's MSC loss: the sum of the cross-entropies of every scale's logits and of the
+    fused logits, each against the label map resized to its size by nearest neighbour (255 = ignore).
+
+    out: a training-mode :class:`DeepLabV2` output; target (N, H, W) int64.
+    Returns ``{"loss": sum, "ce_fused": ..., "ce_s1.0": ..., ...}``.
+    """
+    from sipe.seg.train import seg_loss
+
+    terms: dict[str, torch.Tensor] = {}
+    labelled = [(f"ce_s{s:g}", logits) for s, logits in zip(out["scales"], out["pyramid"], strict=True)]
+    labelled.append(("ce_fused", out["out"]))
+    for name, logits in labelled:
+        size = tuple(logits.shape[-2:])
+        t = target
+        if tuple(target.shape[-2:]) != size:
+            # "nearest-exact" samples pixel centres like PIL's NEAREST that deeplab-pytorch uses;
+            # plain "nearest" shifts the label map by up to a pixel.
+            t = F.interpolate(target[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+        terms[name] = seg_loss(logits, t)
+    total = sum(terms.values())
+    return {"loss": total, **terms}
+
+
+def msc_step_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The engine's ``step_fn`` for DeepLabV2: forward (train mode) and :func:`msc_loss`."""
+    return msc_loss(model(batch["image"]), batch["label"])
+
+
+def param_groups(
+    model: DeepLabV2, head_lr_mult: float = 10.0, head_bias_lr_mult: float | None = 20.0,
+    head_bias_weight_decay: float | None = 0.0,
+) -> list[dict]:
+    """deeplab-pytorch's three groups (Caffe's lr_mult/decay_mult): trainable backbone parameters at
+    lr x 1, ASPP weights at x ``head_lr_mult``, ASPP biases at x ``head_bias_lr_mult`` with weight
+    decay ``head_bias_weight_decay`` (``None``: as the weights / the run's weight decay)."""
+    weights = [c.weight for c in model.classifier.convs]
+    biases = [c.bias for c in model.classifier.convs]
+    bias_group: dict[str, Any] = {
+        "params": biases,
+        "lr_mult": head_lr_mult if head_bias_lr_mult is None else head_bias_lr_mult,
+    }
+    if head_bias_weight_decay is not None:
+        bias_group["weight_decay"] = head_bias_weight_decay
+    return [
+        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr_mult": 1.0},
+        {"params": weights, "lr_mult": head_lr_mult},
+        bias_group,
+    ]
