@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sipe._memory import release_memory
+from sipe.config import IS_CAM_SCALES
 from sipe.core.sipe_net import SIPENet
 from sipe.data.transforms import normalize
 
@@ -28,7 +29,7 @@ __all__ = [
     "to_tensor",
 ]
 
-DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
+DEFAULT_SCALES = IS_CAM_SCALES  # the official fusion scales (home: sipe.config, the ablation switches)
 
 
 def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:

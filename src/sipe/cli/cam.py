@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a 'sipe train' checkpoint or an official final.pth")
     add_dataset_args(p)
     p.add_argument("--out", required=True, help="output folder (is_cam/, cam/, overlays/ inside)")
-    p.add_argument("--scales", default="1.0,0.5,1.5,2.0", help="comma-separated scales (official default)")
+    p.add_argument("--scales", default=None,
+                   help="comma-separated scales (default: the checkpoint's method.cam_scales, "
+                   "officially 1.0,0.5,1.5,2.0)")
     p.add_argument("--no-flip", action="store_true", help="do not fuse the horizontal flip")
     p.add_argument("--format", default="npz", choices=("npz", "npy"),
                    help="npz: compact float16 (default); npy: the official {'keys','IS_CAM'} layout")
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from sipe.cams.generate import CamConfig, generate_cams
+    from sipe.config import MethodConfig
     from sipe.engine import setup_distributed
     from sipe.models.checkpoint import load_checkpoint
 
@@ -54,13 +57,19 @@ def run(args: argparse.Namespace) -> int:
         dataset = build_dataset_from_args(args, with_masks=False)
     except (ValueError, FileNotFoundError) as err:  # DatasetError, DatasetRootError and other bad input
         return fail("cam", err, INPUT_ERROR)
-    model, _ = load_checkpoint(args.checkpoint)
+    try:
+        scales = None if args.scales is None else tuple(float(s) for s in args.scales.split(","))
+    except ValueError:
+        return fail("cam", f"--scales takes comma-separated numbers such as 1.0,0.5, got {args.scales!r}", USAGE_ERROR)
+    model, meta = load_checkpoint(args.checkpoint)
+    method = MethodConfig.from_checkpoint(meta)
+    model.configure(**method.head_options())  # the structures and background factor it was trained with
     if model.num_classes != dataset.num_classes:
         return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
                     f"has {dataset.num_classes}; use the checkpoint trained on this dataset", INPUT_ERROR)
     model.to(info.device)
     cfg = CamConfig(
-        scales=tuple(float(s) for s in args.scales.split(",")),
+        scales=method.cam_scales if scales is None else scales,
         flip=not args.no_flip,
         format=args.format,
         save_cam=args.save_cam,

@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument(
-        "--scales", type=float, nargs="+", default=None, help="test scales (default: 1.0; IS-CAM: 1.0 0.5 1.5 2.0)"
+        "--scales", type=float, nargs="+", default=None,
+        help="test scales (default: 1.0; IS-CAM: the checkpoint's method.cam_scales, officially 1.0 0.5 1.5 2.0)"
     )
     p.add_argument("--no-flip", action="store_true", help="do not average with the horizontally flipped image")
     p.add_argument("--no-overlay", action="store_true", help="write the label PNGs only")
@@ -67,6 +68,7 @@ def _sipe_class_names(meta: dict, num_classes: int, given: str | None) -> list[s
 def handler(args: argparse.Namespace) -> int:
 
     from sipe.cams.predict import labels_from_names, predict_paths_is_cam
+    from sipe.config import MethodConfig
     from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint
     from sipe.seg.model import seg_model_from_checkpoint
     from sipe.seg.predict import predict_paths
@@ -96,10 +98,12 @@ def handler(args: argparse.Namespace) -> int:
                 )
             model, meta = sipe_model_from_checkpoint(ckpt, f"checkpoint {args.checkpoint}")
             del ckpt
+            method = MethodConfig.from_checkpoint(meta)
+            model.configure(**method.head_options())  # the structures and background factor it was trained with
             names = _sipe_class_names(meta, model.num_classes, args.class_names)
             labels = labels_from_names(args.labels.split(","), names)
             result = predict_paths_is_cam(
-                model.to(device), args.inputs, labels, args.out, scales=args.scales, flip=flip,
+                model.to(device), args.inputs, labels, args.out, scales=args.scales or method.cam_scales, flip=flip,
                 overlay=overlay, alpha=args.alpha,
             )
     except (FileNotFoundError, ValueError) as e:

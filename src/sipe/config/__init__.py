@@ -1,7 +1,15 @@
 """The configuration layer: dataclass configs, YAML + ``key=value`` overrides, run metadata, and the
 sections several stages share (:mod:`sipe.config.common`)."""
 
-from sipe.config.common import DATASET_KINDS, STRIDE, AugConfig, DataConfig, ModelConfig
+from sipe.config.common import (
+    DATASET_KINDS,
+    IS_CAM_SCALES,
+    STRIDE,
+    AugConfig,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+)
 from sipe.config.loader import (
     ConfigError,
     from_dict,
@@ -13,10 +21,12 @@ from sipe.config.loader import (
 
 __all__ = [
     "DATASET_KINDS",
+    "IS_CAM_SCALES",
     "STRIDE",
     "AugConfig",
     "ConfigError",
     "DataConfig",
+    "MethodConfig",
     "ModelConfig",
     "from_dict",
     "git_commit",

@@ -1,13 +1,19 @@
-"""Configuration sections shared by several stages: the dataset, training augmentation, the SIPE network."""
+"""Configuration sections shared by several stages: the dataset, training augmentation, the SIPE network,
+the method's ablation switches."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["DATASET_KINDS", "STRIDE", "AugConfig", "DataConfig", "ModelConfig"]
+from sipe.core.options import Structure
+
+__all__ = ["DATASET_KINDS", "IS_CAM_SCALES", "STRIDE", "AugConfig", "DataConfig", "MethodConfig", "ModelConfig"]
 
 DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
 STRIDE = 16  # output stride of the adapted ResNet; crops must be multiples of it
+IS_CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # the official make_cam's IS-CAM fusion scales
 
 
 @dataclass
@@ -63,3 +69,40 @@ class ModelConfig:
     # torchvision weights name (the paper: ImageNet), a local state-dict file, or null (random init).
     weights: str | None = "IMAGENET1K_V1"
     num_classes: int | None = None  # K with background; None = taken from the dataset
+
+
+@dataclass
+class MethodConfig:
+    """The paper's ablation switches (defaults: the official code; ``configs/ablations/`` sets them
+    per row of the paper's ablation table). Stored in every SIPE checkpoint, so ``sipe cam`` and
+    ``sipe predict`` run the network as it was trained."""
+
+    gsc_weight: float = 1.0  # GSC loss weight; 0 trains the plain CAM baseline (GSC still computed and logged)
+    bg_scale: float = 0.5  # background IoU factor of the structure-aware seeds (official 0.5)
+    train_structure: Structure = "backbone"  # seed structure features in training (official: the last stage)
+    infer_structure: Structure = "hierarchical"  # seed structure features at inference (official: hierarchical)
+    cam_scales: tuple[float, ...] = IS_CAM_SCALES  # IS-CAM fusion scales of `sipe cam` / `sipe predict`
+
+    def __post_init__(self) -> None:
+        if self.gsc_weight < 0:
+            raise ValueError(f"method.gsc_weight must be >= 0, got {self.gsc_weight}")
+        if self.bg_scale < 0:
+            raise ValueError(f"method.bg_scale must be >= 0, got {self.bg_scale}")
+        if not self.cam_scales or any(s <= 0 for s in self.cam_scales):
+            raise ValueError(f"method.cam_scales must be positive numbers, got {list(self.cam_scales)}")
+
+    def head_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``SIPENet`` / ``SIPENet.configure``: the structures and the background factor."""
+        return {"train_structure": self.train_structure, "infer_structure": self.infer_structure,
+                "bg_scale": self.bg_scale}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> MethodConfig:
+        """The switches a SIPE checkpoint (dict) was trained with: ``meta.sipe_config.method``; the
+        official defaults for checkpoints without it (the authors' files, older sipe runs)."""
+        from sipe.config.loader import from_dict
+
+        meta = ckpt.get("meta")
+        sipe_config = meta.get("sipe_config") if isinstance(meta, Mapping) else None
+        method = sipe_config.get("method") if isinstance(sipe_config, Mapping) else None
+        return from_dict(cls, method or {}, "the checkpoint's meta.sipe_config.method")

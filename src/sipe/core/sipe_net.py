@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +10,7 @@ from torch import nn
 
 from sipe._memory import release_memory
 from sipe.core import ipe
-
-Structure = Literal["backbone", "hierarchical"]
+from sipe.core.options import STRUCTURES, Structure
 
 
 @dataclass
@@ -61,17 +59,34 @@ class SIPENet(nn.Module):
             nn.Conv2d(c_in, c_out, 1, bias=False) for c_in, c_out in zip(channels, side_channels, strict=True)
         )
         self.classifier = nn.Conv2d(channels[3], num_classes - 1, 1, bias=False)
+        self.configure(train_structure=train_structure, infer_structure=infer_structure, bg_scale=bg_scale)
+
+    def configure(
+        self,
+        train_structure: Structure | None = None,
+        infer_structure: Structure | None = None,
+        bg_scale: float | None = None,
+    ) -> SIPENet:
+        """Set the IPE options (``None`` keeps the current value); they hold no weights, so a model
+        loaded from a checkpoint takes the options it was trained with here. Returns ``self``."""
         for name, value in (("train_structure", train_structure), ("infer_structure", infer_structure)):
-            if value not in ("backbone", "hierarchical"):
-                raise ValueError(f"{name} must be 'backbone' or 'hierarchical', got {value!r}")
-        self.train_structure = train_structure
-        self.infer_structure = infer_structure
-        self.bg_scale = bg_scale
+            if value is not None and value not in STRUCTURES:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, STRUCTURES))}, got {value!r}")
+        if bg_scale is not None and not bg_scale >= 0:
+            raise ValueError(f"bg_scale (the background IoU factor) must be >= 0, got {bg_scale}")
+        if train_structure is not None:
+            self.train_structure = train_structure
+        if infer_structure is not None:
+            self.infer_structure = infer_structure
+        if bg_scale is not None:
+            self.bg_scale = bg_scale
+        return self
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new-layer parameters), trainable ones only (official lr 1x / 10x)."""
         backbone = [p for p in self.encoder.parameters() if p.requires_grad]
-        new = [p for m in (self.classifier, self.side1, self.side2, self.side3, self.side4) for p in m.parameters()]
+        new = [p for m in (self.classifier, self.side1, self.side2, self.side3, self.side4) for p in m.parameters()
+               if p.requires_grad]
         return backbone, new
 
     def features(self, x: torch.Tensor) -> Features:

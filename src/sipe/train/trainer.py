@@ -4,12 +4,14 @@ Official recipe (``train_resnet50_SIPE.py``): the long side resized to a random 
 [320, 640], horizontal flip, ImageNet normalisation, a random 512 crop padded with zeros plus its
 valid mask; batch 16, 5 epochs, poly SGD (power 0.9) with lr 0.1 on the backbone and 10x on the
 new layers, weight decay 1e-4, effective momentum 1e-4 (see :class:`sipe.engine.TrainConfig`),
-gradient clipping at norm 1, seed 15; loss = multi-label soft margin + GSC; the checkpoint with
+gradient clipping at norm 1, seed 15; loss = multi-label soft margin + GSC (weight ``method.gsc_weight``,
+the paper's ablation switches in :class:`sipe.config.MethodConfig`); the checkpoint with
 the best single-scale IS-CAM mIoU on a split with masks is kept as ``best.pt``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sipe.config import STRIDE, AugConfig, DataConfig, ModelConfig, save_run_info, to_dict
+from sipe.config import STRIDE, AugConfig, DataConfig, MethodConfig, ModelConfig, save_run_info, to_dict
 from sipe.data import dataset_from_config
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
 
@@ -46,11 +48,12 @@ def _official_engine() -> TrainConfig:
 
 @dataclass
 class SIPETrainConfig:
-    """Everything ``sipe train`` needs; YAML sections ``data``, ``aug``, ``model``, ``engine``."""
+    """Everything ``sipe train`` needs; YAML sections ``data``, ``aug``, ``model``, ``method``, ``engine``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)  # the paper's ablation switches
     engine: TrainConfig = field(default_factory=_official_engine)
     new_lr_mult: float = 10.0  # lr multiplier of the new layers (classifier, side convs)
 
@@ -111,10 +114,12 @@ class SIPETrainSet(Dataset):
 # ----------------------------------------------------------------------------- step and validation
 
 
-def sipe_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def sipe_step(model: nn.Module, batch: dict[str, torch.Tensor], gsc_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One SIPE training forward: batch ``image`` (N,3,S,S), ``valid`` (N,S,S), ``labels`` (N,K-1).
 
-    Returns ``loss`` = ``loss_cls`` (multi-label soft margin) + ``loss_gsc`` (general-specific consistency).
+    Returns ``loss`` = ``loss_cls`` (multi-label soft margin) + ``gsc_weight`` x ``loss_gsc``
+    (general-specific consistency). With ``gsc_weight`` 0 the loss is ``loss_cls`` alone (the plain
+    CAM baseline) and ``loss_gsc`` is still computed, without gradient, for the log.
     """
     from sipe.core.ipe import lowres_valid_mask
     from sipe.core.losses import classification_loss, gsc_loss
@@ -124,8 +129,17 @@ def sipe_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tor
     out = model(batch["image"], mask)
     # Losses in float32 even under autocast: both are means over many small terms.
     loss_cls = classification_loss(out["score"].float(), labels)
-    loss_gsc = gsc_loss(out["cam"].float(), out["is_cam"].float())
-    return {"loss": loss_cls + loss_gsc, "loss_cls": loss_cls.detach(), "loss_gsc": loss_gsc.detach()}
+    if gsc_weight == 0:
+        # Not 0 * loss_gsc: that would still hand the side convs zero gradients (weight decay would
+        # then move them, and DDP would see them used), unlike the classification loss alone.
+        with torch.no_grad():
+            loss_gsc = gsc_loss(out["cam"].float(), out["is_cam"].float())
+        loss = loss_cls
+    else:
+        loss_gsc = gsc_loss(out["cam"].float(), out["is_cam"].float())
+        # x * 1.0 is exact, so the official weight leaves the loss and its gradient bit-identical.
+        loss = loss_cls + gsc_weight * loss_gsc
+    return {"loss": loss, "loss_cls": loss_cls.detach(), "loss_gsc": loss_gsc.detach()}
 
 
 class _ValView(Dataset):
@@ -218,7 +232,12 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
 
     # Seeded so the new layers start the same in every run (and on every rank before DDP's broadcast).
     torch.manual_seed(cfg.engine.seed)
-    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights)
+    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights, **cfg.method.head_options())
+    if cfg.method.gsc_weight == 0:
+        # The side convs feed only the IS-CAM, which no loss then reaches: keep them out of the
+        # optimiser (and of DDP's gradient reduction) instead of training them with no signal.
+        for side in (model.side1, model.side2, model.side3, model.side4):
+            side.requires_grad_(False)
     backbone_params, new_params = model.param_groups()
     groups = [{"params": backbone_params, "lr_mult": 1.0}, {"params": new_params, "lr_mult": cfg.new_lr_mult}]
     save_run_info(out_dir, cfg)
@@ -230,7 +249,8 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
         "backbone": cfg.model.backbone,
         "num_classes": k,
     }
-    fit(model, SIPETrainSet.from_config(train_base, cfg.aug), sipe_step, groups, cfg.engine, out_dir,
+    step = functools.partial(sipe_step, gsc_weight=cfg.method.gsc_weight)
+    fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
         val_fn=val_fn, meta=meta)
     if is_main_process() and len(train_base.skipped):
         train_base.skipped.log(len(train_base) + len(train_base.skipped))
