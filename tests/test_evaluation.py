@@ -259,15 +259,17 @@ def test_evaluate_missing_prediction_and_masks(tmp_path):
     gt = np.zeros((2, 3), np.uint8)
     ds = TinyDataset({"x": gt, "gone": gt}, NAMES3)
     sio.save_npz(tmp_path / "x.npz", keys=keys, maps=maps, kind=np.array("is_cam"))
-    with pytest.raises(FileNotFoundError, match="'gone'"):
-        evaluate_is_cam(tmp_path, ds)
+    rep = evaluate_is_cam(tmp_path, ds)  # a missing prediction is a failure listed at the end, not a stop
+    assert (rep["num_images"], rep["missing"]) == (1, 0)
+    assert [f["name"] for f in rep["failed"]] == ["gone"] and rep["failed"][0]["reason"].startswith("missing: ")
     rep = evaluate_is_cam(tmp_path, ds, missing="skip")
-    assert (rep["num_images"], rep["missing"]) == (1, 1)
+    assert (rep["num_images"], rep["missing"], rep["failed"]) == (1, 1, [])
     with pytest.raises(ValueError, match="no image of this split has a ground-truth mask"):
         evaluate_is_cam(tmp_path, TinyDataset({"x": None}, NAMES3))
     with pytest.raises(ValueError, match=r"x\.npz holds IS-CAMs \(kind 'is_cam'\)"):
         evaluate_cam(tmp_path, TinyDataset({"x": gt}, NAMES3))
-    with pytest.raises(ValueError, match=r"differs from the ground-truth mask \(3, 3\)"):
+    mismatch = r"all 1 failed.*size mismatch: .*x\.npz is 2x3 but the ground-truth mask is 3x3"
+    with pytest.raises(ValueError, match=mismatch):
         evaluate_is_cam(tmp_path, TinyDataset({"x": np.zeros((3, 3), np.uint8)}, NAMES3))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from sipe.cli._common import (
@@ -24,7 +25,9 @@ def register(subparsers: Any) -> None:
             "Evaluate the predictions in --pred against the ground-truth masks of a split: per-class IoU, "
             "precision and recall, mIoU. --kind is_cam takes the argmax of saved IS-CAMs; --kind cam sweeps "
             "the background threshold of saved plain CAMs and reports the best; --kind labels reads "
-            "<name>.png label maps (palette or greyscale PNGs)."
+            "<name>.png label maps (palette or greyscale PNGs). Every image that can be evaluated is; the "
+            "ones that cannot (prediction missing, unreadable or of another size than the mask; mask "
+            "unreadable) are listed at the end and in the report's 'failed', and the exit status is then 1."
         ),
     )
     add_dataset_args(p, split_default="train", masks_needed=True)
@@ -41,7 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--skip-missing",
         action="store_true",
-        help="leave out images without a prediction file (counted in the report) instead of stopping",
+        help="leave out images without a prediction file (counted in the report's 'missing') instead of "
+        "listing them as failed (exit status 1)",
     )
     p.set_defaults(func=handler)
 
@@ -68,4 +72,11 @@ def handler(args: argparse.Namespace) -> int:
     if args.out:
         evaluation.write_report(args.out, report)
         print(f"report written to {args.out}")
+    failed = report["failed"]
+    if failed:
+        total = report["num_images"] + len(failed)
+        lines = [f"  {f['name']}: {f['reason']}" for f in failed]
+        print(f"sipe eval: error: {len(failed)} of {total} images could not be evaluated (the metrics above are "
+              "those of the others):\n" + "\n".join(lines), file=sys.stderr)
+        return INPUT_ERROR
     return 0

@@ -240,7 +240,7 @@ class SegDataset(Dataset):
         path = self.mask_path(i)
         if path is None:
             return None
-        mask = read_mask(path)
+        mask = read_mask(path, exif_transpose=self.exif_transpose)
         bad = (mask >= self.num_classes) & (mask != 255)
         if bad.any():
             raise DatasetError(

@@ -135,16 +135,19 @@ def read_image(
             ) from err
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
     """Read a label mask as (H, W) uint8 class indices (255 = ignore).
 
     Palette PNGs (VOC ``SegmentationClass``) give their palette *indices*, not colours; grayscale
     PNGs (``SegmentationClassAug``) give their values. 16-/32-bit masks are accepted when every
     value fits in 0..255. Colour (RGB) masks are rejected: their colours are not class indices.
+    ``exif_transpose``: a mask file carrying an EXIF orientation is turned as :func:`read_image`
+    turns its photo, so both are in the displayed orientation (pass the dataset's setting).
     """
     path = Path(path)
     with _open(path, "mask") as img:
-        return _mask_array(img, path)
+        # exif_transpose keeps the mode (palette indices stay indices); it is a no-op without the tag.
+        return _mask_array(ImageOps.exif_transpose(img) if exif_transpose else img, path)
 
 
 def _mask_array(img: Image.Image, path: Path) -> np.ndarray:

@@ -1,14 +1,18 @@
 """Evaluating saved predictions against a dataset's masks: IS-CAM files, CAM files (threshold sweep), label PNGs.
 
 Every evaluator returns the report dict of :meth:`ConfusionMatrix.report` plus ``kind``,
-``num_images``, ``skipped`` (images without a mask) and ``missing`` (images without a prediction).
+``num_images``, ``skipped`` (images without a mask), ``missing`` (images without a prediction, when
+asked to skip them) and ``failed``: a list of ``{"name", "reason"}`` for the images that could not
+be evaluated (prediction missing, unreadable, of another size than the mask; mask unreadable). One
+bad file never stops the evaluation: the metrics are those of the images that could be read, and
+the caller (``sipe eval``) reports the failures at the end.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +37,9 @@ def _num_classes(dataset: Any) -> tuple[int, list[str]]:
     return len(names), list(names)
 
 
-def _iter_masks(dataset: Any, names: Sequence[str] | None) -> Iterator[tuple[str, np.ndarray | None]]:
-    """(name, mask or None) for the dataset's items, restricted to ``names`` when given."""
+def _iter_masks(dataset: Any, names: Sequence[str] | None) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """(name, mask or None, why the mask could not be read or None) for the dataset's items,
+    restricted to ``names`` when given."""
     wanted = None if names is None else set(names)
     ds_names = getattr(dataset, "names", None)
     if wanted is not None and ds_names is not None:
@@ -45,17 +50,20 @@ def _iter_masks(dataset: Any, names: Sequence[str] | None) -> Iterator[tuple[str
         indices = [index[n] for n in names]
     else:
         indices = range(len(dataset))
-    if ds_names is not None and callable(getattr(dataset, "read_mask", None)):
-        # sipe datasets read the mask alone; decoding the image would only cost time here.
-        for i in indices:
-            if wanted is None or ds_names[i] in wanted:
-                yield ds_names[i], dataset.read_mask(i)
-        return
+    # sipe datasets read the mask alone; decoding the image would only cost time here.
+    mask_only = ds_names is not None and callable(getattr(dataset, "read_mask", None))
     for i in indices:
-        item = dataset[i]
-        if wanted is not None and item["name"] not in wanted:
+        name = ds_names[i] if mask_only else None
+        try:
+            if mask_only:
+                yield name, dataset.read_mask(i), None
+                continue
+            item = dataset[i]
+        except (ValueError, OSError) as err:  # ImageReadError and DatasetError are ValueErrors
+            yield name if name is not None else f"#{i}", None, f"unreadable mask: {err}"
             continue
-        yield item["name"], item.get("mask")
+        if wanted is None or item["name"] in wanted:
+            yield item["name"], item.get("mask"), None
 
 
 def _progress(it: Any, total: int | None, desc: str) -> Any:
@@ -64,21 +72,30 @@ def _progress(it: Any, total: int | None, desc: str) -> Any:
     return tqdm(it, total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
 
-def _walk(
+def _evaluate_files(
     dataset: Any,
     names: Sequence[str] | None,
-    find: Any,
+    find: Callable[[str], Path | None],
     what: str,
     missing: str,
-    desc: str,
-    stats: dict[str, int],
-) -> Iterator[tuple[str, np.ndarray, Path]]:
-    """Yield (name, gt mask, prediction path); counts evaluated and skipped images into ``stats``."""
+    kind: str,
+    add: Callable[[np.ndarray, Path], None],
+) -> dict[str, Any]:
+    """Call ``add(gt mask, prediction path)`` for every image with a mask and a prediction.
+
+    ``add`` raises ``ValueError`` / ``OSError`` for a file it cannot use, before it counts anything;
+    such an image, and one whose mask cannot be read or (``missing="error"``) that has no
+    prediction, goes into ``failed`` and the others are still evaluated. Returns the counts
+    (``num_images``, ``skipped``, ``missing``, ``failed``).
+    """
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
     total = len(names) if names is not None else len(dataset)
-    stats.update(num_images=0, skipped=0, missing=0)
-    for name, mask in _progress(_iter_masks(dataset, names), total, desc):
+    stats: dict[str, Any] = {"num_images": 0, "skipped": 0, "missing": 0, "failed": []}
+    for name, mask, error in _progress(_iter_masks(dataset, names), total, f"eval {kind}"):
+        if error is not None:
+            stats["failed"].append({"name": name, "reason": error})
+            continue
         if mask is None:
             stats["skipped"] += 1
             continue
@@ -86,35 +103,48 @@ def _walk(
         if path is None:
             if missing == "skip":
                 stats["missing"] += 1
-                continue
-            raise FileNotFoundError(
-                f"no {what} for image {name!r}; make it first, point --pred at the right folder, "
-                "or pass missing='skip' (--skip-missing) to leave such images out"
-            )
+            else:
+                stats["failed"].append({"name": name, "reason": f"missing: no {what}"})
+            continue
+        try:
+            add(np.asarray(mask), path)
+        except (ValueError, OSError) as err:
+            stats["failed"].append({"name": name, "reason": str(err)})
+            continue
         stats["num_images"] += 1
-        yield name, np.asarray(mask), path
+    return _finish(stats, kind, what)
 
 
-def _finish(stats: dict[str, int], kind: str) -> dict[str, int]:
+def _finish(stats: dict[str, Any], kind: str, what: str) -> dict[str, Any]:
     if stats["skipped"]:
         logger.warning("%d images have no ground-truth mask and were skipped", stats["skipped"])
     if stats["missing"]:
         logger.warning("%d images have no prediction file and were skipped", stats["missing"])
+    failed = stats["failed"]
     if stats["num_images"] == 0:
+        if failed:
+            first = failed[0]
+            raise ValueError(
+                f"no image could be evaluated ({kind}): all {len(failed)} failed, e.g. {first['name']!r}: "
+                f"{first['reason']}"
+            )
         if stats["skipped"] and not stats["missing"]:
             raise ValueError(
                 "no image of this split has a ground-truth mask, so nothing can be evaluated; "
                 "choose a split with masks (e.g. VOC `train`/`val`) or give the masks folder"
             )
-        raise ValueError(f"no image could be evaluated ({kind}): {stats}")
+        raise ValueError(f"no image could be evaluated ({kind}) with a {what}: {stats}")
+    if failed:
+        logger.warning("%d images could not be evaluated (listed in the report's 'failed')", len(failed))
     return dict(stats)
 
 
 def _check_shape(pred_shape: tuple[int, ...], mask: np.ndarray, path: Path) -> None:
     if tuple(pred_shape) != mask.shape:
+        (ph, pw), (mh, mw) = tuple(pred_shape), mask.shape
         raise ValueError(
-            f"{path}: prediction size {tuple(pred_shape)} differs from the ground-truth mask {mask.shape}; "
-            "predictions must be at the original image resolution"
+            f"size mismatch: {path} is {ph}x{pw} but the ground-truth mask is {mh}x{mw}; predictions must be "
+            "at the image's displayed resolution (after its EXIF orientation)"
         )
 
 
@@ -133,25 +163,26 @@ def evaluate_is_cam(
         cam_dir: folder of ``<name>.npz`` / ``<name>.npy`` files.
         dataset: a sipe dataset (items with ``name`` and ``mask``; ``class_names``).
         names: evaluate only these images (default: all).
-        missing: ``"error"`` (default) or ``"skip"`` for images without a file.
+        missing: images without a file are listed in ``failed`` (``"error"``, the default) or
+            only counted in ``missing`` (``"skip"``).
 
     Returns:
-        the report dict (:meth:`ConfusionMatrix.report`) plus ``kind``, ``num_images``,
-        ``skipped`` (no mask) and ``missing`` (no file).
+        the report dict (:meth:`ConfusionMatrix.report`) of the images that could be evaluated,
+        plus ``kind``, ``num_images``, ``skipped`` (no mask), ``missing`` (no file, ``"skip"``) and
+        ``failed`` (``{"name", "reason"}`` of the images that could not be evaluated).
     """
     k, class_names = _num_classes(dataset)
     cm = ConfusionMatrix(k)
-    stats: dict[str, int] = {}
-    walk = _walk(
-        dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}", missing, "eval IS-CAM", stats
-    )
-    for _, mask, path in walk:
+
+    def add(mask: np.ndarray, path: Path) -> None:
         f = read_cam_file(path)
         if f.kind != "is_cam":
             raise ValueError(f"{path} holds plain CAMs (kind 'cam'); evaluate them with kind 'cam' (--kind cam)")
         _check_shape(f.maps.shape[1:], mask, path)
         cm.update(is_cam_to_label(f.keys, f.maps), mask)
-    stats = _finish(stats, "is_cam")
+
+    stats = _evaluate_files(dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}",
+                            missing, "is_cam", add)
     return {"kind": "is_cam", **stats, **cm.report(class_names)}
 
 
@@ -171,7 +202,8 @@ def evaluate_cam(
 
     Returns:
         the best threshold's report plus ``kind``, ``threshold``, ``sweep`` (a list of
-        ``{"threshold", "miou"}`` in the given order), ``num_images``, ``skipped``, ``missing``.
+        ``{"threshold", "miou"}`` in the given order), ``num_images``, ``skipped``, ``missing``, ``failed``
+        (as :func:`evaluate_is_cam`).
     """
     thr = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
     if thr.size == 0 or thr.ndim != 1:
@@ -181,11 +213,9 @@ def evaluate_cam(
     t_n = thr.size
     k, class_names = _num_classes(dataset)
     hist = np.zeros((t_n + 1) * k * k, dtype=np.int64)
-    stats: dict[str, int] = {}
-    walk = _walk(
-        dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}", missing, "eval CAM", stats
-    )
-    for _, mask, path in walk:
+
+    def add(mask: np.ndarray, path: Path) -> None:
+        nonlocal hist
         f = read_cam_file(path)
         if f.kind != "cam":
             raise ValueError(f"{path} holds IS-CAMs (kind 'is_cam'); evaluate them with kind 'is_cam' (--kind is_cam)")
@@ -207,7 +237,9 @@ def evaluate_cam(
             cls = np.zeros_like(gt)
             bucket = np.zeros_like(gt)
         hist += np.bincount((bucket * k + gt) * k + cls, minlength=(t_n + 1) * k * k)
-    stats = _finish(stats, "cam")
+
+    stats = _evaluate_files(dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}",
+                            missing, "cam", add)
     hist = hist.reshape(t_n + 1, k, k)
     # Threshold j (sorted) keeps the argmax class for buckets > j and gives background otherwise.
     fg_above = np.cumsum(hist[::-1], axis=0)[::-1]  # fg_above[b] = sum over buckets >= b
@@ -239,7 +271,8 @@ def evaluate_label_dir(
     """Evaluate a folder of label PNGs (``<name>.png``, palette/index PNGs; 255 in a prediction is not counted).
 
     Returns:
-        the report dict plus ``kind`` (``"labels"``), ``num_images``, ``skipped``, ``missing``.
+        the report dict plus ``kind`` (``"labels"``), ``num_images``, ``skipped``, ``missing``, ``failed``
+        (as :func:`evaluate_is_cam`).
     """
     k, class_names = _num_classes(dataset)
     cm = ConfusionMatrix(k)
@@ -248,15 +281,15 @@ def evaluate_label_dir(
         p = Path(pred_dir) / f"{name}.png"
         return p if p.is_file() else None
 
-    stats: dict[str, int] = {}
-    for _, mask, path in _walk(dataset, names, find, f"label PNG in {pred_dir}", missing, "eval labels", stats):
+    def add(mask: np.ndarray, path: Path) -> None:
         pred = read_label_png(path)
         _check_shape(pred.shape, mask, path)
         try:
             cm.update(pred, mask)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
-    stats = _finish(stats, "labels")
+
+    stats = _evaluate_files(dataset, names, find, f"label PNG in {pred_dir}", missing, "labels", add)
     return {"kind": "labels", **stats, **cm.report(class_names)}
 
 
