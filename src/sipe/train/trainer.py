@@ -218,9 +218,10 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
 
     # Seeded so the new layers start the same in every run (and on every rank before DDP's broadcast).
     torch.manual_seed(cfg.engine.seed)
-    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights)
+    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights, **cfg.model.backbone_meta())
     backbone_params, new_params = model.param_groups()
-    groups = [{"params": backbone_params, "lr_mult": 1.0}, {"params": new_params, "lr_mult": cfg.new_lr_mult}]
+    groups = [{"params": backbone_params, "lr_mult": cfg.model.backbone_lr_mult},
+              {"params": new_params, "lr_mult": cfg.new_lr_mult}]
     save_run_info(out_dir, cfg)
     if is_main_process():
         logger.info("training SIPE on %s (%d images, %d classes)", train_base.source, len(train_base), k)
@@ -228,6 +229,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
         "sipe_config": to_dict(cfg),
         "class_names": list(train_base.class_names),
         "backbone": cfg.model.backbone,
+        "backbone_kwargs": cfg.model.backbone_meta(),  # with "backbone": what sipe_model_from_checkpoint rebuilds
         "num_classes": k,
     }
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), sipe_step, groups, cfg.engine, out_dir,
