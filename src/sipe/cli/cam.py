@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         dataset = build_dataset_from_args(args, with_masks=False)
     except (ValueError, FileNotFoundError) as err:  # DatasetError, DatasetRootError and other bad input
         return fail("cam", err, INPUT_ERROR)
-    model, _ = load_checkpoint(args.checkpoint)
+    try:
+        model, _ = load_checkpoint(args.checkpoint)
+    except (ValueError, FileNotFoundError) as err:  # a damaged file, or a backbone that cannot be rebuilt
+        return fail("cam", err, INPUT_ERROR)
     if model.num_classes != dataset.num_classes:
         return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
                     f"has {dataset.num_classes}; use the checkpoint trained on this dataset", INPUT_ERROR)

@@ -196,21 +196,17 @@ def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[st
             f"timm model {model_name!r} cannot run at output stride 16 ({exc}); SIPE needs the last stage at "
             "stride 16: choose a model that supports output_stride (ResNets, ConvNeXt, EfficientNet, RegNet, ...)"
         ) from exc
-    except RuntimeError as exc:
+    except Exception as exc:  # timm and huggingface_hub raise many types for unknown models and downloads
         if "Unknown model" in str(exc):
             raise BackboneError(f"timm has no model {model_name!r}: see timm.list_models()") from exc
-        if not pretrained:
-            raise BackboneError(f"timm cannot build {model_name!r} as a features_only model: {exc}") from exc
+        if pretrained:
+            raise BackboneError(
+                f"timm could not fetch the pretrained weights of {model_name!r} ({type(exc).__name__}: {exc}); "
+                "this machine may be offline: download the weights elsewhere and pass the file as "
+                "model.weights=/path/file.safetensors; refusing to continue with random weights"
+            ) from exc
         raise BackboneError(
-            f"timm could not fetch the pretrained weights of {model_name!r} ({type(exc).__name__}: {exc}); "
-            "this machine may be offline: download the weights elsewhere and pass the file as "
-            "model.weights=/path/file.safetensors; refusing to continue with random weights"
-        ) from exc
-    except Exception as exc:  # timm and huggingface_hub raise many types for downloads and unsupported models
-        what = "fetch the pretrained weights of" if pretrained else "build"
-        raise BackboneError(
-            f"timm could not {what} {model_name!r} as a features_only model ({type(exc).__name__}: {exc})"
-            + ("; offline? pass a local file as model.weights instead" if pretrained else "")
+            f"timm cannot build {model_name!r} as a features_only model ({type(exc).__name__}: {exc})"
         ) from exc
     reductions = list(body.feature_info.reduction())
     channels = list(body.feature_info.channels())

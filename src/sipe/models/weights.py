@@ -23,9 +23,15 @@ __all__ = [
 RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
-def check_resnet(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is one of the torchvision ResNets sipe builds."""
+def check_resnet(name: str, stage: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of the torchvision ResNets sipe builds; ``stage``
+    names a stage that takes ResNets only (IRN, DeepLab), for the message."""
     if name not in RESNETS:
+        if stage is not None and ":" in name:
+            raise ValueError(
+                f"{stage} builds on a torchvision ResNet only, not {name!r} (timm and your own backbones serve "
+                f"SIPE training and IS-CAMs); choose one of {', '.join(RESNETS)}"
+            )
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
 
 
