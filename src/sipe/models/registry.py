@@ -111,10 +111,10 @@ def _maps(out: Any) -> list[torch.Tensor] | None:
     return None
 
 
-def check_contract(backbone: nn.Module, name: str) -> None:
-    """Run ``backbone`` once on a (1, 3, 64, 64) dummy input (eval mode, no gradient) and raise
+def check_contract(backbone: nn.Module, name: str, with_grad: bool = False) -> list[torch.Tensor]:
+    """Run ``backbone`` once on a (1, 3, 64, 64) dummy input (eval mode) and raise
     :class:`BackboneError` unless it returns four maps at strides 4, 8, 16, 16 with the channel
-    counts its ``out_channels`` declares."""
+    counts its ``out_channels`` declares. Returns the maps (with their autograd graph if ``with_grad``)."""
     declared = getattr(backbone, "out_channels", None)
     if declared is None or len(tuple(declared)) != 4:
         raise BackboneError(
@@ -125,7 +125,7 @@ def check_contract(backbone: nn.Module, name: str) -> None:
     was_training = backbone.training
     backbone.eval()
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(with_grad):
             out = backbone(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE, device=device))
     except Exception as exc:  # a user's network can fail in any way; re-raised with the name
         raise BackboneError(
@@ -154,21 +154,18 @@ def check_contract(backbone: nn.Module, name: str) -> None:
             f"backbone {name!r} gives maps with {channels} channels but declares out_channels={tuple(declared)}; "
             "make out_channels match what forward returns"
         )
+    return maps
 
 
-def _freeze_upstream(backbone: nn.Module, n: int) -> None:
-    """Switch off the gradient of every parameter that map ``n`` (1-based) depends on."""
+def _freeze_upstream(backbone: nn.Module, maps: Sequence[torch.Tensor], n: int) -> None:
+    """Switch off the gradient of every parameter of ``backbone`` that map ``n`` (1-based) of its
+    probe output ``maps`` (with their graph) depends on."""
     if n <= 0:
         return
     params = [p for p in backbone.parameters() if p.requires_grad]
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.enable_grad():
-            target = backbone(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))[min(n, 4) - 1]
-            grads = torch.autograd.grad(target.sum(), params, allow_unused=True)
-    finally:
-        backbone.train(was_training)
+    if not maps[n - 1].requires_grad:
+        return
+    grads = torch.autograd.grad(maps[n - 1].sum(), params, allow_unused=True)
     for p, g in zip(params, grads, strict=True):
         if g is not None:
             p.requires_grad_(False)
@@ -264,8 +261,7 @@ def _module_body(name: str, weights: str | os.PathLike | None, options: Mapping[
                 f"model.weights=timm asks timm for weights, but {name!r} is your own backbone: pass a local file"
             )
         load_matching_weights(body, read_state_dict(weights), f"weights {weights} for {name}")
-    check_contract(body, name)
-    return FeatureBackbone(body, range(4), tuple(body.out_channels))
+    return FeatureBackbone(body, range(4), tuple(getattr(body, "out_channels", None) or ()))
 
 
 def build_backbone(
@@ -302,9 +298,9 @@ def build_backbone(
         raise
     except (FileNotFoundError, ValueError) as exc:  # a weights file that is missing, unreadable or unfit
         raise BackboneError(str(exc)) from exc
-    if kind == "timm":  # a user's module was checked before it was wrapped
-        check_contract(backbone, name)
+    # A user's module is checked as it is (before wrapping) so that a wrong map count gets its own message.
+    maps = check_contract(backbone.body if kind == "module" else backbone, name, with_grad=frozen_stages > 0)
+    _freeze_upstream(backbone, maps, frozen_stages)
     backbone.freeze_bn = freeze_bn
     backbone.train(backbone.training)
-    _freeze_upstream(backbone, frozen_stages)
     return backbone
