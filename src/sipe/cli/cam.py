@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
         scales = None if args.scales is None else tuple(float(s) for s in args.scales.split(","))
     except ValueError:
         return fail("cam", f"--scales takes comma-separated numbers such as 1.0,0.5, got {args.scales!r}", USAGE_ERROR)
-    model, meta = load_checkpoint(args.checkpoint)
+    try:
+        model, meta = load_checkpoint(args.checkpoint)  # with the method switches it was trained with
+    except (ValueError, FileNotFoundError) as err:  # a damaged file, or a backbone that cannot be rebuilt
+        return fail("cam", err, INPUT_ERROR)
     method = MethodConfig.from_checkpoint(meta)
-    model.configure(**method.head_options())  # the structures and background factor it was trained with
     if model.num_classes != dataset.num_classes:
         return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
                     f"has {dataset.num_classes}; use the checkpoint trained on this dataset", INPUT_ERROR)

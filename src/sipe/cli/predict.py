@@ -99,7 +99,6 @@ def handler(args: argparse.Namespace) -> int:
             model, meta = sipe_model_from_checkpoint(ckpt, f"checkpoint {args.checkpoint}")
             del ckpt
             method = MethodConfig.from_checkpoint(meta)
-            model.configure(**method.head_options())  # the structures and background factor it was trained with
             names = _sipe_class_names(meta, model.num_classes, args.class_names)
             labels = labels_from_names(args.labels.split(","), names)
             result = predict_paths_is_cam(

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from sipe.config import ConfigError
     from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import is_main_process
+    from sipe.models.registry import BackboneError
     from sipe.train import SIPETrainConfig, train_sipe
 
     try:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         path = train_sipe(cfg, args.out)
-    except (DatasetError, DatasetRootError) as err:
+    except (DatasetError, DatasetRootError, BackboneError) as err:  # BackboneError: weights file, contract
         return fail("train", err, INPUT_ERROR)
     if is_main_process():
         print(f"checkpoint: {path}")

@@ -9,11 +9,42 @@ from typing import Any
 
 from sipe.core.options import Structure
 
-__all__ = ["DATASET_KINDS", "IS_CAM_SCALES", "STRIDE", "AugConfig", "DataConfig", "MethodConfig", "ModelConfig"]
+__all__ = [
+    "DATASET_KINDS",
+    "IS_CAM_SCALES",
+    "RESNETS",
+    "STRIDE",
+    "TIMM_PREFIX",
+    "AugConfig",
+    "DataConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "backbone_kind",
+]
 
 DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
 STRIDE = 16  # output stride of the adapted ResNet; crops must be multiples of it
 IS_CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # the official make_cam's IS-CAM fusion scales
+
+# The one table of torchvision ResNets sipe builds: backbone name -> depth (weights enum ResNet{depth}_Weights).
+RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+TIMM_PREFIX = "timm:"
+
+
+def backbone_kind(name: str) -> str:
+    """``"resnet"``, ``"timm"`` or ``"module"`` for a backbone name (no import: the config layer checks
+    names before any work); raises ``ValueError`` naming the accepted forms for any other name."""
+    if name in RESNETS:
+        return "resnet"
+    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        return "timm"
+    module, sep, function = name.partition(":")
+    if sep and module and function.isidentifier() and all(p.isidentifier() for p in module.split(".")):
+        return "module"
+    raise ValueError(
+        f"unknown backbone {name!r}: use one of {', '.join(RESNETS)}, 'timm:<model name>' (pip install "
+        "'sipe[timm]') or 'module:function' (a factory of your own, importable from PYTHONPATH)"
+    )
 
 
 @dataclass
@@ -63,12 +94,38 @@ class AugConfig:
 
 @dataclass
 class ModelConfig:
-    """The network: a torchvision ResNet trunk adapted as the official code, plus the SIPE head."""
+    """The network: a backbone from the registry (:mod:`sipe.models.registry`) plus the SIPE head.
+
+    backbone: ``resnet18|34|50|101`` (the official torchvision adaptation), ``timm:<model>`` (any timm
+        model with ``features_only`` and ``output_stride=16``; ``pip install 'sipe[timm]'``) or
+        ``module:function`` (your factory, importable from PYTHONPATH, returning a module with four maps
+        at strides 4, 8, 16, 16 and ``out_channels``).
+    weights: null (random init), a local ``.pth``/``.safetensors`` state-dict file (every backbone key
+        must match), a torchvision weights name (ResNets: ``IMAGENET1K_V1``, the paper's) or ``timm``
+        (timm's own pretrained weights, downloaded: needs a network).
+    The training policy (official defaults): ``frozen_stages`` maps whose inputs get no gradient (2: the
+    stem and the first two stages), ``freeze_bn`` batch-norm statistics frozen, ``backbone_lr_mult`` the
+    backbone's lr multiplier (the new layers' is the top-level ``new_lr_mult``, 10x).
+    """
 
     backbone: str = "resnet50"
-    # torchvision weights name (the paper: ImageNet), a local state-dict file, or null (random init).
+    # torchvision weights name (the paper: ImageNet), a local state-dict file, timm, or null (random init).
     weights: str | None = "IMAGENET1K_V1"
     num_classes: int | None = None  # K with background; None = taken from the dataset
+    backbone_options: dict[str, Any] | None = None  # keyword arguments of timm.create_model / your factory
+    frozen_stages: int = 2  # official: stem + stages 1-2 without gradient (the official code detaches stage 2)
+    freeze_bn: bool = True  # official: batch-norm statistics frozen, affine parameters train where the stage does
+    backbone_lr_mult: float = 1.0  # official: the backbone at the base lr
+
+    def __post_init__(self) -> None:
+        backbone_kind(self.backbone)  # raises with the accepted names
+        if not 0 <= self.frozen_stages <= 4:
+            raise ValueError(f"model.frozen_stages must be 0..4, got {self.frozen_stages}")
+
+    def backbone_meta(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild this backbone (:func:`sipe.models.build_sipe` keywords)."""
+        return {"frozen_stages": self.frozen_stages, "freeze_bn": self.freeze_bn,
+                "backbone_options": dict(self.backbone_options or {})}
 
 
 @dataclass

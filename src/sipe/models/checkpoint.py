@@ -2,9 +2,10 @@
 
 A sipe checkpoint is a dict ``{"model": state_dict, "meta": {...}, ...}`` written atomically. The
 ``meta`` entry says what the file holds: ``{"kind": "irn", "backbone", "radius"}`` for IRN,
-``{"model_spec": {...}, "class_names"}`` for a segmentation network, and ``{"config", "class_names"}``
-for SIPE (the authors' ``{"net": ...}`` files, with no meta, are SIPE too). Training checkpoints add
-the optimiser state, step and config (:mod:`sipe.engine`).
+``{"model_spec": {...}, "class_names"}`` for a segmentation network, and ``{"sipe_config", "class_names",
+"backbone", "backbone_kwargs"}`` for SIPE (the registry name and the :func:`sipe.models.build_sipe`
+keywords that rebuild the backbone; the authors' ``{"net": ...}`` files, with no meta, are SIPE too).
+Training checkpoints add the optimiser state, step and config (:mod:`sipe.engine`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sipe.config import MethodConfig
 from sipe.core.sipe_net import SIPENet
 from sipe.io import save_torch
 from sipe.models import build_sipe
@@ -86,8 +88,15 @@ def sipe_model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoin
     cls = state.get("classifier.weight")
     if cls is None:
         raise ValueError(f"{source} has no classifier.weight: not a SIPE checkpoint")
+    stored = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
     try:
-        model = load_into(build_sipe(backbone_name(state), num_classes=cls.shape[0] + 1, weights=None), state)
+        if "backbone" in stored:  # written by sipe train: the registry name and its build options
+            net = build_sipe(stored["backbone"], cls.shape[0] + 1, weights=None, **stored.get("backbone_kwargs", {}))
+        else:  # the authors' checkpoints carry no meta: the ResNet depth is read off the weights
+            net = build_sipe(backbone_name(state), num_classes=cls.shape[0] + 1, weights=None)
+        model = load_into(net, state)
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from exc
+    # The method switches it was trained with (structures, background factor); defaults without them.
+    model.configure(**MethodConfig.from_checkpoint(ckpt).head_options())
     return model.eval(), meta

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenBatchNorm2d", "freeze_batchnorm"]
+__all__ = ["FrozenBatchNorm2d", "freeze_batchnorm", "hold_batchnorm_statistics"]
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
@@ -49,4 +49,15 @@ def freeze_batchnorm(module: nn.Module, train_affine: bool = False) -> nn.Module
             setattr(module, name, frozen)
         else:
             freeze_batchnorm(child, train_affine)
+    return module
+
+
+def hold_batchnorm_statistics(module: nn.Module) -> nn.Module:
+    """Put every batch norm inside ``module`` in eval mode (its statistics stay fixed, its affine
+    parameters still train): the frozen batch norm of networks whose batch-norm layers cannot be
+    swapped for :class:`FrozenBatchNorm2d` (timm's ``BatchNormAct2d`` carries the activation).
+    Call it again after every ``module.train()``. Returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
     return module

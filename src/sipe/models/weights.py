@@ -9,32 +9,47 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sipe.config.common import RESNETS
+
 __all__ = [
     "RESNETS",
     "check_resnet",
     "load_backbone_state_dict",
+    "load_matching_weights",
     "load_resnet_weights",
     "read_state_dict",
     "resnet_pretrained_state",
 ]
 
-# The one table of torchvision ResNets sipe builds: backbone name -> depth (weights enum ResNet{depth}_Weights).
-RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
-def check_resnet(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is one of the torchvision ResNets sipe builds."""
+def check_resnet(name: str, stage: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of the torchvision ResNets sipe builds; ``stage``
+    names a stage that takes ResNets only (IRN, DeepLab), for the message."""
     if name not in RESNETS:
+        if stage is not None and ":" in name:
+            raise ValueError(
+                f"{stage} builds on a torchvision ResNet only, not {name!r} (timm and your own backbones serve "
+                f"SIPE training and IS-CAMs); choose one of {', '.join(RESNETS)}"
+            )
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict of tensors from ``path`` (plain, or under ``model``/``state_dict``/``net``)."""
+    """A state dict of tensors from ``path`` (plain, or under ``model``/``state_dict``/``net``);
+    ``.safetensors`` files are read with the ``safetensors`` package."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass an existing file path")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as e:
+        raise ValueError(f"reading {path} needs the safetensors package: pip install safetensors") from e
     except Exception as e:  # re-raised with the file named
         raise ValueError(f"cannot read weights from {path}: {e}") from e
     for key in ("model", "state_dict", "net"):
@@ -122,3 +137,25 @@ def load_resnet_weights(resnet: nn.Module, name: str, weights: str | os.PathLike
             f"torchvision ResNet state dict of the same depth"
         )
     resnet.load_state_dict(state, strict=False)
+
+
+def load_matching_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> int:
+    """Load ``state`` into ``module``: every key of ``module`` must be in it with the same shape (keys it
+    does not have, such as a classifier's, are ignored). Raises ``ValueError`` with the count of
+    matching keys when some are missing or mis-shaped; returns how many keys were loaded."""
+    # Batch-norm step counters are bookkeeping, not weights: many published files leave them out.
+    own = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    matched = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if len(matched) < len(own):
+        absent = [k for k in own if k not in state]
+        shaped = [k for k in own if k in state and k not in matched]
+        detail = ", ".join(x for x in (
+            f"{len(absent)} missing (e.g. {absent[:3]})" if absent else "",
+            f"{len(shaped)} of another shape (e.g. {shaped[:3]})" if shaped else "",
+        ) if x)
+        raise ValueError(
+            f"{source} match {len(matched)} of the backbone's {len(own)} keys ({detail}); pass weights saved "
+            "from this very architecture (never partly random weights)"
+        )
+    module.load_state_dict(matched, strict=False)
+    return len(matched)

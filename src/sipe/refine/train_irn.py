@@ -60,7 +60,7 @@ class IRNConfig:
     engine: IRNEngineConfig = field(default_factory=IRNEngineConfig)
 
     def __post_init__(self) -> None:
-        check_resnet(self.backbone)
+        check_resnet(self.backbone, "IRN")
         grid = self.crop_size // STRIDE
         if self.crop_size % 16 or grid <= 2 * (self.radius - 1):
             smallest = 16 * (8 * (self.radius - 1) // 16 + 1)
@@ -71,13 +71,14 @@ class IRNConfig:
 
 
 def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = None) -> IRN:
-    """IRN on a torchvision ResNet with strides (2, 2, 2, 1), frozen (statistics included)."""
-    from sipe.models import RESNETS, ResNetBackbone
+    """IRN on a registry ResNet (strides 2, 2, 2, 1), frozen (statistics included).
 
-    check_resnet(backbone)
-    trunk = ResNetBackbone(depth=RESNETS[backbone], weights=weights, strides=(2, 2, 2, 1), frozen_stages=4,
-                           freeze_bn=True)
-    return IRN(trunk)
+    IRN reads the stem's map besides the four stages, which only the torchvision ResNets name
+    (``conv1`` ... ``layer4``), so timm and user backbones are refused with a clear message."""
+    from sipe.models import build_backbone
+
+    check_resnet(backbone, "IRN")
+    return IRN(build_backbone(backbone, weights, frozen_stages=4, freeze_bn=True))
 
 
 def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:

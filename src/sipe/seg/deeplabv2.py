@@ -312,7 +312,7 @@ def build_deeplabv2(
     normalization: ``auto`` = ``caffe`` for deeplab-pytorch weights, else ``imagenet``.
     caffe_resnet: ``None`` = True exactly for deeplab-pytorch weights (see the module docstring).
     """
-    check_resnet(backbone)
+    check_resnet(backbone, "DeepLabV2")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     src = resolve_weights(backbone, weights)

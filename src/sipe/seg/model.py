@@ -81,14 +81,15 @@ def build_deeplab(
     """Build a torchvision DeepLabV3 for ``num_classes`` classes (background included).
 
     backbone: ``resnet50`` / ``resnet101`` (torchvision's ``deeplabv3_resnet50/101`` layout) or the
-        small ``resnet18`` / ``resnet34``.
+        small ``resnet18`` / ``resnet34``: DeepLab dilates a torchvision ResNet to output stride 8 (or
+        16), so the registry's timm and ``module:function`` backbones are refused here.
     weights_backbone: ``None`` (random initialisation), a torchvision weights name such as
         ``"IMAGENET1K_V1"`` (downloaded, or read from the torch hub cache; raises if neither works),
         or a local file holding a ResNet state dict.
     aux: add the FCN auxiliary head on ``layer3`` (returned as ``"aux"``).
     output_stride: 8 (dilated ``layer3`` and ``layer4``, torchvision's choice) or 16 (dilated ``layer4``).
     """
-    check_resnet(backbone)
+    check_resnet(backbone, "DeepLabV3")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     if num_classes < 1:

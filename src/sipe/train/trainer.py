@@ -232,14 +232,16 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
 
     # Seeded so the new layers start the same in every run (and on every rank before DDP's broadcast).
     torch.manual_seed(cfg.engine.seed)
-    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights, **cfg.method.head_options())
+    model = build_sipe(cfg.model.backbone, k, weights=cfg.model.weights, **cfg.model.backbone_meta(),
+                       **cfg.method.head_options())
     if cfg.method.gsc_weight == 0:
         # The side convs feed only the IS-CAM, which no loss then reaches: keep them out of the
         # optimiser (and of DDP's gradient reduction) instead of training them with no signal.
         for side in (model.side1, model.side2, model.side3, model.side4):
             side.requires_grad_(False)
     backbone_params, new_params = model.param_groups()
-    groups = [{"params": backbone_params, "lr_mult": 1.0}, {"params": new_params, "lr_mult": cfg.new_lr_mult}]
+    groups = [{"params": backbone_params, "lr_mult": cfg.model.backbone_lr_mult},
+              {"params": new_params, "lr_mult": cfg.new_lr_mult}]
     save_run_info(out_dir, cfg)
     if is_main_process():
         logger.info("training SIPE on %s (%d images, %d classes)", train_base.source, len(train_base), k)
@@ -247,6 +249,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
         "sipe_config": to_dict(cfg),
         "class_names": list(train_base.class_names),
         "backbone": cfg.model.backbone,
+        "backbone_kwargs": cfg.model.backbone_meta(),  # with "backbone": what sipe_model_from_checkpoint rebuilds
         "num_classes": k,
     }
     step = functools.partial(sipe_step, gsc_weight=cfg.method.gsc_weight)
