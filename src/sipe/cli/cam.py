@@ -6,13 +6,12 @@ import argparse
 import json
 
 from sipe.cli._common import (
-    INPUT_ERROR,
-    USAGE_ERROR,
+    InputError,
     add_dataset_args,
     add_device_arg,
+    add_scales_arg,
     build_dataset_from_args,
     check_dataset_args,
-    fail,
     setup_logging,
 )
 
@@ -23,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a 'sipe train' checkpoint or an official final.pth")
     add_dataset_args(p)
     p.add_argument("--out", required=True, help="output folder (is_cam/, cam/, overlays/ inside)")
-    p.add_argument("--scales", default="1.0,0.5,1.5,2.0", help="comma-separated scales (official default)")
+    add_scales_arg(p, [1.0, 0.5, 1.5, 2.0], "test scales, space-separated (default: 1.0 0.5 1.5 2.0, official)")
     p.add_argument("--no-flip", action="store_true", help="do not fuse the horizontal flip")
     p.add_argument("--format", default="npz", choices=("npz", "npy"),
                    help="npz: compact float16 (default); npy: the official {'keys','IS_CAM'} layout")
@@ -45,22 +44,16 @@ def run(args: argparse.Namespace) -> int:
     from sipe.models.checkpoint import load_checkpoint
 
     setup_logging()
-    try:
-        info = setup_distributed(args.device)
-        check_dataset_args(args)
-    except ValueError as err:  # dataset options that do not fit together, a CUDA device not here
-        return fail("cam", err, USAGE_ERROR)
-    try:
-        dataset = build_dataset_from_args(args, with_masks=False)
-    except (ValueError, FileNotFoundError) as err:  # DatasetError, DatasetRootError and other bad input
-        return fail("cam", err, INPUT_ERROR)
+    check_dataset_args(args)
+    info = setup_distributed(args.device)
+    dataset = build_dataset_from_args(args, with_masks=False)
     model, _ = load_checkpoint(args.checkpoint)
     if model.num_classes != dataset.num_classes:
-        return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
-                    f"has {dataset.num_classes}; use the checkpoint trained on this dataset", INPUT_ERROR)
+        raise InputError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
+                         f"has {dataset.num_classes}; use the checkpoint trained on this dataset")
     model.to(info.device)
     cfg = CamConfig(
-        scales=tuple(float(s) for s in args.scales.split(",")),
+        scales=tuple(args.scales),
         flip=not args.no_flip,
         format=args.format,
         save_cam=args.save_cam,

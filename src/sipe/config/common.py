@@ -63,3 +63,8 @@ class ModelConfig:
     # torchvision weights name (the paper: ImageNet), a local state-dict file, or null (random init).
     weights: str | None = "IMAGENET1K_V1"
     num_classes: int | None = None  # K with background; None = taken from the dataset
+
+    def __post_init__(self) -> None:
+        from sipe.models.weights import check_resnet
+
+        check_resnet(self.backbone)  # at config time, before any model or data is loaded
