@@ -143,7 +143,7 @@ def test_predict_cli_segmentation_checkpoint(seg_model, tmp_path, capsys):
     image = np.asarray(Image.open(single).convert("RGB"))
     assert np.array_equal(np.asarray(Image.open(out / "c.png")), predict_image(model, image, flip=True))
     assert not (out / "overlay").exists()
-    assert main(["predict", "--checkpoint", str(ckpt), "--labels", "cat", "--out", str(out), str(single)]) == 2  # a command-line mistake
+    assert main(["predict", "--checkpoint", str(ckpt), "--labels", "cat", "--out", str(out), str(single)]) == 2
     assert "needs a SIPE checkpoint" in capsys.readouterr().err
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from sipe.config import from_dict
 from sipe.data import SyntheticDataset, generate_synthetic, synthetic_class_names
+from sipe.errors import InputError
 from sipe.io import save_label_png
 from sipe.models import build_sipe
 from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm

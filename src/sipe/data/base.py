@@ -188,7 +188,8 @@ class SegDataset:
             if not keep.any():
                 raise EmptySplitError(
                     f"all {len(names)} images of {source} have no labels, so nothing is left to train or "
-                    "evaluate on. Check the annotations / labels file (or pass skip_unlabeled=False)."
+                    "evaluate on. Check the annotations / labels file (or set data.skip_unlabeled=false, in Python "
+                    "skip_unlabeled=False, to keep them as background-only images)."
                 )
         idx = np.flatnonzero(keep)
         self.names = [str(names[i]) for i in idx]
@@ -197,7 +198,7 @@ class SegDataset:
         self.label_matrix = np.ascontiguousarray(labels[idx])
         if len(self.skipped):
             logger.warning(
-                "%s (pass skip_unlabeled=False to keep unlabeled images as background-only)",
+                "%s (data.skip_unlabeled=false, in Python skip_unlabeled=False, keeps them as background-only)",
                 self.skipped.summary(len(names)) + f" in {source}",
             )
 

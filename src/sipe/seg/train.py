@@ -361,6 +361,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         cfg.engine,
         out_dir,
         val_fn=val_fn,
+        val_name="validation segmentation mIoU",
         meta=meta,
     )
     final = out_dir / "checkpoints" / "final.pt"

@@ -231,7 +231,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
         "num_classes": k,
     }
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), sipe_step, groups, cfg.engine, out_dir,
-        val_fn=val_fn, meta=meta)
+        val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta)
     if is_main_process() and len(train_base.skipped):
         train_base.skipped.log(len(train_base) + len(train_base.skipped))
     final = out_dir / "checkpoints" / "final.pt"
