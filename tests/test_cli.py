@@ -110,7 +110,7 @@ def test_dataset_usage_errors_exit_2_before_reading_anything(tmp_path, capsys):
     assert "sipe seg eval: error: --dataset custom needs --split LABELS_FILE and --mask-dir DIR" in err
     assert main(["refine", "crf", "--dataset", "synthetic", "--root", str(tmp_path), "--mask-dir", "m",
                  "--cam-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "sipe refine: error: --mask-dir applies to --dataset custom only" in capsys.readouterr().err
+    assert "sipe refine crf: error: --mask-dir applies to --dataset custom only" in capsys.readouterr().err
     assert main(["cam", "--checkpoint", missing, "--dataset", "coco", "--root", str(tmp_path), "--class-names", "a",
                  "--out", str(tmp_path / "o")]) == 2
     assert "sipe cam: error: --class-names applies to --dataset voc or custom" in capsys.readouterr().err

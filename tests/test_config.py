@@ -73,7 +73,7 @@ def test_bad_values_are_named(tmp_path):
         load_config(Outer, None, ["inner.amp=3"])
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Outer, _yaml(tmp_path, "- 1\n- 2\n"))
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(Outer, tmp_path / "nope.yaml")
 
 

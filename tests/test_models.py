@@ -7,6 +7,7 @@ import torch
 
 from helpers import TinyBackbone
 from sipe import compat
+from sipe.errors import InputError
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
 from sipe.models.layers import FrozenBatchNorm2d
 
@@ -42,7 +43,7 @@ def test_unreachable_torchvision_weights_never_fall_back_to_random(monkeypatch):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match="resnet18-f37072fd.pth.*refusing to continue with random weights"):
+    with pytest.raises(InputError, match="resnet18-f37072fd.pth.*refusing to continue with random weights"):
         ResNetBackbone(18, weights="IMAGENET1K_V1")
 
 

@@ -143,7 +143,7 @@ def test_predict_cli_segmentation_checkpoint(seg_model, tmp_path, capsys):
     image = np.asarray(Image.open(single).convert("RGB"))
     assert np.array_equal(np.asarray(Image.open(out / "c.png")), predict_image(model, image, flip=True))
     assert not (out / "overlay").exists()
-    assert main(["predict", "--checkpoint", str(ckpt), "--labels", "cat", "--out", str(out), str(single)]) == 1
+    assert main(["predict", "--checkpoint", str(ckpt), "--labels", "cat", "--out", str(out), str(single)]) == 2
     assert "needs a SIPE checkpoint" in capsys.readouterr().err
 
 
@@ -155,7 +155,7 @@ def test_predict_cli_is_cam_with_labels(sipe_model, tmp_path, capsys):
     args = ["predict", str(single), "--checkpoint", str(ckpt), "--out", str(out), "--scales", "1.0"]
     assert main([*args, "--labels", "cat,sofa"]) == 0
     assert set(np.unique(np.asarray(Image.open(out / "c.png")))) <= {0, 1, 3}
-    assert main(args) == 1
+    assert main(args) == 2  # --labels missing: a command-line mistake
     assert "pass the image-level classes with --labels" in capsys.readouterr().err
     assert main([*args, "--labels", "horse"]) == 1
     assert "unknown class 'horse'" in capsys.readouterr().err

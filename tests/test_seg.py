@@ -15,6 +15,7 @@ from torch import nn
 
 from sipe.config import from_dict
 from sipe.data import SyntheticDataset, generate_synthetic, synthetic_class_names
+from sipe.errors import InputError
 from sipe.io import save_label_png
 from sipe.models import build_sipe
 from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm
@@ -70,7 +71,7 @@ def test_pretrained_weights_offline_raise_with_the_way_out(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match="pass its local path") as err:
+    with pytest.raises(InputError, match="pass its local path") as err:
         build_deeplab(3, "resnet18", weights_backbone="IMAGENET1K_V1")
     assert "resnet18-f37072fd.pth" in str(err.value)
     with pytest.raises(ValueError, match="unknown backbone weights"):

@@ -17,8 +17,10 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 
 from sipe import __version__  # noqa: E402
+from sipe.cli._common import INPUT_ERROR, USAGE_ERROR  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,17 +38,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-command parser ``args`` was parsed by (its usage line is the one to show)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _leaf_parser(chosen, args)
+    return parser
+
+
+def exit_status(err: BaseException) -> int | None:
+    """The exit status of a user-facing error, or ``None`` for a bug (shown with its traceback).
+
+    2 (:data:`USAGE_ERROR`): :class:`sipe.errors.UsageError` (``ConfigError``, ``DatasetArgsError``);
+    1 (:data:`INPUT_ERROR`): :class:`sipe.errors.InputError` and every other ``ValueError`` (the
+    library's one-line messages), ``OSError`` (missing, unreadable or unwritable files) and
+    ``ImportError`` (an optional package to install, named in the message).
+    """
+    from sipe.errors import UsageError
+
+    if isinstance(err, UsageError):
+        return USAGE_ERROR
+    if isinstance(err, (ValueError, OSError, ImportError)):
+        return INPUT_ERROR
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``sipe`` command; returns its exit status (0 ok, 1 bad inputs, 2 bad command line or config).
+
+    The one error path of every command: a user-facing error is printed as one line
+    ``sipe COMMAND: error: MESSAGE`` (by rank 0 only under torchrun; the other ranks exit with the
+    same status quietly); anything else is a bug and keeps its traceback. ``SIPE_DEBUG=1`` shows the
+    traceback of every error.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    leaf = _leaf_parser(parser, args)
+    if extras:  # reported with the sub-command's usage line, not the top-level one
+        leaf.error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        leaf.print_help()
+        return USAGE_ERROR
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         result = args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        if main_rank:
+            print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:
+        code = exit_status(err)
+        if code is None:
+            raise
+        if main_rank:
+            if os.environ.get("SIPE_DEBUG") == "1":
+                traceback.print_exc()
+            print(f"{leaf.prog}: error: {err}", file=sys.stderr)
+        return code
     return int(result or 0)
 
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
-import sys
 from typing import Any
+
+from sipe.errors import InputError, UsageError
 
 DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class DatasetArgsError(ValueError):
+__all__ = ["INPUT_ERROR", "USAGE_ERROR", "DatasetArgsError", "InputError", "UsageError"]
+
+
+class DatasetArgsError(UsageError):
     """Dataset options that do not fit together (a usage error; commands exit with status 2)."""
 
 
@@ -79,11 +84,29 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(name: str):
     """The ``torch.device`` of ``--device`` for this process (see :func:`sipe.engine.resolve_device`)."""
-    import os
-
     from sipe.engine import resolve_device as _resolve
 
     return _resolve(name, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _scale(text: str) -> float:
+    if "," in text:
+        raise argparse.ArgumentTypeError(
+            f"scales are separated by spaces in every command: --scales {' '.join(text.split(','))} (not {text!r})"
+        )
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid scale {text!r}; give numbers, e.g. --scales 1.0 0.5") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"scale {text!r} must be > 0")
+    return value
+
+
+def add_scales_arg(parser: argparse.ArgumentParser, default: list[float] | None, help: str) -> None:
+    """``--scales S [S ...]``: test-time scales, space-separated in every command (commas are refused
+    with a message showing the spaced form)."""
+    parser.add_argument("--scales", type=_scale, nargs="+", default=default, metavar="S", help=help)
 
 
 def add_config_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -119,18 +142,16 @@ def print_config(cfg: Any) -> int:
     return 0
 
 
-# Exit statuses, the same for every command: the command line or config is wrong (as argparse
-# itself reports it), or the inputs it names are missing or bad (files, data sets, checkpoints).
+# Exit statuses, the same for every command (mapped from the exception in ``sipe.cli.main``): the
+# command line or config is wrong (as argparse itself reports it), or the inputs it names are
+# missing or bad (files, data sets, checkpoints).
 USAGE_ERROR = 2
 INPUT_ERROR = 1
 
 
-def fail(command: str, err: Exception | str, code: int) -> int:
-    """Report ``err`` on one stderr line as ``sipe COMMAND: error: ...`` and return ``code``
-    (:data:`USAGE_ERROR` or :data:`INPUT_ERROR`)."""
-    print(f"sipe {command}: error: {err}", file=sys.stderr)
-    return code
-
-
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """INFO logging on rank 0; under torchrun the other ranks log warnings and errors only."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if os.environ.get("RANK", "0") != "0":
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

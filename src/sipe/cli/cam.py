@@ -6,13 +6,12 @@ import argparse
 import json
 
 from sipe.cli._common import (
-    INPUT_ERROR,
-    USAGE_ERROR,
+    InputError,
     add_dataset_args,
     add_device_arg,
+    add_scales_arg,
     build_dataset_from_args,
     check_dataset_args,
-    fail,
     setup_logging,
 )
 
@@ -23,9 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a 'sipe train' checkpoint or an official final.pth")
     add_dataset_args(p)
     p.add_argument("--out", required=True, help="output folder (is_cam/, cam/, overlays/ inside)")
-    p.add_argument("--scales", default=None,
-                   help="comma-separated scales (default: the checkpoint's method.cam_scales, "
-                   "officially 1.0,0.5,1.5,2.0)")
+    add_scales_arg(p, None, "test scales, space-separated (default: the checkpoint's method.cam_scales, "
+                   "officially 1.0 0.5 1.5 2.0)")
     p.add_argument("--no-flip", action="store_true", help="do not fuse the horizontal flip")
     p.add_argument("--format", default="npz", choices=("npz", "npy"),
                    help="npz: compact float16 (default); npy: the official {'keys','IS_CAM'} layout")
@@ -48,30 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from sipe.models.checkpoint import load_checkpoint
 
     setup_logging()
-    try:
-        info = setup_distributed(args.device)
-        check_dataset_args(args)
-    except ValueError as err:  # dataset options that do not fit together, a CUDA device not here
-        return fail("cam", err, USAGE_ERROR)
-    try:
-        dataset = build_dataset_from_args(args, with_masks=False)
-    except (ValueError, FileNotFoundError) as err:  # DatasetError, DatasetRootError and other bad input
-        return fail("cam", err, INPUT_ERROR)
-    try:
-        scales = None if args.scales is None else tuple(float(s) for s in args.scales.split(","))
-    except ValueError:
-        return fail("cam", f"--scales takes comma-separated numbers such as 1.0,0.5, got {args.scales!r}", USAGE_ERROR)
-    try:
-        model, meta = load_checkpoint(args.checkpoint)  # with the method switches it was trained with
-    except (ValueError, FileNotFoundError) as err:  # a damaged file, or a backbone that cannot be rebuilt
-        return fail("cam", err, INPUT_ERROR)
+    check_dataset_args(args)
+    info = setup_distributed(args.device)
+    dataset = build_dataset_from_args(args, with_masks=False)
+    model, meta = load_checkpoint(args.checkpoint)  # with the method switches it was trained with
     method = MethodConfig.from_checkpoint(meta)
     if model.num_classes != dataset.num_classes:
-        return fail("cam", f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
-                    f"has {dataset.num_classes}; use the checkpoint trained on this dataset", INPUT_ERROR)
+        raise InputError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but dataset {dataset!r} "
+                         f"has {dataset.num_classes}; use the checkpoint trained on this dataset")
     model.to(info.device)
     cfg = CamConfig(
-        scales=method.cam_scales if scales is None else scales,
+        scales=method.cam_scales if args.scales is None else tuple(args.scales),
         flip=not args.no_flip,
         format=args.format,
         save_cam=args.save_cam,

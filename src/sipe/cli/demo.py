@@ -17,14 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipe.cli._common import USAGE_ERROR, fail, setup_logging
-    from sipe.config import ConfigError, load_config
+    from sipe.cli._common import setup_logging
+    from sipe.config import load_config
     from sipe.demo import DemoConfig, run_demo
 
-    try:
-        cfg = load_config(DemoConfig, args.config, [*args.overrides, f"seed={args.seed}"])
-    except (ConfigError, FileNotFoundError) as err:
-        return fail("demo", err, USAGE_ERROR)
+    cfg = load_config(DemoConfig, args.config, [*args.overrides, f"seed={args.seed}"])
     setup_logging()
     metrics = run_demo(cfg, args.out)
     print(json.dumps(metrics, indent=2))

@@ -6,15 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from sipe.cli._common import (
-    INPUT_ERROR,
-    USAGE_ERROR,
-    DatasetArgsError,
-    add_dataset_args,
-    build_dataset_from_args,
-    fail,
-    setup_logging,
-)
+from sipe.cli._common import INPUT_ERROR, UsageError, add_dataset_args, build_dataset_from_args, setup_logging
 
 
 def register(subparsers: Any) -> None:
@@ -55,18 +47,12 @@ def handler(args: argparse.Namespace) -> int:
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":
-        return fail("eval", "--thresholds applies to --kind cam only", USAGE_ERROR)
+        raise UsageError("--thresholds applies to --kind cam only")
     opts: dict[str, Any] = {"missing": "skip" if args.skip_missing else "error"}
     if args.thresholds is not None:
         opts["thresholds"] = args.thresholds
-    try:
-        dataset = build_dataset_from_args(args, masks_needed=True)
-        report = evaluation.evaluate(args.kind, args.pred, dataset, **opts)
-    except DatasetArgsError as e:
-        return fail("eval", e, USAGE_ERROR)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        # Bad input is reported in one line; the message names the file and the fix.
-        return fail("eval", e, INPUT_ERROR)
+    dataset = build_dataset_from_args(args, masks_needed=True)
+    report = evaluation.evaluate(args.kind, args.pred, dataset, **opts)
     report = {"dataset": args.dataset, "split": str(args.split), "pred": str(args.pred), **report}
     print(evaluation.format_report(report))
     if args.out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sipe.cli._common import INPUT_ERROR, fail
+from sipe.cli._common import InputError
 
 
 def register(subparsers: Any) -> None:
@@ -20,11 +20,10 @@ def register(subparsers: Any) -> None:
             "0.75 and 0.5 by default) and their elementwise-max fusion are folded into the one graph, and the "
             "input normalisation is the checkpoint's own (mean subtraction for deeplab-pytorch weights)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'sipe seg train'")
     p.add_argument("--out", required=True, help="ONNX file to write")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or later)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or later (default: %(default)s)")
     p.add_argument(
         "--dynamo", action="store_true", help="use the torch.export-based exporter (opset 18 or later)"
     )
@@ -38,15 +37,12 @@ def handler(args: argparse.Namespace) -> int:
     from sipe.seg.export import compare_onnx, export_onnx
     from sipe.seg.model import load_seg_checkpoint
 
-    try:
-        model, spec = load_seg_checkpoint(args.checkpoint)
-        path = export_onnx(model, args.out, opset=args.opset, class_names=spec.class_names, dynamo=args.dynamo)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-        return fail("export", e, INPUT_ERROR)
+    model, spec = load_seg_checkpoint(args.checkpoint)
+    path = export_onnx(model, args.out, opset=args.opset, class_names=spec.class_names, dynamo=args.dynamo)
     print(f"wrote {path} (opset {args.opset}, {spec.arch}, {spec.num_classes} classes, backbone {spec.backbone})")
     if args.check:
         diff = compare_onnx(model, path)
         print(f"onnxruntime vs PyTorch: max |difference| = {diff:.3g}")
         if diff > 1e-4:
-            return fail("export", "the ONNX output differs from PyTorch's by more than 1e-4", INPUT_ERROR)
+            raise InputError(f"the ONNX output of {path} differs from PyTorch's by {diff:.3g} (more than 1e-4)")
     return 0

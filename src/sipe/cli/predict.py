@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from sipe.cli._common import INPUT_ERROR, add_device_arg, fail, resolve_device, setup_logging
+from sipe.cli._common import InputError, UsageError, add_device_arg, add_scales_arg, resolve_device, setup_logging
 
 
 def register(subparsers: Any) -> None:
@@ -19,7 +19,6 @@ def register(subparsers: Any) -> None:
             "the mask is the argmax of the multi-scale IS-CAM over the background and the named classes. "
             "Writes OUT/<stem>.png (palette PNG, pixel value = class index) and OUT/overlay/<stem>.jpg."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--checkpoint", required=True, help="segmentation or SIPE checkpoint")
@@ -30,14 +29,13 @@ def register(subparsers: Any) -> None:
         help="SIPE checkpoints without stored class names: the foreground classes in order (a,b,c); "
         "21-class checkpoints default to the VOC classes",
     )
-    p.add_argument("--out", default="predictions", help="output folder")
-    p.add_argument(
-        "--scales", type=float, nargs="+", default=None,
-        help="test scales (default: 1.0; IS-CAM: the checkpoint's method.cam_scales, officially 1.0 0.5 1.5 2.0)"
-    )
+    p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
+    add_scales_arg(p, None, "test scales, space-separated (default: 1.0; IS-CAM: the checkpoint's "
+                   "method.cam_scales, officially 1.0 0.5 1.5 2.0)")
     p.add_argument("--no-flip", action="store_true", help="do not average with the horizontally flipped image")
     p.add_argument("--no-overlay", action="store_true", help="write the label PNGs only")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="overlay opacity of the class colours (default: %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=handler)
 
@@ -56,17 +54,16 @@ def _sipe_class_names(meta: dict, num_classes: int, given: str | None) -> list[s
         print("note: the checkpoint stores no class names; using the 20 VOC classes", file=sys.stderr)
         names = list(VOC_CLASSES)
     else:
-        raise ValueError(
+        raise InputError(
             f"the checkpoint stores no class names and has {num_classes} classes; pass --class-names a,b,c "
             f"({num_classes - 1} foreground classes in training order)"
         )
     if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names (with background) for a {num_classes}-class checkpoint")
+        raise UsageError(f"{len(names)} class names (with background) for a {num_classes}-class checkpoint")
     return names
 
 
 def handler(args: argparse.Namespace) -> int:
-
     from sipe.cams.predict import labels_from_names, predict_paths_is_cam
     from sipe.config import MethodConfig
     from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint
@@ -75,38 +72,35 @@ def handler(args: argparse.Namespace) -> int:
 
     setup_logging()
     flip, overlay = not args.no_flip, not args.no_overlay
-    try:
-        device = resolve_device(args.device)
-        ckpt = read_checkpoint(args.checkpoint, made_by="sipe train' or 'sipe seg train")
-        if checkpoint_kind(ckpt) == "seg":
-            if args.labels is not None:
-                raise ValueError(
-                    "--labels selects IS-CAM masks and needs a SIPE checkpoint; this is a segmentation "
-                    "checkpoint, which predicts every class by itself (drop --labels)"
-                )
-            model, _ = seg_model_from_checkpoint(ckpt, str(args.checkpoint))
-            del ckpt
-            result = predict_paths(
-                model.to(device), args.inputs, args.out, scales=args.scales or (1.0,), flip=flip,
-                overlay=overlay, alpha=args.alpha,
+    device = resolve_device(args.device)
+    ckpt = read_checkpoint(args.checkpoint, made_by="sipe train' or 'sipe seg train")
+    if checkpoint_kind(ckpt) == "seg":
+        if args.labels is not None:
+            raise UsageError(
+                "--labels selects IS-CAM masks and needs a SIPE checkpoint; this is a segmentation "
+                "checkpoint, which predicts every class by itself (drop --labels)"
             )
-        else:
-            if args.labels is None:
-                raise ValueError(
-                    f"{args.checkpoint} is a SIPE checkpoint: pass the image-level classes with --labels cat,sofa "
-                    "(or use a segmentation checkpoint from 'sipe seg train')"
-                )
-            model, meta = sipe_model_from_checkpoint(ckpt, f"checkpoint {args.checkpoint}")
-            del ckpt
-            method = MethodConfig.from_checkpoint(meta)
-            names = _sipe_class_names(meta, model.num_classes, args.class_names)
-            labels = labels_from_names(args.labels.split(","), names)
-            result = predict_paths_is_cam(
-                model.to(device), args.inputs, labels, args.out, scales=args.scales or method.cam_scales, flip=flip,
-                overlay=overlay, alpha=args.alpha,
+        model, _ = seg_model_from_checkpoint(ckpt, str(args.checkpoint))
+        del ckpt
+        result = predict_paths(
+            model.to(device), args.inputs, args.out, scales=args.scales or (1.0,), flip=flip,
+            overlay=overlay, alpha=args.alpha,
+        )
+    else:
+        if args.labels is None:
+            raise UsageError(
+                f"{args.checkpoint} is a SIPE checkpoint: pass the image-level classes with --labels cat,sofa "
+                "(or use a segmentation checkpoint from 'sipe seg train')"
             )
-    except (FileNotFoundError, ValueError) as e:
-        return fail("predict", e, INPUT_ERROR)
+        model, meta = sipe_model_from_checkpoint(ckpt, f"checkpoint {args.checkpoint}")
+        del ckpt
+        method = MethodConfig.from_checkpoint(meta)
+        names = _sipe_class_names(meta, model.num_classes, args.class_names)
+        labels = labels_from_names(args.labels.split(","), names)
+        result = predict_paths_is_cam(
+            model.to(device), args.inputs, labels, args.out, scales=args.scales or method.cam_scales, flip=flip,
+            overlay=overlay, alpha=args.alpha,
+        )
     skipped = f" ({result.skipped.summary()})" if len(result.skipped) else ""
     print(f"wrote {len(result.labels)} masks to {args.out}{skipped}")
     return 0 if result.labels else 1

@@ -6,15 +6,11 @@ import argparse
 import json
 
 from sipe.cli._common import (
-    INPUT_ERROR,
-    USAGE_ERROR,
-    DatasetArgsError,
     add_config_args,
     add_dataset_args,
     add_device_arg,
     build_dataset_from_args,
     config_from_args,
-    fail,
     print_config,
     setup_logging,
 )
@@ -107,55 +103,35 @@ def _report(stats) -> int:
     return 0
 
 
-def _fail(err: Exception) -> int:
-    return fail("refine", err, USAGE_ERROR if isinstance(err, DatasetArgsError) else INPUT_ERROR)
-
-
 def run_crf_regions(args: argparse.Namespace) -> int:
-    from sipe.data import DatasetError, DatasetRootError
     from sipe.refine.crf import make_confident_regions
 
     setup_logging()
-    try:
-        stats = make_confident_regions(_dataset(args), args.cam_dir, args.out, bg_scale=args.bg_scale,
-                                       num_workers=args.workers, overwrite=args.overwrite)
-    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
-        return _fail(err)
+    stats = make_confident_regions(_dataset(args), args.cam_dir, args.out, bg_scale=args.bg_scale,
+                                   num_workers=args.workers, overwrite=args.overwrite)
     return _report(stats)
 
 
 def run_crf(args: argparse.Namespace) -> int:
-    from sipe.data import DatasetError, DatasetRootError
     from sipe.refine.crf import make_crf_labels
 
     setup_logging()
-    try:
-        stats = make_crf_labels(_dataset(args), args.cam_dir, args.out, num_workers=args.workers,
-                                overwrite=args.overwrite)
-    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
-        return _fail(err)
+    stats = make_crf_labels(_dataset(args), args.cam_dir, args.out, num_workers=args.workers,
+                            overwrite=args.overwrite)
     return _report(stats)
 
 
 def run_train_irn(args: argparse.Namespace) -> int:
-    from sipe.config import ConfigError
-    from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import is_main_process
     from sipe.refine.train_irn import IRNConfig, train_irn
 
-    try:
-        cfg = config_from_args(IRNConfig, args)
-    except (ConfigError, FileNotFoundError) as err:
-        return fail("refine", err, USAGE_ERROR)
+    cfg = config_from_args(IRNConfig, args)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
-    try:
-        train_set = _dataset(args)
-        mean_set = _dataset(args, args.mean_split) if args.mean_split is not None else None
-        train_irn(train_set, args.label_dir, args.out, cfg, mean_set=mean_set)
-    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
-        return _fail(err)
+    train_set = _dataset(args)
+    mean_set = _dataset(args, args.mean_split) if args.mean_split is not None else None
+    train_irn(train_set, args.label_dir, args.out, cfg, mean_set=mean_set)
     if is_main_process():
         print(f"IRN weights: {args.out}/irn.pt")
     return 0
@@ -164,23 +140,17 @@ def run_train_irn(args: argparse.Namespace) -> int:
 def run_labels(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import setup_distributed
     from sipe.refine.pseudo import make_pseudo_labels
     from sipe.refine.train_irn import load_irn
 
     setup_logging()
-    try:
-        info = setup_distributed(args.device)
-    except ValueError as err:  # a CUDA device this machine does not have
-        return fail("refine", err, USAGE_ERROR)
+    info = setup_distributed(args.device)
     try:
         model = load_irn(args.irn).to(info.device)
         stats = make_pseudo_labels(model, _dataset(args), args.cam_dir, args.out, beta=args.beta,
                                    exp_times=args.exp_times, radius=args.radius, canvas=args.canvas,
                                    overwrite=args.overwrite)
-    except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError, ValueError) as err:
-        return _fail(err)
     finally:
         if info.distributed:
             dist.barrier()

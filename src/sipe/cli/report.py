@@ -31,35 +31,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipe.cli._common import INPUT_ERROR, USAGE_ERROR, DatasetArgsError, build_dataset_from_args, fail
+    from sipe.cli._common import UsageError, build_dataset_from_args
 
     if args.num_images < 0 or args.max_side < 16:
-        return fail("report", "--num-images must be >= 0 and --max-side >= 16", USAGE_ERROR)
+        raise UsageError("--num-images must be >= 0 and --max-side >= 16")
     given = [o for o in ("dataset", "root", "split") if getattr(args, o) is not None]
     if given and len(given) < 3:
         missing = ", ".join(f"--{o}" for o in ("dataset", "root", "split") if getattr(args, o) is None)
-        return fail("report", f"--dataset, --root and --split go together; add {missing}", USAGE_ERROR)
+        raise UsageError(f"--dataset, --root and --split go together; add {missing}")
     if not given and (args.class_names or args.mask_dir):
-        return fail("report", "--class-names and --mask-dir need --dataset, --root and --split", USAGE_ERROR)
+        raise UsageError("--class-names and --mask-dir need --dataset, --root and --split")
 
     from sipe.cli._common import setup_logging
-    from sipe.data import DatasetError
-    from sipe.report import ReportError, write_report_html
+    from sipe.report import write_report_html
 
     setup_logging()
-    dataset = None
-    try:
-        if given:
-            dataset = build_dataset_from_args(args)
-    except DatasetArgsError as err:
-        return fail("report", err, USAGE_ERROR)
-    except (DatasetError, FileNotFoundError) as err:
-        return fail("report", err, INPUT_ERROR)
-    try:
-        path = write_report_html(args.run_dir, args.out, dataset=dataset, cam_dir=args.cam_dir,
-                                 pseudo_dir=args.pseudo_dir, seg_dir=args.seg_dir, num_images=args.num_images,
-                                 max_side=args.max_side)
-    except (ReportError, DatasetError, FileNotFoundError, ValueError) as err:
-        return fail("report", err, INPUT_ERROR)
+    dataset = build_dataset_from_args(args) if given else None
+    path = write_report_html(args.run_dir, args.out, dataset=dataset, cam_dir=args.cam_dir,
+                             pseudo_dir=args.pseudo_dir, seg_dir=args.seg_dir, num_images=args.num_images,
+                             max_side=args.max_side)
     print(f"wrote {path}; open it in a browser: file://{path.resolve()}")
     return 0

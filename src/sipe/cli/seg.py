@@ -6,16 +6,15 @@ import argparse
 from typing import Any
 
 from sipe.cli._common import (
-    INPUT_ERROR,
-    USAGE_ERROR,
-    DatasetArgsError,
+    InputError,
+    UsageError,
     add_config_args,
     add_dataset_args,
     add_device_arg,
+    add_scales_arg,
     build_dataset_from_args,
     check_dataset_args,
     config_from_args,
-    fail,
     print_config,
     resolve_device,
     setup_logging,
@@ -42,9 +41,9 @@ def register(subparsers: Any) -> None:
             "'pseudo_labels=runs/voc/pseudo engine.lr=0.007 model.backbone=resnet50'. Rerunning the same command "
             "resumes an interrupted run; launch with torchrun for several GPUs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--out", default="runs/seg", help="run folder (checkpoints/, tb/, config.yaml)")
+    t.add_argument("--out", default="runs/seg",
+                   help="run folder: checkpoints/, tb/, config.yaml (default: %(default)s)")
     add_config_args(t, "SegTrainConfig")
     t.set_defaults(func=train_handler)
 
@@ -55,11 +54,10 @@ def register(subparsers: Any) -> None:
             "Per-class IoU, precision, recall and mIoU of a segmentation checkpoint on a split with ground-truth "
             "masks, with optional multi-scale + flip test-time augmentation and dense-CRF post-processing."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     e.add_argument("--checkpoint", required=True, help="checkpoint written by 'sipe seg train'")
     add_dataset_args(e, split_default="val", masks_needed=True)
-    e.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (e.g. 0.5 0.75 1.0 1.25)")
+    add_scales_arg(e, [1.0], "test scales, space-separated, e.g. 0.5 0.75 1.0 1.25 (default: 1.0)")
     e.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     e.add_argument(
         "--crf", action="store_true",
@@ -70,7 +68,7 @@ def register(subparsers: Any) -> None:
         "--crf-param", action="append", default=[], metavar="KEY=VALUE",
         help="override a CRF parameter (iter_max=10 pos_w=3 pos_xy_std=1 bi_w=4 bi_xy_std=67 bi_rgb_std=3); repeatable",
     )
-    e.add_argument("--workers", type=int, default=2, help="image-decoding workers")
+    e.add_argument("--workers", type=int, default=2, help="image-decoding workers (default: %(default)s)")
     e.add_argument("--out", default=None, help="also write the report as JSON to this file")
     add_device_arg(e)
     e.set_defaults(func=eval_handler)
@@ -78,20 +76,13 @@ def register(subparsers: Any) -> None:
 
 
 def train_handler(args: argparse.Namespace) -> int:
-    from sipe.config import ConfigError
     from sipe.seg.train import SegTrainConfig, train_seg
 
-    try:
-        cfg = config_from_args(SegTrainConfig, args)
-    except (ConfigError, FileNotFoundError) as e:
-        return fail("seg train", e, USAGE_ERROR)
+    cfg = config_from_args(SegTrainConfig, args)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
-    try:
-        path = train_seg(cfg, args.out)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        return fail("seg train", e, INPUT_ERROR)
+    path = train_seg(cfg, args.out)
     print(f"checkpoint: {path}")
     return 0
 
@@ -102,32 +93,24 @@ def eval_handler(args: argparse.Namespace) -> int:
     from sipe.seg.model import load_seg_checkpoint
 
     setup_logging()
-    try:
-        crf_params = parse_crf_params(args.crf_param)
-    except ValueError as e:
-        return fail("seg eval", e, USAGE_ERROR)
-    try:
-        check_dataset_args(args, masks_needed=True)  # before the (slow) checkpoint load
-        device = resolve_device(args.device)
-        model, spec = load_seg_checkpoint(args.checkpoint)
-        model.to(device)
-        kw = {}
-        if args.dataset in ("voc", "custom") and spec.class_names:
-            # The model's class list, not the one a VOC default or a custom labels file would give.
-            kw["class_names"] = list(spec.class_names)
-        dataset = build_dataset_from_args(args, masks_needed=True, **kw)
-        if spec.class_names and list(spec.class_names) != list(dataset.class_names):
-            raise ValueError(
-                f"{args.checkpoint} was trained for classes {spec.class_names}, the dataset has "
-                f"{list(dataset.class_names)}"
-            )
-        report = evaluate_seg(
-            model, dataset, args.scales, args.flip, args.crf, crf_params=crf_params, num_workers=args.workers
+    crf_params = parse_crf_params(args.crf_param)
+    check_dataset_args(args, masks_needed=True)  # before the (slow) checkpoint load
+    device = resolve_device(args.device)
+    model, spec = load_seg_checkpoint(args.checkpoint)
+    model.to(device)
+    kw = {}
+    if args.dataset in ("voc", "custom") and spec.class_names:
+        # The model's class list, not the one a VOC default or a custom labels file would give.
+        kw["class_names"] = list(spec.class_names)
+    dataset = build_dataset_from_args(args, masks_needed=True, **kw)
+    if spec.class_names and list(spec.class_names) != list(dataset.class_names):
+        raise InputError(
+            f"{args.checkpoint} was trained for classes {spec.class_names}, the dataset has "
+            f"{list(dataset.class_names)}"
         )
-    except DatasetArgsError as e:
-        return fail("seg eval", e, USAGE_ERROR)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        return fail("seg eval", e, INPUT_ERROR)
+    report = evaluate_seg(
+        model, dataset, args.scales, args.flip, args.crf, crf_params=crf_params, num_workers=args.workers
+    )
     report = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint), **report}
     print(evaluation.format_report(report))
     if args.out:
@@ -137,7 +120,7 @@ def eval_handler(args: argparse.Namespace) -> int:
 
 
 def parse_crf_params(items: list[str]):
-    """``["bi_w=5", ...]`` -> :class:`sipe.seg.dense_crf.DenseCRFParams` (``ValueError`` on a bad item)."""
+    """``["bi_w=5", ...]`` -> :class:`sipe.seg.dense_crf.DenseCRFParams` (``UsageError`` on a bad item)."""
     import dataclasses
 
     from sipe.seg.dense_crf import DenseCRFParams
@@ -147,9 +130,9 @@ def parse_crf_params(items: list[str]):
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:
-            raise ValueError(f"--crf-param {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+            raise UsageError(f"--crf-param {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
         try:
             values[key] = int(text) if key == "iter_max" else float(text)
         except ValueError:
-            raise ValueError(f"--crf-param {item!r}: {text!r} is not a number") from None
+            raise UsageError(f"--crf-param {item!r}: {text!r} is not a number") from None
     return DenseCRFParams(**values)

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sipe.cli._common import (
-    INPUT_ERROR,
-    USAGE_ERROR,
-    add_config_args,
-    config_from_args,
-    fail,
-    print_config,
-    setup_logging,
-)
+from sipe.cli._common import add_config_args, config_from_args, print_config, setup_logging
 
 EPILOG = """\
 examples:
@@ -40,23 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipe.config import ConfigError
-    from sipe.data import DatasetError, DatasetRootError
     from sipe.engine import is_main_process
-    from sipe.models.registry import BackboneError
     from sipe.train import SIPETrainConfig, train_sipe
 
-    try:
-        cfg = config_from_args(SIPETrainConfig, args)
-    except (ConfigError, FileNotFoundError) as err:
-        return fail("train", err, USAGE_ERROR)
+    cfg = config_from_args(SIPETrainConfig, args)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
-    try:
-        path = train_sipe(cfg, args.out)
-    except (DatasetError, DatasetRootError, BackboneError) as err:  # BackboneError: weights file, contract
-        return fail("train", err, INPUT_ERROR)
+    path = train_sipe(cfg, args.out)
     if is_main_process():
         print(f"checkpoint: {path}")
     return 0

@@ -70,6 +70,7 @@ class DataConfig:
     mask_dir: str | None = None  # custom: folder of ground-truth masks for validation
     cache_dir: str | None = None  # label / mask caches (default: inside the dataset root, else ~/.cache)
     min_size: int = STRIDE  # images with a shorter side are skipped (logged with a count)
+    skip_unlabeled: bool = True  # false: images without labels are kept as background-only images
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from sipe import __version__
+from sipe.errors import UsageError
 from sipe.io import write_text
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ T = TypeVar("T")
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "save_run_info", "git_commit"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration key or value that does not fit the configuration dataclass."""
 
 
@@ -242,7 +243,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML file")
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:

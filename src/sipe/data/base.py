@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
+
+from sipe.errors import InputError
 
 from .image import ImageReadError, image_size, read_image, read_mask
 
@@ -30,7 +31,7 @@ __all__ = [
 logger = logging.getLogger("sipe.data")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset that cannot be used as given; the message names the file and the fix."""
 
 
@@ -135,7 +136,7 @@ class SkipCounter:
             self._log.log(level, self.summary(total))
 
 
-class SegDataset(Dataset):
+class SegDataset:
     """Images with image-level labels and optional ground-truth masks.
 
     Items are dicts: ``image`` (H, W, 3) uint8 RGB, ``labels`` (K-1,) float32 multi-hot over the
@@ -187,7 +188,8 @@ class SegDataset(Dataset):
             if not keep.any():
                 raise EmptySplitError(
                     f"all {len(names)} images of {source} have no labels, so nothing is left to train or "
-                    "evaluate on. Check the annotations / labels file (or pass skip_unlabeled=False)."
+                    "evaluate on. Check the annotations / labels file (or set data.skip_unlabeled=false, in Python "
+                    "skip_unlabeled=False, to keep them as background-only images)."
                 )
         idx = np.flatnonzero(keep)
         self.names = [str(names[i]) for i in idx]
@@ -196,7 +198,7 @@ class SegDataset(Dataset):
         self.label_matrix = np.ascontiguousarray(labels[idx])
         if len(self.skipped):
             logger.warning(
-                "%s (pass skip_unlabeled=False to keep unlabeled images as background-only)",
+                "%s (data.skip_unlabeled=false, in Python skip_unlabeled=False, keeps them as background-only)",
                 self.skipped.summary(len(names)) + f" in {source}",
             )
 

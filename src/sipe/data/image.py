@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sipe import io as sio
+from sipe.errors import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 _EXIF_ORIENTATION = 0x0112
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image or mask file that cannot be read (missing, corrupt, truncated, unsupported)."""
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sipe.errors import UsageError
+
 __all__ = [
     "DEVICE_CHOICES",
     "DistInfo",
@@ -56,15 +58,15 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use {DEVICE_CHOICES}") from None
+        raise UsageError(f"unknown device {device!r}; use {DEVICE_CHOICES}") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device {device!r} needs CUDA, which is not available here; use cpu or auto")
+            raise UsageError(f"device {device!r} needs CUDA, which is not available here; use cpu or auto")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % count)
         elif dev.index >= count:
-            raise ValueError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
+            raise UsageError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
     return dev
 
 

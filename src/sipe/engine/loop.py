@@ -73,6 +73,7 @@ def fit(
     out_dir: str | os.PathLike,
     *,
     val_fn: Callable[[nn.Module], float] | None = None,
+    val_name: str = "validation score",
     collate_fn: Callable | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> nn.Module:
@@ -84,6 +85,7 @@ def fit(
     Writes ``out_dir/checkpoints/{last,best,final}.pt`` atomically and TensorBoard scalars to
     ``out_dir/tb``; resumes from ``last.pt`` when ``cfg.resume`` and it exists. ``meta`` (plain
     data, e.g. the full run config and class names) is stored in every checkpoint under ``"meta"``.
+    ``val_name`` says in the log what ``val_fn`` measures (e.g. "validation IS-CAM mIoU").
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -178,7 +180,7 @@ def fit(
                 best_score = score
                 checkpoint("best.pt", full=False, score=score)
             (bar.write if bar is not None else print)(
-                f"step {step}: validation score {score:.4f} (best {best_score:.4f})"
+                f"step {step}: {val_name} {score:.4f} (best {best_score:.4f})"
             )
         barrier(info)
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from sipe.errors import InputError, UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: configs check backbone names before torch loads
+    import torch
+    from torch import nn
 
 from sipe.config.common import RESNETS
 
@@ -24,20 +28,22 @@ __all__ = [
 
 
 def check_resnet(name: str, stage: str | None = None) -> None:
-    """Raise ``ValueError`` unless ``name`` is one of the torchvision ResNets sipe builds; ``stage``
-    names a stage that takes ResNets only (IRN, DeepLab), for the message."""
+    """Raise :class:`sipe.errors.UsageError` unless ``name`` is one of the torchvision ResNets sipe builds;
+    ``stage`` names a stage that takes ResNets only (IRN, DeepLab), for the message."""
     if name not in RESNETS:
         if stage is not None and ":" in name:
-            raise ValueError(
+            raise UsageError(
                 f"{stage} builds on a torchvision ResNet only, not {name!r} (timm and your own backbones serve "
                 f"SIPE training and IS-CAMs); choose one of {', '.join(RESNETS)}"
             )
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+        raise UsageError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict of tensors from ``path`` (plain, or under ``model``/``state_dict``/``net``);
     ``.safetensors`` files are read with the ``safetensors`` package."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass an existing file path")
@@ -85,6 +91,7 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
     cache) or a local file holding a ResNet state dict (see :func:`load_backbone_state_dict`).
     Raises instead of ever continuing with random weights.
     """
+    import torch
     import torchvision
 
     check_resnet(name)
@@ -112,7 +119,7 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
             state = chosen.get_state_dict(progress=True, check_hash=True)
         except Exception as e:  # network or cache failures vary by platform; re-raised with the way out
             hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-            raise RuntimeError(
+            raise InputError(
                 f"could not fetch the pretrained weights {chosen} from {chosen.url} ({type(e).__name__}: {e}). "
                 f"This machine may be offline: download that file elsewhere and pass its local path as the "
                 f"weights option (/path/to/{Path(chosen.url).name}) or put it in {hub_dir}; refusing to continue "

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sipe.errors import InputError
 
-class ReportError(ValueError):
+
+class ReportError(InputError):
     """A run folder or one of its files that cannot be reported on (names the file and the fix)."""
 
 

@@ -28,6 +28,7 @@ from sipe.data.image import read_mask
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
 from sipe.models.layers import freeze_batchnorm
+from sipe.models.weights import check_resnet
 from sipe.seg.model import SegModelSpec, build_deeplab, input_normalization
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class SegModelConfig:
     aux: bool = False  # FCN auxiliary head on layer3
     freeze_bn: bool = False  # backbone batch norm frozen at its pretrained statistics (small batches)
     sync_bn: bool = True  # SyncBatchNorm across processes under torchrun (CUDA only)
+
+    def __post_init__(self) -> None:
+        check_resnet(self.backbone)  # at config time, before any model or data is loaded
 
 
 @dataclass
@@ -357,6 +361,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         cfg.engine,
         out_dir,
         val_fn=val_fn,
+        val_name="validation segmentation mIoU",
         meta=meta,
     )
     final = out_dir / "checkpoints" / "final.pt"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sipe.config import STRIDE, AugConfig, DataConfig, MethodConfig, ModelConfig, save_run_info, to_dict
+from sipe.config import STRIDE, AugConfig, ConfigError, DataConfig, MethodConfig, ModelConfig, save_run_info, to_dict
 from sipe.data import dataset_from_config
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
 
@@ -215,7 +215,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
     train_base.drop_small(cfg.data.min_size)
     k = train_base.num_classes
     if cfg.model.num_classes is not None and cfg.model.num_classes != k:
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but the dataset {train_base.source} has {k} classes "
             "(background included); drop model.num_classes or fix it"
         )
@@ -254,7 +254,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
     }
     step = functools.partial(sipe_step, gsc_weight=cfg.method.gsc_weight)
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
-        val_fn=val_fn, meta=meta)
+        val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta)
     if is_main_process() and len(train_base.skipped):
         train_base.skipped.log(len(train_base) + len(train_base.skipped))
     final = out_dir / "checkpoints" / "final.pt"
