@@ -80,36 +80,18 @@ def export_onnx(
     with sio.atomic_path(path) as tmp:
         onnx_tmp = tmp.with_suffix(".onnx")
         try:
+            common = {"opset_version": opset, "input_names": ["image"], "output_names": ["logits"]}
             if dynamo:
                 dim = torch.export.Dim
-                torch.onnx.export(
-                    wrapper,
-                    (sample,),
-                    str(onnx_tmp),
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=["image"],
-                    output_names=["logits"],
-                    dynamic_shapes={"image": {0: dim("batch"), 2: dim("height", min=8), 3: dim("width", min=8)}},
-                    external_data=False,
-                )
+                shapes = {"image": {0: dim("batch"), 2: dim("height", min=8), 3: dim("width", min=8)}}
+                torch.onnx.export(wrapper, (sample,), str(onnx_tmp), dynamo=True, dynamic_shapes=shapes,
+                                  external_data=False, **common)
             else:
+                axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ("image", "logits")}
                 with warnings.catch_warnings():
                     # The TorchScript exporter is deprecated upstream but is the one that writes opset 17.
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    torch.onnx.export(
-                        wrapper,
-                        (sample,),
-                        str(onnx_tmp),
-                        dynamo=False,
-                        opset_version=opset,
-                        input_names=["image"],
-                        output_names=["logits"],
-                        dynamic_axes={
-                            "image": {0: "batch", 2: "height", 3: "width"},
-                            "logits": {0: "batch", 2: "height", 3: "width"},
-                        },
-                    )
+                    torch.onnx.export(wrapper, (sample,), str(onnx_tmp), dynamo=False, dynamic_axes=axes, **common)
             proto = onnx.load(str(onnx_tmp))
         finally:
             if onnx_tmp.exists():
