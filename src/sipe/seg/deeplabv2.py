@@ -16,6 +16,10 @@ the first block of each dilated stage at the stage's rate;
 :func:`build_deeplabv2` maps their keys, flips the first convolution to RGB and builds that
 variant (``caffe_resnet``), with the ``caffe`` input normalisation, so the network computes what
 the file was trained to compute.
+
+One module over ~350 lines on purpose: the network, the deeplab-pytorch key mapping, the builder
+that picks the variant from the weights, the MSC loss and the recipe's parameter groups are one
+recipe; split, each part would need the others' conventions to be read.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ label, cross-entropy ignoring 255, SGD with momentum 0.9 and poly decay, the new
 ``head_lr_mult`` x the backbone's learning rate. Batch norm: plain, frozen (for small per-GPU
 batches on a pretrained backbone), or synchronised across GPUs under torchrun.
 Everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) comes from ``sipe.engine``.
+Slightly over ~350 lines: the stage's config sections, its pseudo-label dataset and the model
+preparation for both architectures are read together; none is used by another stage.
 """
 
 from __future__ import annotations
