@@ -189,13 +189,13 @@ def test_switches_are_stored_in_the_checkpoint_and_sipe_cam_uses_them(tmp_path, 
                "--split", str(csv), "--out", str(out), "--workers", "0", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     model, _ = load_checkpoint(final)
-    assert (model.infer_structure, model.bg_scale) == ("hierarchical", 0.5)  # the bare loader: defaults
-    model.configure(infer_structure="backbone", bg_scale=0.3)
+    assert (model.infer_structure, model.bg_scale) == ("backbone", 0.3)  # the loader applies the stored switches
     ds = build_dataset("custom", str(tmp_path / "photos"), str(csv))
     keys, maps = multiscale_is_cam(prepare_for_inference(model), ds.read_image(1), ds.get_labels(1), scales=(1.0,))
     f = read_cam_file(out / "is_cam" / f"{ds.names[1]}.npz")
     np.testing.assert_array_equal(f.keys, keys)
     np.testing.assert_allclose(f.maps.astype(np.float32), maps, atol=1e-3)  # float16 on disk
-    _, official = multiscale_is_cam(prepare_for_inference(load_checkpoint(final)[0]), ds.read_image(1),
-                                    ds.get_labels(1))
+    official_model = load_checkpoint(final)[0]
+    official_model.configure(infer_structure="hierarchical", bg_scale=0.5)  # the official switches
+    _, official = multiscale_is_cam(prepare_for_inference(official_model), ds.read_image(1), ds.get_labels(1))
     assert not np.allclose(official, maps, atol=1e-2)  # the stored switches made a difference
