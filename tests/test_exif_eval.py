@@ -68,7 +68,7 @@ def test_rotated_photo_gives_upright_is_cams_masks_and_predictions(tiny_checkpoi
 
     out = tmp_path / "cams"
     common = ["--dataset", "custom", "--root", str(photos), "--split", str(photos / "labels.csv")]
-    rc = main(["cam", "--checkpoint", str(tiny_checkpoint), *common, "--out", str(out), "--scales", "1.0,0.5",
+    rc = main(["cam", "--checkpoint", str(tiny_checkpoint), *common, "--out", str(out), "--scales", "1.0", "0.5",
                "--workers", "0", "--device", "cpu", "--save-cam"])
     assert rc == 0, capsys.readouterr().err
     f = read_cam_file(out / "is_cam" / "phone.npz")
