@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from sipe.cams.generate import CamConfig, generate_cams
+    from sipe.config import STRIDE
     from sipe.engine import setup_distributed
     from sipe.models.checkpoint import load_checkpoint
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("cam", err, USAGE_ERROR)
     try:
         dataset = build_dataset_from_args(args, with_masks=False)
+        dataset.drop_small(STRIDE)  # every image decoded once (cached); bad ones skipped by name
     except (ValueError, FileNotFoundError) as err:  # DatasetError, DatasetRootError and other bad input
         return fail("cam", err, INPUT_ERROR)
     model, _ = load_checkpoint(args.checkpoint)
@@ -74,4 +76,7 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     print(json.dumps({"rank": info.rank, **{k: v for k, v in summary.items() if k != "skipped_names"}}))
+    if not summary["written"] and not summary["existing"]:
+        return fail("cam", f"no IS-CAM written to {args.out}: every image was skipped (listed in "
+                    f"{args.out}/skipped.tsv)", INPUT_ERROR)
     return 0

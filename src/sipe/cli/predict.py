@@ -104,6 +104,9 @@ def handler(args: argparse.Namespace) -> int:
             )
     except (FileNotFoundError, ValueError) as e:
         return fail("predict", e, INPUT_ERROR)
-    skipped = f" ({result.skipped.summary()})" if len(result.skipped) else ""
+    if not result.labels:
+        return fail("predict", f"no mask written to {args.out}: {result.skipped.summary()} (listed in "
+                    f"{args.out}/skipped.tsv)", INPUT_ERROR)
+    skipped = f" ({result.skipped.summary()}, listed in {args.out}/skipped.tsv)" if len(result.skipped) else ""
     print(f"wrote {len(result.labels)} masks to {args.out}{skipped}")
-    return 0 if result.labels else 1
+    return 0
