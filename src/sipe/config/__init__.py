@@ -7,6 +7,7 @@ from sipe.config.loader import (
     from_dict,
     git_commit,
     load_config,
+    numerics_info,
     save_run_info,
     to_dict,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "from_dict",
     "git_commit",
     "load_config",
+    "numerics_info",
     "save_run_info",
     "to_dict",
 ]
