@@ -145,3 +145,17 @@ def test_predict_skips_bad_images_by_name_and_fails_when_nothing_is_written(tmp_
     err = capsys.readouterr().err
     assert "no mask written" in err and "skipped.tsv" in err and "Traceback" not in err
     assert set(_tsv(out2 / "skipped.tsv")) == {"t.jpg", "one.png"}
+
+
+def test_refine_jobs_skip_bad_images_by_name(tmp_path):
+    from sipe.refine._runner import run_label_job
+
+    root = _photos(tmp_path / "photos", n_good=2)
+    ds = build_dataset("custom", root, "labels.csv")
+    out = tmp_path / "regions"
+    stats = run_label_job(ds, lambda item: np.zeros(item["image"].shape[:2], np.uint8), out, num_workers=0)
+    assert (stats.written, stats.skipped, len(stats.bad)) == (2, 0, 2)
+    assert sorted(p.name for p in out.glob("*.png")) == ["g0.png", "g1.png"]
+    rows = _tsv(out / "skipped.tsv")
+    assert {n: r["reason"] for n, r in rows.items()} == {"trunc": "unreadable", "tiny": "too small"}
+    assert rows["tiny"]["path"] == str(root / "tiny.png")

@@ -102,8 +102,12 @@ def _dataset(args: argparse.Namespace, split: str | None = None):
     return build_dataset_from_args(args, with_masks=False)
 
 
-def _report(stats) -> int:
-    print(json.dumps({"written": stats.written, "skipped_existing": stats.skipped}))
+def _report(stats, out: str, **extra: int) -> int:
+    print(json.dumps({**extra, "written": stats.written, "skipped_existing": stats.skipped,
+                      "skipped_bad": len(stats.bad)}))
+    if stats.bad and not stats.written and not stats.skipped:
+        return fail("refine", f"nothing written to {out}: {stats.bad.summary()} (listed in {out}/skipped.tsv)",
+                    INPUT_ERROR)
     return 0
 
 
@@ -121,7 +125,7 @@ def run_crf_regions(args: argparse.Namespace) -> int:
                                        num_workers=args.workers, overwrite=args.overwrite)
     except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
         return _fail(err)
-    return _report(stats)
+    return _report(stats, args.out)
 
 
 def run_crf(args: argparse.Namespace) -> int:
@@ -134,7 +138,7 @@ def run_crf(args: argparse.Namespace) -> int:
                                 overwrite=args.overwrite)
     except (DatasetArgsError, DatasetError, DatasetRootError, FileNotFoundError) as err:
         return _fail(err)
-    return _report(stats)
+    return _report(stats, args.out)
 
 
 def run_train_irn(args: argparse.Namespace) -> int:
@@ -185,5 +189,4 @@ def run_labels(args: argparse.Namespace) -> int:
         if info.distributed:
             dist.barrier()
             dist.destroy_process_group()
-    print(json.dumps({"rank": info.rank, "written": stats.written, "skipped_existing": stats.skipped}))
-    return 0
+    return _report(stats, args.out, rank=info.rank)

@@ -311,8 +311,13 @@ def fit(
 
                 epoch_end = step % spe == 0
                 timed = cfg.ckpt_minutes > 0 and time.monotonic() - t_ckpt >= 60.0 * cfg.ckpt_minutes
-                if stop.requested:
-                    raise KeyboardInterrupt(stop.requested)
+                requested = stop.requested is not None
+                if info.distributed:  # every rank stops after the same step, or the others would hang
+                    flag = torch.tensor([float(requested)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    requested = bool(flag.item())
+                if requested:
+                    raise KeyboardInterrupt(stop.requested or "stop requested on another rank")
                 if timed or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or (not cfg.ckpt_every and epoch_end):
                     checkpoint("last.pt", full=True)
                     t_ckpt = time.monotonic()
