@@ -159,3 +159,42 @@ def test_refine_jobs_skip_bad_images_by_name(tmp_path):
     rows = _tsv(out / "skipped.tsv")
     assert {n: r["reason"] for n, r in rows.items()} == {"trunc": "unreadable", "tiny": "too small"}
     assert rows["tiny"]["path"] == str(root / "tiny.png")
+
+
+@pytest.mark.slow
+def test_sigterm_to_sipe_train_saves_last_and_the_rerun_finishes_the_same_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    root = _photos(tmp_path / "photos")
+    common = [
+        "data.kind=custom", f"data.root={root}", "data.split=labels.csv", "data.val_split=null",
+        "model.backbone=resnet18", "model.weights=null", "aug.resize_long=[48, 64]", "aug.crop_size=32",
+        "engine.batch_size=4", "engine.epochs=15", "engine.ckpt_every=1", "engine.num_workers=0",
+        "engine.progress=false", "engine.device=cpu",
+    ]  # fmt: skip
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sipe", "train", "--out", str(run), *common], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in out + err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    step = torch.load(last, weights_only=False)["step"]
+    assert 1 <= step < 30
+    assert main(["train", "--out", str(run), *common]) == 0  # resumes at `step`
+    a = torch.load(tmp_path / "full" / "checkpoints" / "final.pt", weights_only=False)["model"]
+    b = torch.load(run / "checkpoints" / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
