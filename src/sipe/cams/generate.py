@@ -78,12 +78,14 @@ class _ScaledInputs(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         idx = self.indices[i]
         name = self.dataset.names[idx]
+        # Datasets other than sipe.data's may not know their files.
+        path = str(self.dataset.image_path(idx)) if hasattr(self.dataset, "image_path") else ""
         try:
             image = self.dataset.read_image(idx)
-            check_min_size(image, STRIDE, name=str(self.dataset.image_path(idx)))
+            check_min_size(image, STRIDE, name=path or name)
         except ImageReadError as err:
             reason = "too small" if isinstance(err, ImageTooSmallError) else "unreadable"
-            return {"name": name, "error": str(err), "reason": reason, "path": str(self.dataset.image_path(idx))}
+            return {"name": name, "error": str(err), "reason": reason, "path": path}
         return {
             "name": name,
             "image": image,
