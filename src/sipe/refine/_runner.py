@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sipe.config import STRIDE
 from sipe.data.base import SKIPPED_FILE, SkipCounter
-from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size
+from sipe.data.image import ImageReadError
 from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.io import save_label_png
 
@@ -25,7 +24,7 @@ Job = Callable[[dict[str, Any]], np.ndarray]
 @dataclass
 class RunStats:
     """What a run over a dataset did: images written, images skipped (output present), and the
-    images that could not be used (``bad``: unreadable or smaller than the stride, with reasons)."""
+    images that could not be decoded (``bad``, with reasons)."""
 
     written: int = 0
     skipped: int = 0
@@ -71,12 +70,10 @@ def _process(index: int) -> bool | tuple[str, str, str, str]:
         return False
     try:
         item = dataset[index]
-        check_min_size(item["image"], STRIDE, name=item["name"])
     except ImageReadError as err:
         name = names[index] if names is not None else str(index)
         path = dataset.image_path(index) if hasattr(dataset, "image_path") else ""
-        reason = "too small" if isinstance(err, ImageTooSmallError) else "unreadable"
-        return (name, reason, str(err), str(path))
+        return (name, "unreadable", str(err), str(path))
     path = out_dir / f"{item['name']}.png"
     if path.exists() and not overwrite:
         return False
@@ -98,8 +95,8 @@ def run_label_job(
     """Apply ``job(item) -> (H, W) label map`` to every image and save ``out_dir/<name>.png``.
 
     Images whose PNG already exists are skipped (resume) unless ``overwrite``. Images that cannot
-    be decoded or are smaller than the network stride are skipped by name and listed in
-    ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv`` under torchrun). Under torchrun each
+    be decoded are skipped by name and listed in ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv``
+    under torchrun). Under torchrun each
     rank takes its own shard. ``num_workers`` processes (default: the available cores; 0 or 1 runs
     in this process) share the work; ``job`` and ``dataset`` must be picklable for that.
     """
