@@ -259,3 +259,74 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
         fit(model, ToySet(), nan_after_3, toy_groups(model), cfg, tmp_path)
     ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def _step_then(at_call: int, action):
+    """``toy_step`` that runs ``action()`` on its ``at_call``-th call (1-based; calls of this process)."""
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            action()
+        return toy_step(model, batch)
+
+    return step
+
+
+def _fit_with(out: Path, cfg: TrainConfig, step_fn) -> nn.Module:
+    torch.manual_seed(0)
+    model = ToyNet()
+    return fit(model, ToySet(24), step_fn, toy_groups(model), cfg, out)
+
+
+def _same_final(a: Path, b: Path) -> None:
+    wa, wb = _weights(a / "checkpoints" / "final.pt"), _weights(b / "checkpoints" / "final.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_mid_epoch_saves_last_and_resumes_exactly(tmp_path, capsys):
+    # 6 steps per epoch, last.pt only at epoch ends: Ctrl-C during step 9 (mid-epoch 2) must not lose steps 7-8.
+    cfg = _cfg(epochs=3)
+    _run(tmp_path / "full", cfg)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        _fit_with(part, cfg, _step_then(9, _interrupt))
+    ck = torch.load(part / "checkpoints" / "last.pt", weights_only=False)
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (8, 1, 2)
+    assert "interrupted at step 8/18" in capsys.readouterr().out
+    assert not (part / "checkpoints" / "final.pt").exists()
+    _run(part, cfg, seed=123)  # everything comes from last.pt
+    _same_final(tmp_path / "full", part)
+
+
+def test_sigterm_finishes_the_step_saves_last_and_resumes_exactly(tmp_path):
+    import signal
+
+    cfg = _cfg(epochs=2, num_workers=1)
+    _run(tmp_path / "full", cfg)
+    part = tmp_path / "part"
+    # A real SIGTERM to this process in the middle of step 4's forward: the step completes, then the loop stops.
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        _fit_with(part, cfg, _step_then(4, lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    assert torch.load(part / "checkpoints" / "last.pt", weights_only=False)["step"] == 4
+    _run(part, cfg, seed=7)
+    _same_final(tmp_path / "full", part)
+
+
+def test_time_based_checkpoint_keeps_work_of_a_crash(tmp_path):
+    def crash():
+        raise RuntimeError("power cut")
+
+    for minutes, expected in ((0.0, None), (1e-9, 4)):  # off; then after every step
+        out = tmp_path / f"m{minutes}"
+        with pytest.raises(RuntimeError, match="power cut"):
+            _fit_with(out, _cfg(epochs=1, ckpt_minutes=minutes), _step_then(5, crash))
+        last = out / "checkpoints" / "last.pt"
+        got = torch.load(last, weights_only=False)["step"] if last.exists() else None
+        assert got == expected

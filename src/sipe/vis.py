@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from sipe import io as sio
 from sipe.cams.format import check_cam_arrays
-from sipe.data.base import SkipCounter
-from sipe.data.image import ImageReadError, check_min_size, collect_images, read_image
+from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size, collect_images, read_image
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -181,7 +181,8 @@ def write_label_maps(
     Writes ``out_dir/<stem>.png`` (palette PNG, pixel value = class index) and, with ``overlay``,
     ``out_dir/overlay/<stem>.jpg`` (the colours blended over the photo with weight ``alpha``).
     ``paths``: files and folders (see :func:`sipe.data.image.collect_images`). Unreadable images and
-    images with a side below ``min_size`` pixels are skipped with their name and reason.
+    images with a side below ``min_size`` pixels are skipped with their name and reason, and listed
+    in ``out_dir/skipped.tsv`` (header only when none was skipped).
     """
     files = collect_images(paths)
     stems: dict[str, Path] = {}
@@ -199,7 +200,8 @@ def write_label_maps(
             image = read_image(f)
             check_min_size(image, min_size, name=str(f))
         except ImageReadError as e:
-            result.skipped.add(str(f), "unreadable", str(e))
+            reason = "too small" if isinstance(e, ImageTooSmallError) else "unreadable"
+            result.skipped.add(f.name, reason, str(e), path=f)
             continue
         label = label_fn(image)
         target = out_dir / f"{f.stem}.png"
@@ -210,4 +212,5 @@ def write_label_maps(
             sio.save_image(target, label_overlay(image, label, alpha))
             result.overlays.append(target)
     result.skipped.log(len(files))
+    result.skipped.write_tsv(out_dir / SKIPPED_FILE)
     return result

@@ -29,9 +29,10 @@ from sipe.cams.multiscale import (
     release_memory,
     scale_batch,
 )
+from sipe.config import STRIDE
 from sipe.core.sipe_net import SIPENet
-from sipe.data.base import SkipCounter
-from sipe.data.image import ImageReadError
+from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size
 
 logger = logging.getLogger("sipe.cams")
 
@@ -77,10 +78,14 @@ class _ScaledInputs(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         idx = self.indices[i]
         name = self.dataset.names[idx]
+        # Datasets other than sipe.data's may not know their files.
+        path = str(self.dataset.image_path(idx)) if hasattr(self.dataset, "image_path") else ""
         try:
             image = self.dataset.read_image(idx)
+            check_min_size(image, STRIDE, name=path or name)
         except ImageReadError as err:
-            return {"name": name, "error": str(err)}
+            reason = "too small" if isinstance(err, ImageTooSmallError) else "unreadable"
+            return {"name": name, "error": str(err), "reason": reason, "path": path}
         return {
             "name": name,
             "image": image,
@@ -100,7 +105,9 @@ def generate_cams(
     """Write the multi-scale IS-CAM of every image of ``dataset`` this rank owns (every
     ``world_size``-th image from ``rank``), skipping images whose output already exists.
 
-    ``dataset`` is a :class:`sipe.data.base.SegDataset`. Returns a summary dict
+    ``dataset`` is a :class:`sipe.data.base.SegDataset`. Images that cannot be decoded or are
+    smaller than the network stride are skipped and listed, with the dataset's own skips, in
+    ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv`` under torchrun). Returns a summary dict
     (``written``, ``existing``, ``skipped``, ``skipped_names``).
     """
     cfg = cfg or CamConfig()
@@ -124,7 +131,7 @@ def generate_cams(
     written = 0
     for item in tqdm(loader, total=len(todo), desc=f"IS-CAM (rank {rank})", disable=rank != 0, unit="img"):
         if "error" in item:
-            skipped.add(item["name"], "unreadable", item["error"])
+            skipped.add(item["name"], item["reason"], item["error"], path=item["path"])
             continue
         keys, is_cam, cam = fused_maps(
             model, item["image"], item["labels"], item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
@@ -141,4 +148,10 @@ def generate_cams(
         del item, is_cam, cam
         release_memory()
     skipped.log(len(mine))
+    # The images the dataset itself dropped (no labels, unreadable, too small) are listed by rank 0 only.
+    listed = SkipCounter("images")
+    if rank == 0:
+        listed.extend(getattr(dataset, "skipped", SkipCounter()))
+    listed.extend(skipped)
+    listed.write_tsv(out_dir / (SKIPPED_FILE if world_size == 1 else f"skipped_rank{rank}.tsv"))
     return {"written": written, "existing": existing, "skipped": len(skipped), "skipped_names": skipped.names}

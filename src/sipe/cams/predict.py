@@ -10,6 +10,7 @@ from torch import nn
 
 from sipe.cams.format import is_cam_to_label
 from sipe.cams.multiscale import DEFAULT_SCALES, multiscale_is_cam
+from sipe.config import STRIDE
 from sipe.vis import PredictResult, write_label_maps
 
 
@@ -58,5 +59,5 @@ def predict_paths_is_cam(
     ``labels`` ((K-1,) multi-hot, the same for every image; see :func:`labels_from_names`)."""
     labels = np.asarray(labels, dtype=np.float32)
     return write_label_maps(
-        lambda im: is_cam_label(model, im, labels, scales, flip), paths, out_dir, overlay, alpha
+        lambda im: is_cam_label(model, im, labels, scales, flip), paths, out_dir, overlay, alpha, min_size=STRIDE
     )

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from sipe.cams.generate import CamConfig, generate_cams
-    from sipe.config import MethodConfig
+    from sipe.config import STRIDE, MethodConfig
     from sipe.engine import setup_distributed
     from sipe.models.checkpoint import load_checkpoint
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     check_dataset_args(args)
     info = setup_distributed(args.device)
     dataset = build_dataset_from_args(args, with_masks=False)
+    dataset.drop_small(STRIDE)  # every image decoded once (cached); bad ones skipped by name
     model, meta = load_checkpoint(args.checkpoint)  # with the method switches it was trained with
     method = MethodConfig.from_checkpoint(meta)
     if model.num_classes != dataset.num_classes:
@@ -70,4 +71,7 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     print(json.dumps({"rank": info.rank, **{k: v for k, v in summary.items() if k != "skipped_names"}}))
+    if not summary["written"] and not summary["existing"]:
+        raise InputError(f"no IS-CAM written to {args.out}: every image was skipped (listed in "
+                         f"{args.out}/skipped.tsv)")
     return 0

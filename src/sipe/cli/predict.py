@@ -101,6 +101,9 @@ def handler(args: argparse.Namespace) -> int:
             model.to(device), args.inputs, labels, args.out, scales=args.scales or method.cam_scales, flip=flip,
             overlay=overlay, alpha=args.alpha,
         )
-    skipped = f" ({result.skipped.summary()})" if len(result.skipped) else ""
+    if not result.labels:
+        raise InputError(f"no mask written to {args.out}: {result.skipped.summary()} (listed in "
+                         f"{args.out}/skipped.tsv)")
+    skipped = f" ({result.skipped.summary()}, listed in {args.out}/skipped.tsv)" if len(result.skipped) else ""
     print(f"wrote {len(result.labels)} masks to {args.out}{skipped}")
-    return 0 if result.labels else 1
+    return 0

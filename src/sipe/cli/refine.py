@@ -6,6 +6,7 @@ import argparse
 import json
 
 from sipe.cli._common import (
+    InputError,
     add_config_args,
     add_dataset_args,
     add_device_arg,
@@ -98,8 +99,11 @@ def _dataset(args: argparse.Namespace, split: str | None = None):
     return build_dataset_from_args(args, with_masks=False)
 
 
-def _report(stats) -> int:
-    print(json.dumps({"written": stats.written, "skipped_existing": stats.skipped}))
+def _report(stats, out: str, **extra: int) -> int:
+    print(json.dumps({**extra, "written": stats.written, "skipped_existing": stats.skipped,
+                      "skipped_bad": len(stats.bad)}))
+    if stats.bad and not stats.written and not stats.skipped:
+        raise InputError(f"nothing written to {out}: {stats.bad.summary()} (listed in {out}/skipped.tsv)")
     return 0
 
 
@@ -109,7 +113,7 @@ def run_crf_regions(args: argparse.Namespace) -> int:
     setup_logging()
     stats = make_confident_regions(_dataset(args), args.cam_dir, args.out, bg_scale=args.bg_scale,
                                    num_workers=args.workers, overwrite=args.overwrite)
-    return _report(stats)
+    return _report(stats, args.out)
 
 
 def run_crf(args: argparse.Namespace) -> int:
@@ -118,7 +122,7 @@ def run_crf(args: argparse.Namespace) -> int:
     setup_logging()
     stats = make_crf_labels(_dataset(args), args.cam_dir, args.out, num_workers=args.workers,
                             overwrite=args.overwrite)
-    return _report(stats)
+    return _report(stats, args.out)
 
 
 def run_train_irn(args: argparse.Namespace) -> int:
@@ -155,5 +159,4 @@ def run_labels(args: argparse.Namespace) -> int:
         if info.distributed:
             dist.barrier()
             dist.destroy_process_group()
-    print(json.dumps({"rank": info.rank, "written": stats.written, "skipped_existing": stats.skipped}))
-    return 0
+    return _report(stats, args.out, rank=info.rank)

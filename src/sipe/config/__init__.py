@@ -15,6 +15,7 @@ from sipe.config.loader import (
     from_dict,
     git_commit,
     load_config,
+    numerics_info,
     save_run_info,
     to_dict,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "from_dict",
     "git_commit",
     "load_config",
+    "numerics_info",
     "save_run_info",
     "to_dict",
 ]

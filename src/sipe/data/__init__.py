@@ -14,6 +14,7 @@ from typing import Any
 from sipe.config.common import DATASET_KINDS, DataConfig
 
 from .base import (
+    SKIPPED_FILE,
     DatasetError,
     DatasetRootError,
     EmptySplitError,
@@ -51,6 +52,7 @@ __all__ = [
     "ImageTooSmallError",
     "MissingMaskError",
     "SegDataset",
+    "SKIPPED_FILE",
     "SkipCounter",
     "SyntheticBackgrounds",
     "SyntheticDataset",

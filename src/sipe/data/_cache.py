@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,44 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
         write_text(path, json.dumps(data, separators=(",", ":")))
     except OSError as err:
         logger.warning("could not write cache %s (%s); pass cache_dir= to a writable folder", path, err)
+
+
+def cached_file_checks(
+    cache_file: Path, paths: Sequence[Path], check: Callable[[Path], Any], *, version: int, desc: str = "check"
+) -> list[Any]:
+    """``check(path)`` for every path, reusing results cached in ``cache_file`` for unchanged files.
+
+    A result is reused while the file's size and mtime (:func:`file_stamp`) are those it was
+    computed for, so a second run over the same files checks nothing; ``check`` must return plain
+    JSON data. Files that do not exist are checked every time (there is nothing to key them by).
+    ``version`` changes whenever what ``check`` computes changes.
+    """
+    from tqdm.auto import tqdm
+
+    cache = load_json(cache_file, version) or {"version": version, "entries": {}}
+    entries: dict[str, Any] = cache["entries"]
+    out: list[Any] = []
+    fresh = 0
+    stamps: list[list[int] | None] = []
+    for p in paths:
+        try:
+            stamps.append(file_stamp(p))
+        except OSError:
+            stamps.append(None)
+    todo = sum(1 for p, st in zip(paths, stamps, strict=True)
+               if st is None or (entries.get(str(p)) or [None])[0] != st)
+    with tqdm(total=todo, desc=desc, unit="img", disable=todo < 50, leave=False) as bar:
+        for p, st in zip(paths, stamps, strict=True):
+            hit = entries.get(str(p))
+            if st is not None and hit is not None and hit[0] == st:
+                out.append(hit[1])
+                continue
+            result = check(p)
+            bar.update(1)
+            out.append(result)
+            if st is not None:
+                entries[str(p)] = [st, result]
+                fresh += 1
+    if fresh:
+        save_json(cache_file, cache)
+    return out

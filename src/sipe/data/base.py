@@ -13,13 +13,14 @@ import numpy as np
 
 from sipe.errors import InputError
 
-from .image import ImageReadError, image_size, read_image, read_mask
+from .image import ImageReadError, decoded_size, read_image, read_mask
 
 __all__ = [
     "DatasetError",
     "DatasetRootError",
     "EmptySplitError",
     "MissingMaskError",
+    "SKIPPED_FILE",
     "SegDataset",
     "SkipCounter",
     "UnknownClassError",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sipe.data")
+
+_CHECK_CACHE_VERSION = 1  # of image_checks*.json (bump when decode_checks computes something else)
+SKIPPED_FILE = "skipped.tsv"  # every command that skips inputs lists them in its output folder
 
 
 class DatasetError(InputError):
@@ -92,18 +96,22 @@ class SkipCounter:
 
     ``add(name, reason)`` records one skip; ``summary()`` gives e.g.
     ``"skipped 3 of 120 images: 2 unreadable, 1 no labels"``; ``log()`` writes it as a warning.
-    Callers that loop over a dataset catch :class:`ImageReadError` and ``add`` the item here.
+    Callers that loop over a dataset catch :class:`ImageReadError` and ``add`` the item here;
+    ``write_tsv(run_dir / SKIPPED_FILE)`` lists every skipped item in the run folder.
     """
 
     def __init__(self, what: str = "images", *, show: int = 10, log: logging.Logger | None = None) -> None:
         self.what = what
         self.show = show
-        self.items: list[tuple[str, str]] = []
+        self.items: list[tuple[str, str]] = []  # (name, reason)
+        self.details: list[tuple[str, str]] = []  # (path, detail), parallel to items
         self._log = log or logger
 
-    def add(self, name: str, reason: str, detail: str = "") -> None:
-        """Record that ``name`` was skipped for ``reason`` (a short category such as ``"unreadable"``)."""
+    def add(self, name: str, reason: str, detail: str = "", path: str | os.PathLike | None = None) -> None:
+        """Record that ``name`` (file ``path`` when known) was skipped for ``reason`` (a short category
+        such as ``"unreadable"``); ``detail`` (e.g. the decoder's message) is logged and kept for the TSV."""
         self.items.append((str(name), reason))
+        self.details.append((str(path) if path is not None else "", detail))
         if len(self.items) <= self.show:
             self._log.warning("skipping %s (%s)%s", name, reason, f": {detail}" if detail else "")
         elif len(self.items) == self.show + 1:
@@ -112,6 +120,25 @@ class SkipCounter:
     def extend(self, other: SkipCounter) -> None:
         """Add ``other``'s records (e.g. gathered from other ranks) without logging them again."""
         self.items.extend(other.items)
+        self.details.extend(other.details)
+
+    def write_tsv(self, path: str | os.PathLike) -> Path:
+        """Write every skipped item to ``path`` as a TSV (header ``name path reason detail``), atomically.
+
+        The file is written even when nothing was skipped (header only), so that a run folder always
+        tells whether its command dropped anything.
+        """
+        from sipe.io import write_text
+
+        def clean(text: str) -> str:  # one record per line, one field per tab
+            return " ".join(str(text).split())
+
+        rows = ["name\tpath\treason\tdetail"]
+        for (name, reason), (file, detail) in zip(self.items, self.details, strict=True):
+            rows.append("\t".join(clean(x) for x in (name, file, reason, detail)))
+        path = Path(path)
+        write_text(path, "\n".join(rows) + "\n")
+        return path
 
     def __len__(self) -> int:
         return len(self.items)
@@ -285,31 +312,53 @@ class SegDataset:
     def drop_small(self, min_size: int) -> int:
         """Drop images whose shorter side is below ``min_size`` (the network stride), and unreadable ones.
 
-        Reads image headers only. Every dropped image is recorded in ``skipped`` (reasons
-        ``"smaller than <min_size> px"`` / ``"unreadable"``) and logged; returns how many were dropped.
+        Every image is decoded in full once (a truncated file with an intact header is caught here,
+        not in the middle of training); the outcome is cached per file in the dataset's cache folder
+        (``image_checks.json``, keyed by path, size and mtime), so a second run decodes nothing.
+        Every dropped image is recorded in ``skipped`` (reasons ``"smaller than <min_size> px"`` /
+        ``"unreadable"``) and logged; returns how many were dropped.
         """
         total = len(self)
         keep = np.ones(total, dtype=bool)
         reason = f"smaller than {min_size} px"
-        for i, p in enumerate(self.image_paths):
-            try:
-                h, w = image_size(p, exif_transpose=self.exif_transpose)
-            except ImageReadError as err:
+        for i, (p, size) in enumerate(zip(self.image_paths, self.decode_checks(), strict=True)):
+            if isinstance(size, str):
                 keep[i] = False
-                self.skipped.add(self.names[i], "unreadable", str(err))
+                self.skipped.add(self.names[i], "unreadable", size, path=p)
                 continue
+            h, w = size
             if min(h, w) < min_size:
                 keep[i] = False
-                self.skipped.add(self.names[i], reason, f"{p} is {h}x{w}")
+                self.skipped.add(self.names[i], reason, f"{p} is {h}x{w}", path=p)
         dropped = int((~keep).sum())
         if dropped == total:
             raise EmptySplitError(
-                f"every image of {self.source} is unreadable or smaller than {min_size} px; nothing is left."
+                f"every image of {self.source} is unreadable or smaller than {min_size} px; nothing is left "
+                f"({list_some([f'{n} ({r})' for n, r in self.skipped.items])})."
             )
         if dropped:
             self._keep(keep)
             logger.warning("dropped %d of %d images of %s (%s)", dropped, total, self.source, self.skipped.summary())
         return dropped
+
+    def decode_checks(self) -> list[list[int] | str]:
+        """Per item: ``[H, W]`` after a full decode, or the reason it cannot be read (cached, see ``drop_small``)."""
+        from ._cache import cached_file_checks, default_cache_dir
+
+        cache_dir = getattr(self, "cache_dir", None) or default_cache_dir(
+            Path(getattr(self, "root", None) or self.image_paths[0].parent)
+        )
+        exif = self.exif_transpose
+
+        def check(path: Path) -> list[int] | str:
+            try:
+                return list(decoded_size(path, exif_transpose=exif))
+            except ImageReadError as err:
+                return str(err)
+
+        paths = [p.resolve() for p in self.image_paths]
+        return cached_file_checks(cache_dir / f"image_checks{'_exif' if exif else ''}.json", paths, check,
+                                  version=_CHECK_CACHE_VERSION, desc="checking images")
 
     def missing_masks(self) -> list[str]:
         """Names of the items without a ground-truth mask."""

@@ -24,6 +24,7 @@ __all__ = [
     "ImageTooSmallError",
     "check_min_size",
     "collect_images",
+    "decoded_size",
     "image_size",
     "read_image",
     "read_label_png",
@@ -172,6 +173,13 @@ def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
     )
 
 
+def _upright_size(img: Image.Image, exif_transpose: bool) -> tuple[int, int]:
+    w, h = img.size
+    if exif_transpose and img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+        w, h = h, w
+    return h, w
+
+
 def image_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple[int, int]:
     """(H, W) of an image from its header only (no decoding); honours the EXIF orientation."""
     path = Path(path)
@@ -179,12 +187,20 @@ def image_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple
         raise ImageReadError(f"image file {path} does not exist. Check the dataset root and the split list.")
     try:
         with Image.open(path) as img:
-            w, h = img.size
-            if exif_transpose and img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                w, h = h, w
+            return _upright_size(img, exif_transpose)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image header of {path}: {err}. {_fix_hint(path)}") from err
-    return h, w
+
+
+def decoded_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple[int, int]:
+    """(H, W) of an image after decoding every pixel; honours the EXIF orientation.
+
+    Unlike :func:`image_size`, a file whose header is intact but whose data is truncated or
+    corrupt raises :class:`ImageReadError` here, before a run starts, rather than in a DataLoader
+    worker in the middle of training.
+    """
+    with _open(path, "image") as img:
+        return _upright_size(img, exif_transpose)
 
 
 def check_min_size(image: np.ndarray | tuple[int, int], min_size: int, *, name: str = "image") -> None:

@@ -65,3 +65,6 @@ class DemoConfig:
     rw_exp_times: int = 3
     refine: bool = True  # stages 5 and 6
     num_overlays: int = 6
+    # Intra-op threads of every stage (torch.set_num_threads), recorded in run_info.json; fixed so
+    # that the numbers do not depend on the machine's core count (docs/reproducibility.md). None = torch's default.
+    num_threads: int | None = 2

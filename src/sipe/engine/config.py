@@ -28,6 +28,9 @@ class TrainConfig:
     channels_last: bool = False
     log_every: int = 10
     ckpt_every: int = 0  # steps; 0 = at each epoch end
+    # Also write last.pt whenever this many minutes passed since the last one (0 = off), so that a
+    # crash or a kill -9 loses at most that much work; Ctrl-C / SIGTERM always write it first.
+    ckpt_minutes: float = 10.0
     val_every: int = 0  # steps; 0 = at each epoch end (only if val_fn given)
     max_steps: int | None = None  # default: (len(dataset) // batch_size) * epochs (drop_last)
     resume: bool = True

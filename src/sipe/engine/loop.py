@@ -13,6 +13,8 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -61,6 +63,37 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class _StopRequests:
+    """SIGINT / SIGTERM while training: remembered, and acted on at the next step boundary.
+
+    A signal that raised at once could land inside ``optimizer.step()``, half-way through updating
+    the weights, and the saved state would then match no step. So the first signal only sets
+    ``requested``; the loop checkpoints after the step in progress and stops. A second Ctrl-C
+    interrupts at once (the default behaviour). Handlers can only be installed in the main thread;
+    elsewhere this does nothing and a KeyboardInterrupt is handled by the loop's own checks.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -83,7 +116,10 @@ def fit(
     ``step_fn(model, batch)`` runs the forward on the device batch and returns ``{"loss": ...}``
     plus other scalars to log. ``param_groups``: ``[{"params": [...], "lr_mult": 1.0}, ...]``.
     Writes ``out_dir/checkpoints/{last,best,final}.pt`` atomically and TensorBoard scalars to
-    ``out_dir/tb``; resumes from ``last.pt`` when ``cfg.resume`` and it exists. ``meta`` (plain
+    ``out_dir/tb``; resumes from ``last.pt`` when ``cfg.resume`` and it exists. ``last.pt`` is
+    written every ``cfg.ckpt_every`` steps (or epoch), every ``cfg.ckpt_minutes`` minutes, and on
+    Ctrl-C / SIGTERM / a KeyboardInterrupt before the loop re-raises KeyboardInterrupt, so that a
+    rerun continues from the last finished step and trains exactly the uninterrupted run's model. ``meta`` (plain
     data, e.g. the full run config and class names) is stored in every checkpoint under ``"meta"``.
     ``val_name`` says in the log what ``val_fn`` measures (e.g. "validation IS-CAM mIoU").
     """
@@ -201,6 +237,9 @@ def fit(
     window_steps = 0
     t_window = time.perf_counter()
     stop_at = max_steps if cfg.stop_after is None else min(max_steps, cfg.stop_after)
+    t_ckpt = time.monotonic()
+    updating = False  # True while the weights are being changed: no consistent state to save
+    stop = _StopRequests().__enter__()  # left in the outer finally
     try:
         while step < stop_at:
             epoch, start = divmod(step, spe)
@@ -220,9 +259,11 @@ def fit(
                 if cfg.clip_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(trainable, max_norm=cfg.clip_grad_norm)
+                updating = True
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
+                updating = False
 
                 # Window sums stay on the device (no per-step sync); steps whose loss is not
                 # finite are counted apart so one fp16 overflow does not poison the logged means.
@@ -271,8 +312,17 @@ def fit(
                     bar.update(1)
 
                 epoch_end = step % spe == 0
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or (not cfg.ckpt_every and epoch_end):
+                timed = cfg.ckpt_minutes > 0 and time.monotonic() - t_ckpt >= 60.0 * cfg.ckpt_minutes
+                requested = stop.requested is not None
+                if info.distributed:  # every rank stops after the same step, or the others would hang
+                    flag = torch.tensor([float(requested)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    requested = bool(flag.item())
+                if requested:
+                    raise KeyboardInterrupt(stop.requested or "stop requested on another rank")
+                if timed or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or (not cfg.ckpt_every and epoch_end):
                     checkpoint("last.pt", full=True)
+                    t_ckpt = time.monotonic()
                 if val_fn is not None and (
                     (cfg.val_every and step % cfg.val_every == 0) or (not cfg.val_every and epoch_end)
                 ):
@@ -285,7 +335,22 @@ def fit(
             if val_fn is not None and not (ckpt_dir / "best.pt").exists():
                 validate()
             checkpoint("final.pt", full=False)
+    except BaseException as err:
+        # Ctrl-C, SIGTERM, or a KeyboardInterrupt from step_fn / the data loader; when a signal was
+        # received, a DataLoader worker that died of the same Ctrl-C counts as the interruption too.
+        if not (isinstance(err, KeyboardInterrupt) or stop.requested):
+            raise
+        if updating:  # only with a second Ctrl-C inside optimizer.step(): this state matches no step
+            raise
+        checkpoint("last.pt", full=True)
+        if info.is_main:
+            (bar.write if bar is not None else print)(
+                f"interrupted at step {step}/{max_steps} ({stop.requested or 'KeyboardInterrupt'}); saved "
+                f"{last_path}: rerun the same command to resume"
+            )
+        raise KeyboardInterrupt(stop.requested or str(err)) from err
     finally:
+        stop.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         if writer is not None:

@@ -6,13 +6,15 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.image import ImageReadError
 from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.io import save_label_png
 
@@ -21,14 +23,16 @@ Job = Callable[[dict[str, Any]], np.ndarray]
 
 @dataclass
 class RunStats:
-    """What a run over a dataset did: images written and images skipped (output present)."""
+    """What a run over a dataset did: images written, images skipped (output present), and the
+    images that could not be decoded (``bad``, with reasons)."""
 
     written: int = 0
     skipped: int = 0
+    bad: SkipCounter = field(default_factory=lambda: SkipCounter("images"))
 
     @property
     def total(self) -> int:
-        return self.written + self.skipped
+        return self.written + self.skipped + len(self.bad)
 
 
 def available_cores() -> int:
@@ -57,13 +61,19 @@ def _init_worker(dataset: Any, job: Job, out_dir: Path, overwrite: bool) -> None
     torch.set_num_threads(1)
 
 
-def _process(index: int) -> bool:
+def _process(index: int) -> bool | tuple[str, str, str, str]:
+    """True: written; False: its PNG existed; a tuple (name, reason, detail, path): a bad image."""
     dataset, out_dir, overwrite = _STATE["dataset"], _STATE["out_dir"], _STATE["overwrite"]
     # sipe.data datasets list their names: a finished image is skipped without decoding it.
     names = getattr(dataset, "names", None)
     if names is not None and not overwrite and (out_dir / f"{names[index]}.png").exists():
         return False
-    item = dataset[index]
+    try:
+        item = dataset[index]
+    except ImageReadError as err:
+        name = names[index] if names is not None else str(index)
+        path = dataset.image_path(index) if hasattr(dataset, "image_path") else ""
+        return (name, "unreadable", str(err), str(path))
     path = out_dir / f"{item['name']}.png"
     if path.exists() and not overwrite:
         return False
@@ -84,7 +94,9 @@ def run_label_job(
 ) -> RunStats:
     """Apply ``job(item) -> (H, W) label map`` to every image and save ``out_dir/<name>.png``.
 
-    Images whose PNG already exists are skipped (resume) unless ``overwrite``. Under torchrun each
+    Images whose PNG already exists are skipped (resume) unless ``overwrite``. Images that cannot
+    be decoded are skipped by name and listed in ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv``
+    under torchrun). Under torchrun each
     rank takes its own shard. ``num_workers`` processes (default: the available cores; 0 or 1 runs
     in this process) share the work; ``job`` and ``dataset`` must be picklable for that.
     """
@@ -113,7 +125,10 @@ def run_label_job(
         results = executor.map(_process, indices, chunksize=max(1, min(8, len(indices) // (4 * workers))))
     try:
         for wrote in results:
-            if wrote:
+            if isinstance(wrote, tuple):
+                name, reason, detail, path = wrote
+                stats.bad.add(name, reason, detail, path=path)
+            elif wrote:
                 stats.written += 1
             else:
                 stats.skipped += 1
@@ -123,4 +138,7 @@ def run_label_job(
         if executor is not None:
             executor.shutdown(cancel_futures=True)
         _STATE.clear()
+    stats.bad.log(len(indices))
+    rank, world = rank_and_world()
+    stats.bad.write_tsv(out_dir / (SKIPPED_FILE if world == 1 else f"skipped_rank{rank}.tsv"))
     return stats

@@ -12,6 +12,7 @@ weight decay 1e-4, effective momentum 1e-4 (the official optimiser quirk, see
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sipe.engine import TrainConfig
-from sipe.engine.distributed import rank_and_world, shard_indices
+from sipe.engine.distributed import rank_and_world, setup_distributed, shard_indices
 from sipe.models.checkpoint import read_checkpoint, write_checkpoint
 from sipe.models.weights import check_resnet
 from sipe.refine.affinity import affinity_labels, pair_paths
 from sipe.refine.irn import IRN, STRIDE, irn_losses
+
+logger = logging.getLogger("sipe.refine")
 
 
 @dataclass
@@ -234,11 +237,19 @@ def train_irn(
     Returns:
         The trained IRN (on the training device), ``mean_shift`` set.
     """
-    from sipe.config import save_run_info
+    from sipe.config import save_run_info, to_dict
     from sipe.engine import fit, is_main_process  # noqa: I001 (kept local: heavy import chain)
 
     cfg = cfg or IRNConfig()
     out_dir = Path(out_dir)
+    done = out_dir / "irn.pt"
+    if model is None and cfg.engine.resume and done.is_file():
+        # irn.pt is written last and atomically: it exists only when training and the mean shift are done.
+        saved = read_checkpoint(done, made_by="sipe refine train-irn").get("config")
+        if saved == to_dict(cfg):
+            logger.info("IRN already trained with this config: %s (engine.resume=false retrains)", done)
+            return load_irn(done).to(setup_distributed(cfg.engine.device).device)
+        logger.info("%s was trained with another config; training again", done)
     if model is None:
         model = build_irn(cfg.backbone, cfg.weights)
     pair_paths(cfg.radius)  # validates the radius early

@@ -133,9 +133,8 @@ def _first_dir(run_dir: Path, given: str | os.PathLike | None, defaults: tuple[s
 
 def _demo_dataset(run_dir: Path, run_info: dict[str, Any] | None) -> Any:
     """The held-out split of a ``sipe demo`` run (its synthetic data lives in ``RUN_DIR/data``)."""
-    # run_info names the config class by its defining module (sipe.demo.config since the demo is a package).
-    config_class = str((run_info or {}).get("config_class", ""))
-    is_demo = config_class.startswith("sipe.demo.") and config_class.endswith(".DemoConfig")
+    # Written as sipe.demo.config.DemoConfig since the stage folders; older runs say sipe.demo.DemoConfig.
+    is_demo = (run_info or {}).get("config_class") in ("sipe.demo.config.DemoConfig", "sipe.demo.DemoConfig")
     if not (is_demo and (run_dir / "data" / "class_names.txt").is_file()):
         return None
     from sipe.data import build_dataset

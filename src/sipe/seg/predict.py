@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sipe.config import STRIDE
 from sipe.data.transforms import image_to_tensor
 from sipe.seg.model import input_normalization
 from sipe.vis import PredictResult, write_label_maps
@@ -109,5 +110,6 @@ def predict_paths(
     weight ``alpha``). Unreadable files are skipped, logged and counted in ``result.skipped``.
     """
     return write_label_maps(
-        lambda im: predict_image(model, im, scales, flip, autocast_dtype), paths, out_dir, overlay, alpha
+        lambda im: predict_image(model, im, scales, flip, autocast_dtype), paths, out_dir, overlay, alpha,
+        min_size=STRIDE,  # a smaller image has no feature-map cell
     )

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from sipe.config import DataConfig, save_run_info, to_dict
 from sipe.data import dataset_from_config
-from sipe.data.base import SkipCounter
+from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.image import read_mask
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
@@ -350,6 +350,10 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         groups = param_groups(model, cfg.head_lr_mult)
     save_run_info(out_dir, cfg)
     if is_main_process():
+        skipped = SkipCounter("images")
+        skipped.extend(base.skipped)
+        skipped.extend(train_set.skipped)
+        skipped.write_tsv(out_dir / SKIPPED_FILE)
         log.info(
             "training %s %s on %s (%d images, %d classes)", cfg.model.backbone, cfg.model.arch, base.source,
             len(train_set), k,

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sipe.config import STRIDE, AugConfig, ConfigError, DataConfig, MethodConfig, ModelConfig, save_run_info, to_dict
-from sipe.data import dataset_from_config
+from sipe.data import SKIPPED_FILE, dataset_from_config
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
 
 logger = logging.getLogger(__name__)
@@ -244,6 +244,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
               {"params": new_params, "lr_mult": cfg.new_lr_mult}]
     save_run_info(out_dir, cfg)
     if is_main_process():
+        train_base.skipped.write_tsv(out_dir / SKIPPED_FILE)
         logger.info("training SIPE on %s (%d images, %d classes)", train_base.source, len(train_base), k)
     meta = {
         "sipe_config": to_dict(cfg),

@@ -1,0 +1,201 @@
+"""One policy for bad images in every command: decoded in full once (cached), skipped by name and
+reason, listed in the run folder's skipped.tsv, exit 1 when nothing was written."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import save_seg_checkpoint, tiny_seg_model
+from sipe.cli import main
+from sipe.data import build_dataset
+from sipe.data.image import ImageReadError, decoded_size, image_size
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CLASSES = ["cat", "dog"]
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    """A JPEG whose header (and size) reads fine but whose pixel data stops half way."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _photos(root: Path, n_good: int = 8) -> Path:
+    """``root`` with ``n_good`` good photos, ``trunc.jpg`` (truncated), ``tiny.png`` (1x1) and labels.csv."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_good):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / f"g{i}.jpg")
+        rows.append((f"g{i}.jpg", CLASSES[i % 2]))
+    _truncated_jpeg(root / "trunc.jpg")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(root / "tiny.png")
+    rows += [("trunc.jpg", "cat"), ("tiny.png", "dog")]
+    (root / "labels.csv").write_text("image,labels\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return root
+
+
+def _tsv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as f:
+        return {r["name"]: r for r in csv.DictReader(f, delimiter="\t")}
+
+
+def test_truncated_jpeg_passes_the_header_but_not_the_full_decode(tmp_path):
+    bad = _truncated_jpeg(tmp_path / "t.jpg")
+    assert image_size(bad) == (48, 64)
+    with pytest.raises(ImageReadError, match="t.jpg.*truncated"):
+        decoded_size(bad)
+
+
+def test_drop_small_decodes_once_and_caches_the_outcome(tmp_path, monkeypatch):
+    root = _photos(tmp_path / "photos", n_good=3)
+    ds = build_dataset("custom", root, "labels.csv")
+    assert ds.drop_small(16) == 2
+    assert ds.names == ["g0", "g1", "g2"]
+    assert dict(ds.skipped.items) == {"trunc": "unreadable", "tiny": "smaller than 16 px"}
+    assert (root / ".sipe_cache" / "image_checks_exif.json").is_file()
+
+    # A second run decodes nothing: every outcome comes from the cache.
+    import sipe.data.base as base
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(base, "decoded_size", no_decoding)
+    again = build_dataset("custom", root, "labels.csv")
+    assert again.drop_small(16) == 2 and again.names == ds.names
+    # ... until a file changes (size / mtime): then that file alone is decoded again.
+    monkeypatch.undo()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "tiny.png")
+    third = build_dataset("custom", root, "labels.csv")
+    assert third.drop_small(16) == 1 and "tiny" in third.names
+
+
+def test_sipe_train_skips_bad_images_and_lists_them(tmp_path, capsys):
+    root = _photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    args = [
+        "train", "--out", str(run), "data.kind=custom", f"data.root={root}", "data.split=labels.csv",
+        "data.val_split=null", "model.backbone=resnet18", "model.weights=null", "aug.resize_long=[48, 64]",
+        "aug.crop_size=32", "engine.batch_size=4", "engine.epochs=1", "engine.num_workers=1",
+        "engine.progress=false", "engine.device=cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    import torch
+
+    assert torch.load(run / "checkpoints" / "final.pt", weights_only=False)["step"] == 2  # 8 good images / 4
+    rows = _tsv(run / "skipped.tsv")
+    assert set(rows) == {"trunc", "tiny"}
+    assert rows["trunc"]["reason"] == "unreadable" and rows["trunc"]["path"] == str((root / "trunc.jpg").resolve())
+    assert "truncated" in rows["trunc"]["detail"]
+    assert rows["tiny"]["reason"] == "smaller than 16 px" and "1x1" in rows["tiny"]["detail"]
+
+
+def test_sipe_cam_skips_bad_images_by_name(tmp_path, capsys):
+    from sipe.models import build_sipe
+    from sipe.models.checkpoint import write_checkpoint
+
+    root = _photos(tmp_path / "photos", n_good=2)
+    import torch
+
+    torch.manual_seed(0)
+    model = build_sipe("resnet18", 3, weights=None)
+    ckpt = tmp_path / "sipe.pt"
+    write_checkpoint(ckpt, model.state_dict(), {"class_names": ["background", *CLASSES], "backbone": "resnet18",
+                                                "num_classes": 3, "sipe_config": {"model": {"backbone": "resnet18"}}})
+    out = tmp_path / "cams"
+    cmd = ["cam", "--checkpoint", str(ckpt), "--dataset", "custom", "--root", str(root), "--split", "labels.csv",
+           "--out", str(out), "--scales", "1.0", "--workers", "0", "--device", "cpu"]
+    assert main(cmd) == 0, capsys.readouterr().err
+    assert sorted(p.stem for p in (out / "is_cam").iterdir()) == ["g0", "g1"]
+    rows = _tsv(out / "skipped.tsv")
+    assert {n: r["reason"] for n, r in rows.items()} == {"trunc": "unreadable", "tiny": "smaller than 16 px"}
+
+
+def test_predict_skips_bad_images_by_name_and_fails_when_nothing_is_written(tmp_path, capsys):
+    root = _photos(tmp_path / "photos", n_good=2)
+    (root / "labels.csv").unlink()
+    model, spec = tiny_seg_model(["background", *CLASSES])
+    ckpt = save_seg_checkpoint(model, spec, tmp_path / "seg.pt")
+    out = tmp_path / "pred"
+    assert main(["predict", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["g0.png", "g1.png"]
+    rows = _tsv(out / "skipped.tsv")
+    assert {n: r["reason"] for n, r in rows.items()} == {"trunc.jpg": "unreadable", "tiny.png": "too small"}
+    assert rows["tiny.png"]["path"] == str(root / "tiny.png")
+    assert "listed in" in capsys.readouterr().out
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _truncated_jpeg(bad / "t.jpg")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(bad / "one.png")
+    out2 = tmp_path / "pred2"
+    assert main(["predict", str(bad), "--checkpoint", str(ckpt), "--out", str(out2), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "no mask written" in err and "skipped.tsv" in err and "Traceback" not in err
+    assert set(_tsv(out2 / "skipped.tsv")) == {"t.jpg", "one.png"}
+
+
+def test_refine_jobs_skip_bad_images_by_name(tmp_path):
+    from sipe.refine._runner import run_label_job
+
+    root = _photos(tmp_path / "photos", n_good=2)
+    ds = build_dataset("custom", root, "labels.csv")
+    out = tmp_path / "regions"
+    stats = run_label_job(ds, lambda item: np.zeros(item["image"].shape[:2], np.uint8), out, num_workers=0)
+    # (a 1x1 image is a valid input of a per-pixel job; `sipe cam` has skipped it before, by name)
+    assert (stats.written, stats.skipped, len(stats.bad)) == (3, 0, 1)
+    assert sorted(p.name for p in out.glob("*.png")) == ["g0.png", "g1.png", "tiny.png"]
+    rows = _tsv(out / "skipped.tsv")
+    assert {n: r["reason"] for n, r in rows.items()} == {"trunc": "unreadable"}
+    assert rows["trunc"]["path"] == str(root / "trunc.jpg") and "truncated" in rows["trunc"]["detail"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_sipe_train_saves_last_and_the_rerun_finishes_the_same_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    root = _photos(tmp_path / "photos")
+    common = [
+        "data.kind=custom", f"data.root={root}", "data.split=labels.csv", "data.val_split=null",
+        "model.backbone=resnet18", "model.weights=null", "aug.resize_long=[48, 64]", "aug.crop_size=32",
+        "engine.batch_size=4", "engine.epochs=15", "engine.ckpt_every=1", "engine.num_workers=0",
+        "engine.progress=false", "engine.device=cpu",
+    ]  # fmt: skip
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sipe", "train", "--out", str(run), *common], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in out + err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    step = torch.load(last, weights_only=False)["step"]
+    assert 1 <= step < 30
+    assert main(["train", "--out", str(run), *common]) == 0  # resumes at `step`
+    a = torch.load(tmp_path / "full" / "checkpoints" / "final.pt", weights_only=False)["model"]
+    b = torch.load(run / "checkpoints" / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
