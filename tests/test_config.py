@@ -204,3 +204,16 @@ def test_cli_demo_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "seed"), [([], 0), (["seed=1"], 1), (["--seed", "2"], 2), (["--seed", "2", "seed=1"], 2)]
+)
+def test_demo_seed_from_override_or_flag(monkeypatch, argv, seed):
+    import sipe.demo
+    from sipe.cli import main
+
+    seen = {}
+    monkeypatch.setattr(sipe.demo, "run_demo", lambda cfg, out: seen.update(seed=cfg.seed) or {})
+    assert main(["demo", "--out", "unused", *argv]) == 0
+    assert seen["seed"] == seed
