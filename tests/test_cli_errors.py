@@ -102,6 +102,7 @@ def test_truncated_last_checkpoint_on_rerun(photos, tmp_path, capsys):
 def test_sipe_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, monkeypatch, capsys):
     argv = ["cam", "--checkpoint", str(tmp_path / "x.pt"), "--dataset", "custom", "--root", str(tmp_path),
             "--split", str(tmp_path / "l.csv"), "--out", str(tmp_path / "o")]
+    (tmp_path / "x.pt").write_bytes(b"not read: the labels file is checked first")
     monkeypatch.setenv("SIPE_DEBUG", "1")
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -141,3 +142,37 @@ def test_under_torchrun_rank_0_prints_one_line(photos, tmp_path):
     # What is left is torchrun's own report of a child's non-zero exit (its ChildFailedError block).
     assert done.stderr.count("Traceback") == done.stderr.count("ChildFailedError:") <= 1, done.stderr
     assert "src/sipe" not in done.stderr, done.stderr  # no frame of ours: no rank printed a traceback
+
+
+_NO_TORCH = "import sys; from sipe.cli import main; code = main(sys.argv[1:]); print('torch imported:', 'torch' in sys.modules); sys.exit(code)"  # noqa: E501
+
+
+@pytest.mark.parametrize(("case", "status", "message"), [
+    ("config", 2, "unknown backbone 'resnet19'"),
+    ("classes", 2, "model.num_classes=81"),
+    ("batch", 2, "fewer than one global batch (100)"),
+    ("labels", 1, "label.csv does not exist"),
+    ("cam", 1, "fnal.pt does not exist"),
+    ("predict", 1, "fnal.pt does not exist"),
+    ("export", 1, "fnal.pt does not exist"),
+    ("seg eval", 1, "fnal.pt does not exist"),
+])  # fmt: skip
+def test_errors_found_before_real_work_do_not_import_torch(case, status, message, photos, tmp_path):
+    """Start-up: such errors are reported before torch loads (a fraction of a second instead of seconds)."""
+    ckpt = str(tmp_path / "fnal.pt")
+    data = ["--dataset", "custom", "--root", str(photos), "--split", str(photos / "labels.csv")]
+    argv = {
+        "config": _train(photos, tmp_path / "r", "model.backbone=resnet19"),
+        "classes": _train(photos, tmp_path / "r", "model.num_classes=81"),
+        "batch": _train(photos, tmp_path / "r", "engine.batch_size=100"),
+        "labels": _train(photos, tmp_path / "r", f"data.split={photos / 'label.csv'}"),
+        "cam": ["cam", *data, "--out", str(tmp_path / "cams"), "--checkpoint", ckpt],
+        "predict": ["predict", str(photos / "p0.jpg"), "--checkpoint", ckpt, "--out", str(tmp_path / "pred")],
+        "export": ["export", "--checkpoint", ckpt, "--out", str(tmp_path / "m.onnx")],
+        "seg eval": ["seg", "eval", *data, "--mask-dir", str(photos), "--checkpoint", ckpt],
+    }[case]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == status, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "torch imported: False" in proc.stdout

@@ -35,6 +35,15 @@ def _voc_palette() -> np.ndarray:
     return palette
 
 
+def checkpoint_file(path: str | os.PathLike, made_by: str = "sipe") -> Path:
+    """``path`` as a ``Path`` if it is a file; else ``FileNotFoundError`` naming the command that writes
+    such checkpoints. Torch-free, so commands check their ``--checkpoint`` before torch loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .pt/.pth file written by '{made_by}'")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""

@@ -38,18 +38,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
-    from sipe.cams.generate import CamConfig, generate_cams
-    from sipe.config import STRIDE, MethodConfig
-    from sipe.engine import setup_distributed
-    from sipe.models.checkpoint import load_checkpoint
+    from sipe import io as sio
+    from sipe.config import STRIDE
 
     setup_logging()
     check_dataset_args(args)
-    info = setup_distributed(args.device)
+    # Checked before torch loads, so that a wrong path or dataset is reported at once.
+    sio.checkpoint_file(args.checkpoint, made_by="sipe train")
     dataset = build_dataset_from_args(args, with_masks=False)
     dataset.drop_small(STRIDE)  # every image decoded once (cached); bad ones skipped by name
+    import torch.distributed as dist
+
+    from sipe.cams.generate import CamConfig, generate_cams
+    from sipe.config import MethodConfig
+    from sipe.engine import setup_distributed
+    from sipe.models.checkpoint import load_checkpoint
+
+    info = setup_distributed(args.device)
     model, meta = load_checkpoint(args.checkpoint)  # with the method switches it was trained with
     method = MethodConfig.from_checkpoint(meta)
     if model.num_classes != dataset.num_classes:

@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from sipe import io as sio
+
+    sio.checkpoint_file(args.checkpoint, made_by="sipe seg train")  # before torch loads
     from sipe.seg.export import compare_onnx, export_onnx
     from sipe.seg.model import load_seg_checkpoint
 

@@ -64,6 +64,9 @@ def _sipe_class_names(meta: dict, num_classes: int, given: str | None) -> list[s
 
 
 def handler(args: argparse.Namespace) -> int:
+    from sipe import io as sio
+
+    sio.checkpoint_file(args.checkpoint, made_by="sipe train' or 'sipe seg train")  # before torch loads
     from sipe.cams.predict import labels_from_names, predict_paths_is_cam
     from sipe.config import MethodConfig
     from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint

@@ -88,13 +88,16 @@ def train_handler(args: argparse.Namespace) -> int:
 
 
 def eval_handler(args: argparse.Namespace) -> int:
+    from sipe import io as sio
+
+    setup_logging()
+    crf_params = parse_crf_params(args.crf_param)
+    check_dataset_args(args, masks_needed=True)  # before torch loads and the (slow) checkpoint load
+    sio.checkpoint_file(args.checkpoint, made_by="sipe seg train")
     from sipe import metrics as evaluation
     from sipe.seg.evaluate import evaluate_seg
     from sipe.seg.model import load_seg_checkpoint
 
-    setup_logging()
-    crf_params = parse_crf_params(args.crf_param)
-    check_dataset_args(args, masks_needed=True)  # before the (slow) checkpoint load
     device = resolve_device(args.device)
     model, spec = load_seg_checkpoint(args.checkpoint)
     model.to(device)

@@ -32,14 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipe.engine import is_main_process
-    from sipe.train import SIPETrainConfig, train_sipe
+    # Config and datasets are checked before torch loads, so that their errors come in a second.
+    from sipe.train.config import SIPETrainConfig
+    from sipe.train.inputs import training_data
 
     cfg = config_from_args(SIPETrainConfig, args)
     if args.print_config:
         return print_config(cfg)
     setup_logging()
-    path = train_sipe(cfg, args.out)
+    data = training_data(cfg)
+    from sipe.engine import is_main_process
+    from sipe.train.trainer import train_sipe
+
+    path = train_sipe(cfg, args.out, data)
     if is_main_process():
         print(f"checkpoint: {path}")
     return 0

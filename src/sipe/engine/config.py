@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TrainConfig"]
+from sipe.errors import UsageError
+
+__all__ = ["TrainConfig", "check_global_batch"]
 
 
 @dataclass
@@ -38,3 +40,18 @@ class TrainConfig:
     stop_after: int | None = None  # stop (as if interrupted) once this many steps are done
     find_unused_parameters: bool = False  # DDP: only for models whose trainable params may get no grad
     progress: bool = True  # tqdm bar on rank 0
+
+
+def check_global_batch(num_samples: int, batch_size: int, world_size: int = 1) -> None:
+    """Raise :class:`sipe.errors.UsageError` unless ``batch_size`` splits evenly over ``world_size``
+    processes and the training set holds at least one global batch (the sampler drops the tail)."""
+    if batch_size % world_size:
+        raise UsageError(
+            f"global batch size {batch_size} must be divisible by the number of processes "
+            f"({world_size}); change engine.batch_size or --nproc_per_node"
+        )
+    if num_samples < batch_size:
+        raise UsageError(
+            f"the training set has {num_samples} samples, fewer than one global batch "
+            f"({batch_size}); lower engine.batch_size or add data"
+        )

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from sipe.errors import UsageError
+from sipe.engine.config import check_global_batch
 
 __all__ = ["SeededBatchSampler", "sample_seed"]
 
@@ -29,16 +29,7 @@ class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise UsageError(
-                f"global batch size {batch_size} must be divisible by the number of processes "
-                f"({world_size}); change engine.batch_size or --nproc_per_node"
-            )
-        if num_samples < batch_size:
-            raise UsageError(
-                f"the training set has {num_samples} samples, fewer than one global batch "
-                f"({batch_size}); lower engine.batch_size or add data"
-            )
+        check_global_batch(num_samples, batch_size, world_size)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from sipe.config import MethodConfig
 from sipe.core.sipe_net import SIPENet
-from sipe.io import save_torch
+from sipe.io import checkpoint_file, save_torch
 from sipe.models import build_sipe
 from sipe.models.official import backbone_name, load_into, official_to_sipe
 
@@ -40,9 +39,7 @@ def read_checkpoint(
     ``made_by`` names the command that writes such files, for the messages. Raises
     ``FileNotFoundError`` (missing) or ``ValueError`` (unreadable, truncated, not a dict).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .pt/.pth file written by '{made_by}'")
+    path = checkpoint_file(path, made_by)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many types for damaged files; re-raised with the file named

@@ -1,6 +1,16 @@
 """Training the classifier: SIPE with the official recipe (:mod:`.trainer`) and the plain-classifier
-pretraining that stands in for ImageNet weights in the demo (:mod:`.pretrain`)."""
+pretraining that stands in for ImageNet weights in the demo (:mod:`.pretrain`).
 
-from sipe.train.trainer import SIPETrainConfig, SIPETrainSet, make_val_fn, sipe_step, train_sipe
+The exports load lazily: the configuration (:mod:`.config`) and the training data (:mod:`.inputs`)
+are torch-free, so ``sipe train`` reports config and dataset errors before torch loads.
+"""
 
-__all__ = ["SIPETrainConfig", "SIPETrainSet", "make_val_fn", "sipe_step", "train_sipe"]
+from sipe._lazy import lazy_exports
+
+_EXPORTS = {
+    "SIPETrainConfig": "config",
+    "training_data": "inputs",
+    **dict.fromkeys(("SIPETrainSet", "make_val_fn", "sipe_step", "train_sipe"), "trainer"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sipe.config import STRIDE, AugConfig, ConfigError, DataConfig, MethodConfig, ModelConfig, save_run_info, to_dict
-from sipe.data import SKIPPED_FILE, dataset_from_config
-from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
+from sipe.config import STRIDE, AugConfig, save_run_info, to_dict
+from sipe.data import SKIPPED_FILE
+from sipe.engine import fit, is_main_process, setup_distributed
+from sipe.train.config import SIPETrainConfig
+from sipe.train.inputs import TrainingData, training_data
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +39,6 @@ __all__ = [
     "sipe_step",
     "train_sipe",
 ]
-
-def _official_engine() -> TrainConfig:
-    return TrainConfig(
-        epochs=5, batch_size=16, lr=0.1, weight_decay=1e-4, momentum=1e-4, poly_power=0.9,
-        clip_grad_norm=1.0, seed=15,
-    )
-
-
-@dataclass
-class SIPETrainConfig:
-    """Everything ``sipe train`` needs; YAML sections ``data``, ``aug``, ``model``, ``method``, ``engine``."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    aug: AugConfig = field(default_factory=AugConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)  # the paper's ablation switches
-    engine: TrainConfig = field(default_factory=_official_engine)
-    new_lr_mult: float = 10.0  # lr multiplier of the new layers (classifier, side convs)
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -200,35 +182,23 @@ def make_val_fn(
 # ----------------------------------------------------------------------------- entry point
 
 
-def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike) -> Path:
+def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingData | None = None) -> Path:
     """Train SIPE as configured; returns the path of ``out_dir/checkpoints/final.pt``.
 
     Writes the resolved config and run metadata to ``out_dir``; resumes from
     ``out_dir/checkpoints/last.pt`` when ``cfg.engine.resume``. When the run stops early on request
-    (``engine.stop_after``) the returned path is ``last.pt``.
+    (``engine.stop_after``) the returned path is ``last.pt``. ``data``: the datasets of
+    :func:`sipe.train.inputs.training_data` when the caller checked them already (built here if ``None``).
     """
     from sipe.models import build_sipe
 
     out_dir = Path(out_dir)
     setup_distributed(cfg.engine.device)  # before any rank-dependent step below
-    train_base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
-    train_base.drop_small(cfg.data.min_size)
-    k = train_base.num_classes
-    if cfg.model.num_classes is not None and cfg.model.num_classes != k:
-        raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes} but the dataset {train_base.source} has {k} classes "
-            "(background included); drop model.num_classes or fix it"
-        )
+    data = data if data is not None else training_data(cfg)
+    train_base, k = data.train, data.num_classes
     val_fn = None
-    if cfg.data.val_split is not None:
-        val_base = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)
-        val_base.drop_small(cfg.data.min_size)
-        if val_base.class_names != train_base.class_names:
-            raise ValueError(
-                f"the validation split {val_base.source} has classes {val_base.class_names}, the training split "
-                f"{train_base.class_names}; use the same class list"
-            )
-        val_fn = make_val_fn(val_base, k, max_images=cfg.data.val_max_images, num_workers=cfg.engine.num_workers)
+    if data.val is not None:
+        val_fn = make_val_fn(data.val, k, max_images=cfg.data.val_max_images, num_workers=cfg.engine.num_workers)
 
     # Seeded so the new layers start the same in every run (and on every rank before DDP's broadcast).
     torch.manual_seed(cfg.engine.seed)

@@ -1,0 +1,29 @@
+"""The configuration of ``sipe train`` (torch-free, so that config errors are reported before torch loads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipe.config import AugConfig, DataConfig, MethodConfig, ModelConfig
+from sipe.engine.config import TrainConfig
+
+__all__ = ["SIPETrainConfig"]
+
+
+def _official_engine() -> TrainConfig:
+    return TrainConfig(
+        epochs=5, batch_size=16, lr=0.1, weight_decay=1e-4, momentum=1e-4, poly_power=0.9,
+        clip_grad_norm=1.0, seed=15,
+    )
+
+
+@dataclass
+class SIPETrainConfig:
+    """Everything ``sipe train`` needs; YAML sections ``data``, ``aug``, ``model``, ``method``, ``engine``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)  # the paper's ablation switches
+    engine: TrainConfig = field(default_factory=_official_engine)
+    new_lr_mult: float = 10.0  # lr multiplier of the new layers (classifier, side convs)

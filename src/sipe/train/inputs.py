@@ -1,0 +1,53 @@
+"""The training data of ``sipe train``, read and checked without torch, so that a wrong labels file,
+class count or batch size is reported before torch loads (and before any model is built)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sipe.config import ConfigError
+from sipe.data import dataset_from_config
+from sipe.engine.config import check_global_batch
+from sipe.train.config import SIPETrainConfig
+
+__all__ = ["TrainingData", "training_data"]
+
+
+@dataclass
+class TrainingData:
+    """The training split, the validation split (``None`` when ``data.val_split`` is null) and the
+    class count (background included)."""
+
+    train: Any
+    val: Any | None
+    num_classes: int
+
+
+def training_data(cfg: SIPETrainConfig) -> TrainingData:
+    """Build and check the datasets ``cfg.data`` describes (images too small for training dropped).
+
+    Raises :class:`sipe.config.ConfigError` when ``model.num_classes`` disagrees with the dataset or
+    the training set holds less than one global batch (``WORLD_SIZE`` processes under torchrun), and
+    the dataset errors of :func:`sipe.data.dataset_from_config` (missing files, unknown classes).
+    """
+    train = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
+    train.drop_small(cfg.data.min_size)
+    k = train.num_classes
+    if cfg.model.num_classes is not None and cfg.model.num_classes != k:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset {train.source} has {k} classes "
+            "(background included); drop model.num_classes or fix it"
+        )
+    check_global_batch(len(train), cfg.engine.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
+    val = None
+    if cfg.data.val_split is not None:
+        val = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)
+        val.drop_small(cfg.data.min_size)
+        if val.class_names != train.class_names:
+            raise ValueError(
+                f"the validation split {val.source} has classes {val.class_names}, the training split "
+                f"{train.class_names}; use the same class list"
+            )
+    return TrainingData(train, val, k)
