@@ -102,6 +102,27 @@ def test_sipe_train_skips_bad_images_and_lists_them(tmp_path, capsys):
     assert rows["tiny"]["reason"] == "smaller than 16 px" and "1x1" in rows["tiny"]["detail"]
 
 
+def test_sipe_seg_train_skips_bad_images_and_lists_them(tmp_path):
+    root = _photos(tmp_path / "photos", n_good=5)
+    labels = tmp_path / "pseudo"
+    labels.mkdir()
+    for name in ("g0", "g1", "g2", "g3", "trunc", "tiny"):  # g4 has no pseudo label
+        Image.fromarray(np.ones((48, 64) if name != "tiny" else (1, 1), np.uint8)).save(labels / f"{name}.png")
+    run = tmp_path / "seg"
+    assert main([
+        "seg", "train", "--out", str(run), f"pseudo_labels={labels}", "missing_labels=skip", "data.kind=custom",
+        f"data.root={root}", "data.split=labels.csv", "model.backbone=resnet18", "model.weights=null",
+        "aug.crop_size=32", "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=1",
+        "engine.progress=false", "engine.device=cpu",
+    ]) == 0  # fmt: skip
+    import torch
+
+    assert torch.load(run / "checkpoints" / "final.pt", weights_only=False)["step"] == 2  # 4 usable images / 2
+    rows = _tsv(run / "skipped.tsv")
+    assert {n: r["reason"] for n, r in rows.items()} == {
+        "trunc": "unreadable", "tiny": "smaller than 16 px", "g4": "no pseudo label"}
+
+
 def test_sipe_cam_skips_bad_images_by_name(tmp_path, capsys):
     from sipe.models import build_sipe
     from sipe.models.checkpoint import write_checkpoint
