@@ -9,7 +9,7 @@ from sipe.config import AugConfig
 from sipe.engine import TrainConfig
 from sipe.refine.train_irn import IRNConfig, IRNEngineConfig
 from sipe.seg.train import SegAugConfig, SegEngineConfig, SegModelConfig
-from sipe.train.pretrain import PretrainConfig
+from sipe.train.config import PretrainConfig
 
 __all__ = ["DemoConfig", "SyntheticConfig"]
 

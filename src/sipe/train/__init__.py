@@ -8,6 +8,7 @@ are torch-free, so ``sipe train`` reports config and dataset errors before torch
 from sipe._lazy import lazy_exports
 
 _EXPORTS = {
+    "PretrainConfig": "config",
     "SIPETrainConfig": "config",
     "training_data": "inputs",
     **dict.fromkeys(("SIPETrainSet", "make_val_fn", "sipe_step", "train_sipe"), "trainer"),

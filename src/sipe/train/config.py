@@ -1,4 +1,5 @@
-"""The configuration of ``sipe train`` (torch-free, so that config errors are reported before torch loads)."""
+"""The configurations of ``sipe train`` and of the demo's classifier pretraining (torch-free, so that
+config errors are reported before torch loads)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from sipe.config import AugConfig, DataConfig, MethodConfig, ModelConfig
 from sipe.engine.config import TrainConfig
 
-__all__ = ["SIPETrainConfig"]
+__all__ = ["PretrainConfig", "SIPETrainConfig"]
 
 
 def _official_engine() -> TrainConfig:
@@ -27,3 +28,19 @@ class SIPETrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)  # the paper's ablation switches
     engine: TrainConfig = field(default_factory=_official_engine)
     new_lr_mult: float = 10.0  # lr multiplier of the new layers (classifier, side convs)
+
+
+def _pretrain_engine() -> TrainConfig:
+    # Textbook SGD (momentum 0.9): this stage stands in for ImageNet training, not for SIPE's recipe.
+    return TrainConfig(epochs=12, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, clip_grad_norm=None,
+                       seed=0, log_every=5, num_workers=1, channels_last=True)
+
+
+@dataclass
+class PretrainConfig:
+    """The demo's plain-classifier pretraining (:func:`sipe.train.pretrain.pretrain_classifier`)."""
+
+    backbone: str = "resnet18"
+    resize_long: tuple[int, int] = (96, 160)
+    crop_size: int = 128
+    engine: TrainConfig = field(default_factory=_pretrain_engine)

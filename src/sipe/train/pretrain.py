@@ -8,7 +8,6 @@ synthetic training images, and hands the result to SIPE as a local weights file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision import models
 
-from sipe.engine import TrainConfig, fit, is_main_process
+from sipe.engine import fit, is_main_process
 from sipe.io import save_torch
-
-
-def _pretrain_engine() -> TrainConfig:
-    # Textbook SGD (momentum 0.9): this stage stands in for ImageNet training, not for SIPE's recipe.
-    return TrainConfig(epochs=12, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, clip_grad_norm=None,
-                       seed=0, log_every=5, num_workers=1, channels_last=True)
-
-
-@dataclass
-class PretrainConfig:
-    backbone: str = "resnet18"
-    resize_long: tuple[int, int] = (96, 160)
-    crop_size: int = 128
-    engine: TrainConfig = field(default_factory=_pretrain_engine)
+from sipe.train.config import PretrainConfig
 
 
 class ClassifierTrainSet(Dataset):
