@@ -261,7 +261,7 @@ def train_irn(
             return load_irn(done).to(setup_distributed(cfg.engine.device).device)
         logger.info("%s was trained with another config; training again", done)
     if model is None:
-        model = build_irn(cfg.backbone, cfg.weights)
+        model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
     pair_paths(cfg.radius)  # validates the radius early
     save_run_info(out_dir, cfg)
     data = IRNTrainSet(train_set, label_dir, cfg)
