@@ -54,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_crf)
 
     q = steps.add_parser("train-irn", help="train IRN on confident regions (official recipe)",
-                         description="Train IRN's boundary and displacement branches on a frozen ResNet-50. "
+                         description="Train IRN's boundary and displacement branches on a frozen backbone (ResNet-50 "
+                         "by default; backbone= takes any registry name: resnet18..101, timm:<model>, "
+                         "module:function). "
                          "Defaults are the official recipe; a YAML file and KEY=VALUE overrides change them "
                          "(e.g. engine.batch_size=16 backbone=resnet18 weights=null).")
     add_dataset_args(q, split_default="train_aug")

@@ -6,13 +6,15 @@ Names (``model.backbone``):
   official code (:class:`sipe.models.backbone.ResNetBackbone`);
 - ``timm:<model>``: any timm model that supports ``features_only`` and ``output_stride=16``
   (``pip install 'sipe[timm]'``); the four maps are the stages at strides 4, 8, 16 and the last one
-  (run at 16), their widths from timm's ``feature_info``;
+  (run at 16), their widths from timm's ``feature_info``. ``output_stride=8`` (DeepLab) dilates the
+  same four stages to strides 4, 8, 8, 8 where timm can (``timm.create_model(..., output_stride=8)``);
 - ``module:function``: a user's factory, imported from ``PYTHONPATH``; ``function(**options)``
   returns a module obeying the contract.
 
 The contract: ``forward(x)`` with x (N, 3, H, W) returns four maps (N, C_i, H/s_i, W/s_i) at strides
 s = (4, 8, 16, 16), and the module declares ``out_channels`` = (C_1, C_2, C_3, C_4). It is checked
-once at build time on a dummy input; each violation has its own message.
+once at build time on a dummy input; each violation has its own message. Only a timm backbone can
+also be built at output stride 8 (strides 4, 8, 8, 8): the contract fixes a user's module at 16.
 
 The training policy of every non-ResNet backbone (the ResNet keeps its own, bit-identical code):
 ``frozen_stages`` n freezes every parameter the n-th map depends on (found by autograd on the dummy
@@ -105,10 +107,13 @@ def _maps(out: Any) -> list[torch.Tensor] | None:
     return None
 
 
-def check_contract(backbone: nn.Module, name: str, with_grad: bool = False) -> list[torch.Tensor]:
+def check_contract(backbone: nn.Module, name: str, with_grad: bool = False,
+                   strides: Sequence[int] = CONTRACT_STRIDES) -> list[torch.Tensor]:
     """Run ``backbone`` once on a (1, 3, 64, 64) dummy input (eval mode) and raise
-    :class:`BackboneError` unless it returns four maps at strides 4, 8, 16, 16 with the channel
-    counts its ``out_channels`` declares. Returns the maps (with their autograd graph if ``with_grad``)."""
+    :class:`BackboneError` unless it returns four maps at ``strides`` (the contract's 4, 8, 16, 16;
+    4, 8, 8, 8 for a timm backbone built at output stride 8) with the channel counts its
+    ``out_channels`` declares. Returns the maps (with their autograd graph if ``with_grad``)."""
+    strides = tuple(int(s) for s in strides)
     declared = getattr(backbone, "out_channels", None)
     if declared is None or len(tuple(declared)) != 4:
         raise BackboneError(
@@ -133,14 +138,16 @@ def check_contract(backbone: nn.Module, name: str, with_grad: bool = False) -> l
     if len(maps) != 4:
         raise BackboneError(
             f"backbone {name!r} returned {len(maps)} feature maps; the contract needs four, at strides "
-            f"{', '.join(map(str, CONTRACT_STRIDES))}"
+            f"{', '.join(map(str, strides))}"
         )
-    strides = [_PROBE_SIZE / m.shape[-1] for m in maps]
-    if any(s != c for s, c in zip(strides, CONTRACT_STRIDES, strict=True)):
-        got = ", ".join(f"{s:g}" for s in strides)
+    found = [_PROBE_SIZE / m.shape[-1] for m in maps]
+    if any(s != c for s, c in zip(found, strides, strict=True)):
+        got = ", ".join(f"{s:g}" for s in found)
+        fix = (f"this model does not dilate its last stages to output stride {strides[-1]}: use output_stride: 16"
+               if strides[-1] != 16 else "the last stage at stride 16: dilate it instead of striding")
         raise BackboneError(
             f"backbone {name!r} gives maps at strides {got}; the contract needs "
-            f"{', '.join(map(str, CONTRACT_STRIDES))} (the last stage at stride 16: dilate it instead of striding)"
+            f"{', '.join(map(str, strides))} ({fix})"
         )
     channels = [m.shape[1] for m in maps]
     if channels != [int(c) for c in declared]:
@@ -175,14 +182,19 @@ def _import_timm(name: str) -> Any:
     return timm
 
 
-def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[str, Any]) -> FeatureBackbone:
+def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[str, Any],
+               output_stride: int = 16) -> FeatureBackbone:
     timm = _import_timm(name)
     model_name = name[len(TIMM_PREFIX):]
     pretrained = weights is not None and str(weights) == TIMM_PRETRAINED
     try:
-        body = timm.create_model(model_name, features_only=True, output_stride=16, pretrained=pretrained,
+        body = timm.create_model(model_name, features_only=True, output_stride=output_stride, pretrained=pretrained,
                                  **dict(options))
     except TypeError as exc:  # timm passes output_stride to the model class, which may not take it
+        if output_stride != 16:
+            raise BackboneError(
+                f"timm model {model_name!r} cannot run at output stride {output_stride} ({exc}); use output_stride: 16"
+            ) from exc
         raise BackboneError(
             f"timm model {model_name!r} cannot run at output stride 16 ({exc}); SIPE needs the last stage at "
             "stride 16: choose a model that supports output_stride (ResNets, ConvNeXt, EfficientNet, RegNet, ...)"
@@ -199,7 +211,25 @@ def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[st
         raise BackboneError(
             f"timm cannot build {model_name!r} as a features_only model ({type(exc).__name__}: {exc})"
         ) from exc
+    # The four stages are chosen by their strides at output stride 16; at 8 timm reports the dilated
+    # strides (8, 8, 8 for the last three), so the same model is read on the meta device (no memory) at 16.
     reductions = list(body.feature_info.reduction())
+    if output_stride != 16:
+        try:
+            with torch.device("meta"):
+                nominal = timm.create_model(model_name, features_only=True, output_stride=16, pretrained=False,
+                                            **dict(options))
+        except Exception as exc:  # re-raised with the way out
+            raise BackboneError(
+                f"timm model {model_name!r} cannot be read at output stride 16 ({type(exc).__name__}: {exc}); "
+                "use output_stride: 16"
+            ) from exc
+        reductions = list(nominal.feature_info.reduction())
+        if len(reductions) != len(body.feature_info.reduction()):
+            raise BackboneError(
+                f"timm model {model_name!r} has other stages at output stride {output_stride} than at 16; "
+                "use output_stride: 16"
+            )
     channels = list(body.feature_info.channels())
     last = len(reductions) - 1
 
@@ -265,6 +295,7 @@ def build_backbone(
     frozen_stages: int = 2,
     freeze_bn: bool = True,
     options: Mapping[str, Any] | None = None,
+    output_stride: int = 16,
 ) -> nn.Module:
     """The backbone ``name`` names (see the module docstring), its contract checked.
 
@@ -272,12 +303,20 @@ def build_backbone(
     key must be in it, see :func:`sipe.models.weights.load_matching_weights`), a torchvision weights
     name for a ResNet (``"IMAGENET1K_V1"``) or ``"timm"`` (timm's own pretrained weights, online).
     ``frozen_stages`` / ``freeze_bn``: the training policy. ``options``: keyword arguments of
-    ``timm.create_model`` or of the user's factory (none for a ResNet).
+    ``timm.create_model`` or of the user's factory (none for a ResNet). ``output_stride``: 16 (the
+    contract), or 8 for a timm model that timm can dilate (maps at strides 4, 8, 8, 8; DeepLab).
     Returns a module whose ``forward(x)`` with x (N, 3, H, W) gives the four contract maps.
     """
     kind = backbone_kind(name)
     if not 0 <= frozen_stages <= 4:
         raise BackboneError(f"frozen_stages must be 0..4, got {frozen_stages}")
+    if output_stride not in (8, 16):
+        raise BackboneError(f"output_stride must be 8 or 16, got {output_stride}")
+    if output_stride != 16 and kind != "timm":
+        raise BackboneError(
+            f"backbone {name!r} runs at output stride 16 only (the contract fixes its last maps at 16; only timm "
+            f"models can be dilated to 8): use output_stride: 16"
+        )
     options = dict(options or {})
     try:
         if kind == "resnet":
@@ -287,13 +326,16 @@ def build_backbone(
 
             # The official adaptation, untouched: its own stage freezing and FrozenBatchNorm2d.
             return ResNetBackbone(RESNETS[name], weights=weights, frozen_stages=frozen_stages, freeze_bn=freeze_bn)
-        backbone = _timm_body(name, weights, options) if kind == "timm" else _module_body(name, weights, options)
+        backbone = (_timm_body(name, weights, options, output_stride) if kind == "timm"
+                    else _module_body(name, weights, options))
     except BackboneError:
         raise
     except (FileNotFoundError, ValueError) as exc:  # a weights file that is missing, unreadable or unfit
         raise BackboneError(str(exc)) from exc
     # A user's module is checked as it is (before wrapping) so that a wrong map count gets its own message.
-    maps = check_contract(backbone.body if kind == "module" else backbone, name, with_grad=frozen_stages > 0)
+    strides = (4, 8, output_stride, output_stride)
+    maps = check_contract(backbone.body if kind == "module" else backbone, name, with_grad=frozen_stages > 0,
+                          strides=strides)
     _freeze_upstream(backbone, maps, frozen_stages)
     backbone.freeze_bn = freeze_bn
     backbone.train(backbone.training)

@@ -27,16 +27,12 @@ __all__ = [
 
 
 
-def check_resnet(name: str, stage: str | None = None) -> None:
-    """Raise :class:`sipe.errors.UsageError` unless ``name`` is one of the torchvision ResNets sipe builds;
-    ``stage`` names a stage that takes ResNets only (IRN, DeepLab), for the message."""
+def check_resnet(name: str) -> None:
+    """Raise :class:`sipe.errors.UsageError` unless ``name`` is one of the torchvision ResNets sipe builds
+    (what the ResNet weights functions below take; every stage builds other backbones through
+    :mod:`sipe.models.registry`)."""
     if name not in RESNETS:
-        if stage is not None and ":" in name:
-            raise UsageError(
-                f"{stage} builds on a torchvision ResNet only, not {name!r} (timm and your own backbones serve "
-                f"SIPE training and IS-CAMs); choose one of {', '.join(RESNETS)}"
-            )
-        raise UsageError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+        raise UsageError(f"{name!r} is not a torchvision ResNet; choose one of {', '.join(RESNETS)}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

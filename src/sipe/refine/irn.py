@@ -1,8 +1,11 @@
-"""IRN (Ahn et al., CVPR 2019) as SIPE uses it: a frozen ResNet with a class-boundary branch and
+"""IRN (Ahn et al., CVPR 2019) as SIPE uses it: a frozen backbone with a class-boundary branch and
 a displacement branch at stride 4, and the affinity / displacement losses.
 
-The backbone (strides 2, 2, 2, 1: stem and layer1 at stride 4, layer2 at 8, layer3-4 at 16) is
-frozen and kept in eval mode, its outputs detached; only the two branches train.
+The backbone is frozen and kept in eval mode, its outputs detached; only the two branches train.
+The official one is a ResNet (strides 2, 2, 2, 1: stem and layer1 at stride 4, layer2 at 8,
+layer3-4 at 16) whose stem map feeds the first unit of each branch. Any other registry backbone
+(timm, ``module:function``) has no named stem: its first map (stride 4) stands in for it (see
+:class:`IRN`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from sipe.refine.affinity import edge_to_affinity, pair_displacement, pair_paths
 
 STRIDE = 4  # the branches' output stride
 TRAIN_RADIUS = 10
+_STEM = ("conv1", "bn1", "relu", "maxpool")  # a ResNet's stem, read by the first unit of each branch
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _unit(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
@@ -36,8 +41,16 @@ class IRN(nn.Module):
     Args:
         backbone: a module exposing torchvision's ``conv1, bn1, relu, maxpool, layer1..layer4``
             and ``out_channels`` (e.g. :class:`sipe.models.backbone.ResNetBackbone` with strides
-            (2, 2, 2, 1)); built as ResNet-50 with ``weights`` when ``None``.
+            (2, 2, 2, 1)), or any module obeying the registry contract (``forward(x)`` gives four
+            maps at strides 4, 8, 16, 16; ``out_channels``); built as ResNet-50 with ``weights``
+            when ``None``.
         weights: backbone weights when it is built here (torchvision name, local file or None).
+
+    The branches read five maps: the stem (stride 4) and the four stages. A ResNet's stem is
+    ``maxpool(relu(bn1(conv1(x))))``, as the official code. A backbone without those modules has no
+    named stem, so the rule is: its first map (stride 4, ``out_channels[0]`` wide) is read twice, by
+    ``edge1``/``dp1`` in place of the stem and by ``edge2``/``dp2`` as the first stage; the other
+    units read maps 2-4 as with a ResNet. Layer shapes, losses and training are otherwise the same.
 
     ``forward(x)`` with x (N, 3, H, W), H and W multiples of 16, returns the boundary logits
     (N, 1, H/4, W/4) and the displacement field (N, 2, H/4, W/4) (``mean_shift`` subtracted in
@@ -54,8 +67,10 @@ class IRN(nn.Module):
         self.backbone = backbone
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        c0 = backbone.conv1.out_channels
+        # A torchvision-style ResNet gives its stem map; any other backbone its first map instead.
+        self.resnet_stem = all(hasattr(backbone, a) for a in _STEM + _STAGES)
         c1, c2, c3, c4 = backbone.out_channels
+        c0 = backbone.conv1.out_channels if self.resnet_stem else c1
         self.edge1 = _unit(c0, 32, 4)
         self.edge2 = _unit(c1, 32, 4)
         self.edge3 = _unit(c2, 32, 4, up=2)
@@ -90,8 +105,13 @@ class IRN(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The five detached backbone maps: stem (s4), layer1 (s4), layer2 (s8), layer3-4 (s16)."""
+        """The five detached backbone maps: stem (s4), layer1 (s4), layer2 (s8), layer3-4 (s16); for a
+        backbone without a ResNet stem, its first map twice and then its other three."""
         b = self.backbone
+        if not self.resnet_stem:
+            with torch.no_grad():
+                x1, x2, x3, x4 = b(x)
+            return [x1, x1, x2, x3, x4]
         with torch.no_grad():
             x0 = b.maxpool(b.relu(b.bn1(b.conv1(x))))
             x1 = b.layer1(x0)

@@ -25,10 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from sipe.config.common import backbone_kind
 from sipe.engine import TrainConfig
 from sipe.engine.distributed import rank_and_world, setup_distributed, shard_indices
 from sipe.models.checkpoint import read_checkpoint, write_checkpoint
-from sipe.models.weights import check_resnet
 from sipe.refine.affinity import affinity_labels, pair_paths
 from sipe.refine.irn import IRN, STRIDE, irn_losses
 
@@ -52,8 +52,13 @@ class IRNEngineConfig(TrainConfig):
 class IRNConfig:
     """IRN model and training settings (defaults: the official recipe)."""
 
+    # Any registry name (resnet18..101, timm:<model>, module:function), frozen. A ResNet's stem map feeds
+    # the branches' first units (edge1, dp1) as in the official code; a backbone without a ResNet stem
+    # feeds its first map (stride 4) to both edge1/dp1 and edge2/dp2 (sipe.refine.irn.IRN).
     backbone: str = "resnet50"
-    weights: str | None = "IMAGENET1K_V1"  # torchvision name, a local state-dict file, or null
+    # torchvision name (ResNets), a local .pth/.safetensors state-dict file, timm (timm's own), or null
+    weights: str | None = "IMAGENET1K_V1"
+    backbone_options: dict[str, Any] | None = None  # keyword arguments of timm.create_model / your factory
     crop_size: int = 512
     scale_range: tuple[float, float] = (0.5, 1.5)
     flip: bool = True
@@ -63,7 +68,9 @@ class IRNConfig:
     engine: IRNEngineConfig = field(default_factory=IRNEngineConfig)
 
     def __post_init__(self) -> None:
-        check_resnet(self.backbone, "IRN")
+        # At config time, before any model or data is loaded (backbone_kind imports nothing).
+        if backbone_kind(self.backbone) == "resnet" and self.backbone_options:
+            raise ValueError(f"backbone_options: {self.backbone} takes none, got {sorted(self.backbone_options)}")
         grid = self.crop_size // STRIDE
         if self.crop_size % 16 or grid <= 2 * (self.radius - 1):
             smallest = 16 * (8 * (self.radius - 1) // 16 + 1)
@@ -73,15 +80,15 @@ class IRNConfig:
             )
 
 
-def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = None) -> IRN:
-    """IRN on a registry ResNet (strides 2, 2, 2, 1), frozen (statistics included).
-
-    IRN reads the stem's map besides the four stages, which only the torchvision ResNets name
-    (``conv1`` ... ``layer4``), so timm and user backbones are refused with a clear message."""
+def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = None,
+              options: dict[str, Any] | None = None) -> IRN:
+    """IRN on a registry backbone, frozen (statistics included): a ResNet (strides 2, 2, 2, 1), whose
+    stem map the branches read besides the four stages, or a ``timm:<model>`` / ``module:function``
+    backbone, whose first map stands in for the stem (:class:`sipe.refine.irn.IRN`).
+    ``options``: keyword arguments of ``timm.create_model`` / the user's factory."""
     from sipe.models import build_backbone
 
-    check_resnet(backbone, "IRN")
-    return IRN(build_backbone(backbone, weights, frozen_stages=4, freeze_bn=True))
+    return IRN(build_backbone(backbone, weights, frozen_stages=4, freeze_bn=True, options=options))
 
 
 def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
@@ -188,7 +195,8 @@ def estimate_mean_shift(
 
 def irn_meta(cfg: IRNConfig) -> dict[str, Any]:
     """The ``meta`` entry of IRN checkpoints: what :func:`load_irn` rebuilds the network from."""
-    return {"kind": "irn", "backbone": cfg.backbone, "radius": cfg.radius}
+    return {"kind": "irn", "backbone": cfg.backbone, "backbone_options": dict(cfg.backbone_options or {}),
+            "radius": cfg.radius}
 
 
 def save_irn(model: IRN, path: str | os.PathLike, cfg: IRNConfig) -> None:
@@ -207,7 +215,7 @@ def load_irn(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     backbone = meta.get("backbone")
     if backbone is None:
         raise ValueError(f"{path} does not name its backbone (meta.backbone); it was not written by sipe IRN")
-    model = build_irn(backbone, weights=None)
+    model = build_irn(backbone, weights=None, options=meta.get("backbone_options"))  # older files: none
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -246,12 +254,14 @@ def train_irn(
     if model is None and cfg.engine.resume and done.is_file():
         # irn.pt is written last and atomically: it exists only when training and the mean shift are done.
         saved = read_checkpoint(done, made_by="sipe refine train-irn").get("config")
+        if isinstance(saved, dict):
+            saved = {"backbone_options": None, **saved}  # written before the key existed
         if saved == to_dict(cfg):
             logger.info("IRN already trained with this config: %s (engine.resume=false retrains)", done)
             return load_irn(done).to(setup_distributed(cfg.engine.device).device)
         logger.info("%s was trained with another config; training again", done)
     if model is None:
-        model = build_irn(cfg.backbone, cfg.weights)
+        model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
     pair_paths(cfg.radius)  # validates the radius early
     save_run_info(out_dir, cfg)
     data = IRNTrainSet(train_set, label_dir, cfg)

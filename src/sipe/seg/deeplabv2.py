@@ -17,6 +17,11 @@ the first block of each dilated stage at the stage's rate;
 variant (``caffe_resnet``), with the ``caffe`` input normalisation, so the network computes what
 the file was trained to compute.
 
+A ``timm:<model>`` backbone of the registry works too, dilated by timm to output stride 8
+(:func:`sipe.seg.model.registry_body`, the ASPP on its last map, ImageNet normalisation, weights as
+the registry takes them); a ``module:function`` backbone cannot run at 8 (its contract fixes 16)
+and is refused with the way out, ``arch: deeplabv3``.
+
 One module over ~350 lines on purpose: the network, the deeplab-pytorch key mapping, the builder
 that picks the variant from the weights, the MSC loss and the recipe's parameter groups are one
 recipe; split, each part would need the others' conventions to be read.
@@ -38,9 +43,11 @@ import torchvision
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
+from sipe.config.common import backbone_kind
 from sipe.data.transforms import mean_std
-from sipe.models.weights import check_resnet, load_resnet_weights, read_state_dict
-from sipe.seg.model import _dilate_basic_layer
+from sipe.models.registry import BackboneError
+from sipe.models.weights import load_resnet_weights, read_state_dict
+from sipe.seg.model import _dilate_basic_layer, registry_body
 
 log = logging.getLogger(__name__)
 
@@ -306,19 +313,27 @@ def build_deeplabv2(
     msc_scales: Sequence[float] = MSC_SCALES,
     normalization: str = "auto",
     caffe_resnet: bool | None = None,
+    backbone_options: Mapping[str, Any] | None = None,
 ) -> DeepLabV2:
     """Build a DeepLabV2 for ``num_classes`` classes (background included), optionally initialised.
 
-    backbone: ``resnet101`` / ``resnet50`` (``resnet18`` / ``resnet34`` for small CPU runs).
+    backbone: ``resnet101`` / ``resnet50`` (``resnet18`` / ``resnet34`` for small CPU runs), or a
+        ``timm:<model>`` that timm dilates to output stride 8 (``module:function`` backbones are refused).
     weights: ``None`` (random), a torchvision weights name such as ``IMAGENET1K_V1``, a local
         torchvision ResNet state dict, or a local deeplab-pytorch DeepLabV2 file (layout detected
         from its keys; the matched counts are logged and a total mismatch raises).
     normalization: ``auto`` = ``caffe`` for deeplab-pytorch weights, else ``imagenet``.
     caffe_resnet: ``None`` = True exactly for deeplab-pytorch weights (see the module docstring).
+    backbone_options: keyword arguments of ``timm.create_model`` (none for a ResNet).
     """
-    check_resnet(backbone, "DeepLabV2")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    kind = backbone_kind(backbone)
+    if kind != "resnet":
+        return _registry_deeplabv2(num_classes, backbone, weights, atrous_rates, msc_scales, normalization,
+                                   caffe_resnet, backbone_options)
+    if backbone_options:
+        raise BackboneError(f"backbone {backbone} takes no options, got {sorted(backbone_options)}")
     src = resolve_weights(backbone, weights)
     from_deeplab = src.kind == "deeplab-pytorch"
     if normalization == "auto":
@@ -342,6 +357,25 @@ def build_deeplabv2(
         report = load_deeplab_pytorch_weights(model, src.state, str(src.path))
         log.info("DeepLabV2 weights: %s", report.summary())
     return model
+
+
+def _registry_deeplabv2(
+    num_classes: int, backbone: str, weights: str | os.PathLike | None, atrous_rates: Sequence[int],
+    msc_scales: Sequence[float], normalization: str, caffe_resnet: bool | None,
+    backbone_options: Mapping[str, Any] | None,
+) -> DeepLabV2:
+    """:func:`build_deeplabv2` on a registry backbone: its last map at output stride 8 under the ASPP."""
+    if backbone_kind(backbone) == "module":
+        raise BackboneError(
+            f"DeepLabV2 runs at output stride 8, which {backbone!r} cannot (a module:function backbone's contract "
+            "fixes stride 16): use arch: deeplabv3 (with output_stride: 16)"
+        )
+    if caffe_resnet:
+        raise BackboneError(f"caffe_resnet is a variant of the ResNet; {backbone!r} has none")
+    normalization = "imagenet" if normalization == "auto" else normalization
+    body = registry_body(backbone, weights, output_stride=8, options=backbone_options, arch="DeepLabV2")
+    return DeepLabV2(body, ASPPv2(body.out_channels[3], num_classes, atrous_rates), scales=msc_scales,
+                     input_norm=normalization, caffe_resnet=False)
 
 
 # ----------------------------------------------------------------------------- training

@@ -4,12 +4,16 @@ All networks are torchvision ``DeepLabV3`` modules: ``model(x)`` takes an ImageN
 (N, 3, H, W) float batch and returns ``{"out": (N, K, H, W) logits[, "aux": (N, K, H, W)]}``.
 ResNet-50/101 follow ``torchvision.models.segmentation.deeplabv3_resnet50/101`` layer for layer
 (same modules, same state-dict keys); ResNet-18/34 are small variants for CPU runs and the demo.
+Every other backbone of the registry (``timm:<model>``, ``module:function``) is the body as the
+registry builds it (:class:`RegistryBody`), the ASPP head on its last map, the auxiliary head on its
+third.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,8 +25,10 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
+from sipe.config.common import backbone_kind
 from sipe.models.checkpoint import checkpoint_kind, read_checkpoint
-from sipe.models.weights import check_resnet, load_resnet_weights
+from sipe.models.registry import BackboneError, build_backbone
+from sipe.models.weights import load_resnet_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ class SegModelSpec:
     atrous_rates: list[int] | None = None  # deeplabv2: the ASPP rates
     msc_scales: list[float] | None = None  # deeplabv2: the MSC input scales (1.0 first)
     caffe_resnet: bool = False  # deeplabv2: the Caffe ResNet variant of deeplab-pytorch's weights
+    # timm / module:function backbones: keyword arguments of timm.create_model / the factory (older
+    # checkpoints lack it: none)
+    backbone_options: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,12 +58,82 @@ class SegModelSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SegModelSpec:
         names = ("num_classes", "backbone", "output_stride", "aux", "class_names", "arch", "normalization",
-                 "atrous_rates", "msc_scales", "caffe_resnet")
+                 "atrous_rates", "msc_scales", "caffe_resnet", "backbone_options")
         known = {k: d[k] for k in names if k in d}
         if "num_classes" not in known:
             raise ValueError("segmentation model spec lacks 'num_classes'")
         known["class_names"] = list(known.get("class_names") or [])
+        if known.get("backbone_options") is not None:
+            known["backbone_options"] = dict(known["backbone_options"])
         return cls(**known)
+
+
+class RegistryBody(nn.Module):
+    """A registry backbone (:func:`sipe.models.registry.build_backbone`) as the body of a DeepLab.
+
+    ``forward(x)`` returns ``{"out": its last map[, "aux": its third map]}`` (strides 16 and 16, or 8
+    and 8 for a timm model built at output stride 8), the dict torchvision's ``DeepLabV3`` expects
+    of ``IntermediateLayerGetter``. ``out_channels``: the backbone's four widths; ``name``: its
+    registry name.
+    """
+
+    def __init__(self, net: nn.Module, name: str, aux: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.aux = aux
+        self.out_channels: tuple[int, ...] = tuple(int(c) for c in net.out_channels)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.net(x)
+        out = OrderedDict(out=maps[3])
+        if self.aux:
+            out["aux"] = maps[2]
+        return out
+
+
+def registry_body(
+    backbone: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    output_stride: int = 16,
+    options: Mapping[str, Any] | None = None,
+    aux: bool = False,
+    arch: str = "DeepLabV3",
+) -> RegistryBody:
+    """The registry backbone ``backbone`` as a DeepLab body, every parameter trainable and batch norm
+    as it is (the torchvision ResNet of DeepLab fine-tunes all too; ``model.freeze_bn`` is applied
+    afterwards by :func:`freeze_backbone_batchnorm`). ``output_stride``: 16, or 8 for a timm model
+    timm can dilate; a ``module:function`` backbone runs at 16 only (its contract) and asking 8 raises
+    :class:`sipe.models.registry.BackboneError` naming the fix."""
+    if output_stride != 16 and backbone_kind(backbone) == "module":
+        raise BackboneError(
+            f"{arch} on {backbone!r} runs at output stride 16 only (a module:function backbone's contract fixes "
+            f"its last maps at stride 16); set model.output_stride: 16"
+        )
+    net = build_backbone(backbone, weights, frozen_stages=0, freeze_bn=False, options=options,
+                         output_stride=output_stride)
+    return RegistryBody(net, backbone, aux=aux)
+
+
+def freeze_backbone_batchnorm(model: nn.Module) -> None:
+    """``model.freeze_bn`` of a DeepLab: every batch norm of ``model.backbone`` keeps its statistics and
+    its affine parameters fixed. A torchvision ResNet gets :class:`sipe.models.layers.FrozenBatchNorm2d`
+    (as before); a registry body (:class:`RegistryBody`) keeps its own layers (timm's ``BatchNormAct2d``
+    carries its activation) held in eval mode by the registry's ``freeze_bn`` and their affine
+    parameters switched off."""
+    from sipe.models.layers import freeze_batchnorm
+
+    body = model.backbone
+    if not isinstance(body, RegistryBody):
+        freeze_batchnorm(body)
+        return
+    body.net.freeze_bn = True
+    for m in body.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    body.net.train(body.net.training)
 
 
 def _dilate_basic_layer(layer: nn.Sequential, previous_dilation: int, dilation: int) -> None:
@@ -77,23 +156,36 @@ def build_deeplab(
     weights_backbone: str | os.PathLike | None = None,
     aux: bool = False,
     output_stride: int = 8,
+    backbone_options: Mapping[str, Any] | None = None,
 ) -> DeepLabV3:
     """Build a torchvision DeepLabV3 for ``num_classes`` classes (background included).
 
     backbone: ``resnet50`` / ``resnet101`` (torchvision's ``deeplabv3_resnet50/101`` layout) or the
-        small ``resnet18`` / ``resnet34``: DeepLab dilates a torchvision ResNet to output stride 8 (or
-        16), so the registry's timm and ``module:function`` backbones are refused here.
-    weights_backbone: ``None`` (random initialisation), a torchvision weights name such as
-        ``"IMAGENET1K_V1"`` (downloaded, or read from the torch hub cache; raises if neither works),
-        or a local file holding a ResNet state dict.
-    aux: add the FCN auxiliary head on ``layer3`` (returned as ``"aux"``).
-    output_stride: 8 (dilated ``layer3`` and ``layer4``, torchvision's choice) or 16 (dilated ``layer4``).
+        small ``resnet18`` / ``resnet34``, dilated by DeepLab itself; or any other registry name
+        (``timm:<model>``, ``module:function``): its body as the registry builds it
+        (:func:`registry_body`), the ASPP head on its last map, the auxiliary head on its third.
+    weights_backbone: ``None`` (random initialisation); for a ResNet a torchvision weights name such
+        as ``"IMAGENET1K_V1"`` (downloaded, or read from the torch hub cache; raises if neither works)
+        or a local file holding a ResNet state dict; for the others what the registry takes (a local
+        ``.pth``/``.safetensors`` file of the backbone, or ``"timm"`` for timm's pretrained weights).
+    aux: add the FCN auxiliary head on ``layer3`` / the third map (returned as ``"aux"``).
+    output_stride: 8 (dilated ``layer3`` and ``layer4``, torchvision's choice) or 16 (dilated ``layer4``);
+        a timm backbone takes 8 where timm can dilate it, a ``module:function`` one 16 only.
+    backbone_options: keyword arguments of ``timm.create_model`` / the user's factory (none for a ResNet).
     """
-    check_resnet(backbone, "DeepLabV3")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if backbone_kind(backbone) != "resnet":
+        rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
+        body = registry_body(backbone, weights_backbone, output_stride=output_stride, options=backbone_options,
+                             aux=aux)
+        c = body.out_channels
+        aux_head = FCNHead(c[2], num_classes) if aux else None
+        return DeepLabV3(body, DeepLabHead(c[3], num_classes, atrous_rates=rates), aux_head)
+    if backbone_options:
+        raise BackboneError(f"backbone {backbone} takes no options, got {sorted(backbone_options)}")
     bottleneck = backbone in ("resnet50", "resnet101")
     dilate = [False, output_stride == 8, True]
     ctor = getattr(torchvision.models, backbone)
@@ -125,12 +217,13 @@ def build_from_spec(spec: SegModelSpec) -> nn.Module:
         return build_deeplabv2(
             spec.num_classes, spec.backbone, atrous_rates=spec.atrous_rates or ATROUS_RATES,
             msc_scales=spec.msc_scales or MSC_SCALES, normalization=spec.normalization,
-            caffe_resnet=spec.caffe_resnet,
+            caffe_resnet=spec.caffe_resnet, backbone_options=spec.backbone_options,
         )
     if spec.arch != "deeplabv3":
         raise ValueError(f"unknown segmentation architecture {spec.arch!r} in the model spec (deeplabv3, deeplabv2)")
     return build_deeplab(
-        spec.num_classes, backbone=spec.backbone, aux=spec.aux, output_stride=spec.output_stride
+        spec.num_classes, backbone=spec.backbone, aux=spec.aux, output_stride=spec.output_stride,
+        backbone_options=spec.backbone_options,
     )
 
 
@@ -140,7 +233,7 @@ def load_seg_checkpoint(
     """Rebuild a trained segmentation network from a checkpoint written by ``train_seg``.
 
     The checkpoint is a dict with ``"model"`` (state dict) and ``"meta"["model_spec"]``
-    (``num_classes``, ``backbone``, ``output_stride``, ``aux``, ``class_names``).
+    (``num_classes``, ``backbone``, ``backbone_options``, ``output_stride``, ``aux``, ``class_names``...).
     Returns the network in eval mode and its spec.
     """
     ckpt = read_checkpoint(path, map_location, made_by="sipe seg train")

@@ -24,14 +24,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sipe.config import DataConfig, save_run_info, to_dict
+from sipe.config.common import backbone_kind
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.image import read_mask
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
-from sipe.models.layers import freeze_batchnorm
-from sipe.models.weights import check_resnet
-from sipe.seg.model import SegModelSpec, build_deeplab, input_normalization
+from sipe.seg.model import RegistryBody, SegModelSpec, build_deeplab, freeze_backbone_batchnorm, input_normalization
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +56,16 @@ class SegModelConfig:
     """The segmentation network and its batch-norm handling."""
 
     arch: Literal["deeplabv3", "deeplabv2"] = "deeplabv3"  # deeplabv2: sipe.seg.deeplabv2 (the WSSS papers')
-    backbone: str = "resnet101"  # resnet50 | resnet101 (torchvision DeepLabV3) | resnet18 | resnet34
-    # torchvision weights name (downloaded, or from the torch hub cache), a local state-dict file
+    # Any registry name: resnet50 | resnet101 (torchvision DeepLabV3) | resnet18 | resnet34, dilated by
+    # DeepLab; timm:<model> (dilated by timm: output stride 8 where timm can) or module:function (output
+    # stride 16 only, deeplabv3 only), the ASPP on the last map, the aux head on the third.
+    backbone: str = "resnet101"
+    # ResNets: torchvision weights name (downloaded, or from the torch hub cache), a local state-dict file
     # (a torchvision ResNet, or a sipe/SIPE checkpoint whose backbone is reused), or null (random).
     # deeplabv2 also takes a deeplab-pytorch DeepLabV2 file (e.g. the COCO-pretrained initialisation).
+    # timm / module:function: a local .pth/.safetensors state dict of the backbone, timm (timm's own), or null.
     weights: str | None = "IMAGENET1K_V1"
+    backbone_options: dict[str, Any] | None = None  # keyword arguments of timm.create_model / your factory
     output_stride: int = 16  # 8 or 16; deeplabv2 runs at 8 only
     atrous_rates: tuple[int, ...] = (6, 12, 18, 24)  # deeplabv2: the four ASPP branches
     msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # deeplabv2: multi-scale inputs fused by max (1.0 first)
@@ -72,7 +76,20 @@ class SegModelConfig:
     sync_bn: bool = True  # SyncBatchNorm across processes under torchrun (CUDA only)
 
     def __post_init__(self) -> None:
-        check_resnet(self.backbone)  # at config time, before any model or data is loaded
+        # At config time, before any model or data is loaded (backbone_kind imports nothing).
+        kind = backbone_kind(self.backbone)  # raises with the accepted names
+        if kind == "resnet" and self.backbone_options:
+            raise ValueError(f"model.backbone_options: {self.backbone} takes none, got {sorted(self.backbone_options)}")
+        if kind == "module" and self.arch == "deeplabv2":
+            raise ValueError(
+                f"model.arch=deeplabv2 runs at output stride 8, which {self.backbone!r} cannot (a module:function "
+                "backbone's contract fixes stride 16): use arch: deeplabv3 (with output_stride: 16)"
+            )
+        if kind == "module" and self.output_stride != 16:
+            raise ValueError(
+                f"model.output_stride={self.output_stride} is not possible on {self.backbone!r} (a module:function "
+                "backbone's contract fixes its last maps at stride 16): set output_stride: 16"
+            )
 
 
 @dataclass
@@ -256,14 +273,15 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             )
         model = build_deeplabv2(
             num_classes, m.backbone, m.weights, atrous_rates=m.atrous_rates, msc_scales=m.msc_scales,
-            normalization=m.normalization,
+            normalization=m.normalization, backbone_options=m.backbone_options,
         )
     else:
         model = build_deeplab(
-            num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride
+            num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride,
+            backbone_options=m.backbone_options,
         )
     if m.freeze_bn:
-        freeze_batchnorm(model.backbone)
+        freeze_backbone_batchnorm(model)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
     synced = False
     if world_size > 1 and m.sync_bn:
@@ -272,7 +290,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             for name in ("backbone", "classifier", "aux_classifier"):
                 sub = getattr(model, name, None)
                 if sub is not None and not (name == "backbone" and m.freeze_bn):
-                    setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(sub))
+                    setattr(model, name, _sync_batchnorm(sub))
             synced = True
         else:
             log.warning(
@@ -285,6 +303,16 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             "the DeepLab head; use engine.batch_size >= 2 per process (or several GPUs with model.sync_bn)"
         )
     return model
+
+
+def _sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with SyncBatchNorm: timm's converter for a timm body (its ``BatchNormAct2d`` keeps its
+    activation, which torch's converter would drop), torch's for everything else."""
+    if isinstance(module, RegistryBody) and backbone_kind(module.name) == "timm":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
@@ -336,6 +364,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         class_names=list(base.class_names),
         arch=cfg.model.arch,
         normalization=input_normalization(model),
+        backbone_options=dict(cfg.model.backbone_options or {}),
     )
     if cfg.model.arch == "deeplabv2":
         from sipe.seg import deeplabv2
