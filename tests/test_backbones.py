@@ -135,7 +135,7 @@ def test_contract_violations_each_give_their_message(factory, message, user_modu
 def test_contract_violation_through_sipe_train_is_one_line_and_exit_1(user_module, synthetic, tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "run"), "data.kind=synthetic", f"data.root={synthetic}",
                  "data.split=train", "data.val_split=null", "model.backbone=sipe_user_net:stride32",
-                 "model.weights=null", "engine.device=cpu"]) == 1
+                 "model.weights=null", "engine.batch_size=2", "engine.device=cpu"]) == 1
     err = capsys.readouterr().err
     assert "strides 4, 8, 16, 32" in err and "Traceback" not in err
 

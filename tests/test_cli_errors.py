@@ -139,9 +139,19 @@ def test_under_torchrun_rank_0_prints_one_line(photos, tmp_path):
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("sipe train: error: labels file") == 1, done.stderr
+    assert "rank 1: " not in done.stderr, done.stderr  # rank 1 was stopped by torchrun while waiting
     # What is left is torchrun's own report of a child's non-zero exit (its ChildFailedError block).
     assert done.stderr.count("Traceback") == done.stderr.count("ChildFailedError:") <= 1, done.stderr
     assert "src/sipe" not in done.stderr, done.stderr  # no frame of ours: no rank printed a traceback
+
+
+def test_an_error_of_another_rank_alone_is_printed_after_the_grace_period(photos, tmp_path, monkeypatch, capsys):
+    import sipe.cli
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(sipe.cli, "RANK_ERROR_GRACE_S", 0.0)  # rank 0 did not stop us: this rank reports
+    assert main(_train(photos, tmp_path / "r", f"data.split={photos / 'label.csv'}")) == 1
+    _one_line(capsys, "sipe train: error: rank 1: labels file")
 
 
 _NO_TORCH = "import sys; from sipe.cli import main; code = main(sys.argv[1:]); print('torch imported:', 'torch' in sys.modules); sys.exit(code)"  # noqa: E501

@@ -17,10 +17,14 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
 from sipe import __version__  # noqa: E402
 from sipe.cli._common import INPUT_ERROR, USAGE_ERROR  # noqa: E402
+
+# Seconds a torchrun worker other than rank 0 waits before reporting a user error (see ``main``).
+RANK_ERROR_GRACE_S = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``sipe`` command; returns its exit status (0 ok, 1 bad inputs, 2 bad command line or config).
 
     The one error path of every command: a user-facing error is printed as one line
-    ``sipe COMMAND: error: MESSAGE`` (by rank 0 only under torchrun; the other ranks exit with the
-    same status quietly); anything else is a bug and keeps its traceback. ``SIPE_DEBUG=1`` shows the
-    traceback of every error.
+    ``sipe COMMAND: error: MESSAGE`` (under torchrun by rank 0; another rank waits
+    :data:`RANK_ERROR_GRACE_S` first, so that torchrun stops it quietly when rank 0 failed the same way,
+    and prints its own error only when rank 0 did not fail); anything else is a bug and keeps its
+    traceback. ``SIPE_DEBUG=1`` shows the traceback of every error.
     """
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -92,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_status(err)
         if code is None:
             raise
-        if main_rank:
-            if os.environ.get("SIPE_DEBUG") == "1":
-                traceback.print_exc()
-            print(f"{leaf.prog}: error: {err}", file=sys.stderr)
+        if not main_rank:
+            # torchrun stops every worker once one exits: give rank 0 time to print the (usually
+            # identical) error and exit first; an error of this rank alone is then printed here.
+            time.sleep(RANK_ERROR_GRACE_S)
+        if os.environ.get("SIPE_DEBUG") == "1":
+            traceback.print_exc()
+        where = "" if main_rank else f"rank {os.environ.get('RANK')}: "
+        print(f"{leaf.prog}: error: {where}{err}", file=sys.stderr)
         return code
     return int(result or 0)
 
