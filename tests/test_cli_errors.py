@@ -166,6 +166,11 @@ _NO_TORCH = "import sys; from sipe.cli import main; code = main(sys.argv[1:]); p
     ("predict", 1, "fnal.pt does not exist"),
     ("export", 1, "fnal.pt does not exist"),
     ("seg eval", 1, "fnal.pt does not exist"),
+    ("seg train", 2, "unknown backbone 'resnet19'"),
+    ("seg labels", 1, "pseudo-label folder"),
+    ("irn", 2, "unknown backbone 'resnet19'"),
+    ("irn labels", 1, "--label-dir"),
+    ("demo", 2, "unknown config key 'foo'"),
 ])  # fmt: skip
 def test_errors_found_before_real_work_do_not_import_torch(case, status, message, photos, tmp_path):
     """Start-up: such errors are reported before torch loads (a fraction of a second instead of seconds)."""
@@ -180,6 +185,13 @@ def test_errors_found_before_real_work_do_not_import_torch(case, status, message
         "predict": ["predict", str(photos / "p0.jpg"), "--checkpoint", ckpt, "--out", str(tmp_path / "pred")],
         "export": ["export", "--checkpoint", ckpt, "--out", str(tmp_path / "m.onnx")],
         "seg eval": ["seg", "eval", *data, "--mask-dir", str(photos), "--checkpoint", ckpt],
+        "seg train": ["seg", "train", "--out", str(tmp_path / "s"), "model.backbone=resnet19"],
+        "seg labels": ["seg", "train", "--out", str(tmp_path / "s"), f"pseudo_labels={tmp_path / 'nope'}"],
+        "irn": ["refine", "train-irn", *data, "--label-dir", str(photos), "--out", str(tmp_path / "i"),
+                "backbone=resnet19"],
+        "irn labels": ["refine", "train-irn", *data, "--label-dir", str(tmp_path / "nope"), "--out",
+                       str(tmp_path / "i")],
+        "demo": ["demo", "--out", str(tmp_path / "d"), "foo=1"],
     }[case]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True, env=env)

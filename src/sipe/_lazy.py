@@ -9,15 +9,15 @@ from typing import Any
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package`` that import ``name`` from its submodule
-    ``exports[name]`` on first access (and cache it in the package's namespace)."""
+    """``__getattr__`` and ``__dir__`` for ``package`` that import ``name`` from ``exports[name]`` (a
+    submodule's name, or a dotted module path) on first access, and cache it in the package's namespace."""
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        value = getattr(importlib.import_module(module if "." in module else f"{package}.{module}"), name)
         namespace[name] = value
         return value
 

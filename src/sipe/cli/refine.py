@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from sipe.cli._common import (
     InputError,
@@ -128,15 +129,20 @@ def run_crf(args: argparse.Namespace) -> int:
 
 
 def run_train_irn(args: argparse.Namespace) -> int:
-    from sipe.engine import is_main_process
-    from sipe.refine.train_irn import IRNConfig, train_irn
+    from sipe.config.irn import IRNConfig
 
-    cfg = config_from_args(IRNConfig, args)
+    cfg = config_from_args(IRNConfig, args)  # config and dataset errors before torch loads
     if args.print_config:
         return print_config(cfg)
     setup_logging()
     train_set = _dataset(args)
     mean_set = _dataset(args, args.mean_split) if args.mean_split is not None else None
+    if not Path(args.label_dir).is_dir():
+        raise FileNotFoundError(f"--label-dir {args.label_dir} does not exist; make the confident regions first "
+                                "with 'sipe refine crf-regions' (its --out)")
+    from sipe.engine import is_main_process
+    from sipe.refine.train_irn import train_irn
+
     train_irn(train_set, args.label_dir, args.out, cfg, mean_set=mean_set)
     if is_main_process():
         print(f"IRN weights: {args.out}/irn.pt")

@@ -76,12 +76,15 @@ def register(subparsers: Any) -> None:
 
 
 def train_handler(args: argparse.Namespace) -> int:
-    from sipe.seg.train import SegTrainConfig, train_seg
+    from sipe.config.seg import SegTrainConfig
 
-    cfg = config_from_args(SegTrainConfig, args)
+    cfg = config_from_args(SegTrainConfig, args)  # config errors before torch loads
     if args.print_config:
         return print_config(cfg)
+    cfg.pseudo_label_dir()
     setup_logging()
+    from sipe.seg.train import train_seg
+
     path = train_seg(cfg, args.out)
     print(f"checkpoint: {path}")
     return 0

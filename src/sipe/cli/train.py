@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Config and datasets are checked before torch loads, so that their errors come in a second.
-    from sipe.train.config import SIPETrainConfig
+    from sipe.config.train import SIPETrainConfig
     from sipe.train.inputs import training_data
 
     cfg = config_from_args(SIPETrainConfig, args)

@@ -6,10 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sipe.config import AugConfig
+from sipe.config.irn import IRNConfig, IRNEngineConfig
+from sipe.config.seg import SegAugConfig, SegEngineConfig, SegModelConfig
+from sipe.config.train import PretrainConfig
 from sipe.engine import TrainConfig
-from sipe.refine.train_irn import IRNConfig, IRNEngineConfig
-from sipe.seg.train import SegAugConfig, SegEngineConfig, SegModelConfig
-from sipe.train.config import PretrainConfig
 
 __all__ = ["DemoConfig", "SyntheticConfig"]
 

@@ -190,13 +190,14 @@ def _refine_and_segment(
     cfg: DemoConfig, out: Path, weights: Path, train_set: Any, val_set: Any, cams: dict[str, Path], stages: _Stages,
 ) -> dict[str, Any]:
     """Stages 5-6: confident regions -> IRN -> pseudo labels -> DeepLabV3; their metrics."""
+    from sipe.config.seg import SegDataConfig, SegTrainConfig
     from sipe.metrics import evaluate_label_dir, write_report
     from sipe.refine.crf import make_confident_regions
     from sipe.refine.pseudo import make_pseudo_labels
     from sipe.refine.train_irn import load_irn, train_irn
     from sipe.seg.evaluate import evaluate_seg
     from sipe.seg.model import load_seg_checkpoint
-    from sipe.seg.train import SegDataConfig, SegTrainConfig, train_seg
+    from sipe.seg.train import train_seg
 
     stages.run("confident_regions", lambda: make_confident_regions(
         train_set, cams["train"] / "is_cam", out / "regions_train").written)

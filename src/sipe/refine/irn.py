@@ -17,10 +17,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sipe.config.irn import IRN_STRIDE
 from sipe.engine.distributed import rank_and_world
 from sipe.refine.affinity import edge_to_affinity, pair_displacement, pair_paths
 
-STRIDE = 4  # the branches' output stride
+STRIDE = IRN_STRIDE  # the branches' output stride
 TRAIN_RADIUS = 10
 _STEM = ("conv1", "bn1", "relu", "maxpool")  # a ResNet's stem, read by the first unit of each branch
 _STAGES = ("layer1", "layer2", "layer3", "layer4")

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,122 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sipe.config import DataConfig, save_run_info, to_dict
+from sipe.config import save_run_info, to_dict
 from sipe.config.common import backbone_kind
+from sipe.config.seg import SegTrainConfig
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.image import read_mask
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
-from sipe.engine import TrainConfig, fit, is_main_process, setup_distributed
+from sipe.engine import fit, is_main_process, setup_distributed
 from sipe.seg.model import RegistryBody, SegModelSpec, build_deeplab, freeze_backbone_batchnorm, input_normalization
 
 log = logging.getLogger(__name__)
 
 IGNORE = 255
-
-
-@dataclass
-class SegEngineConfig(TrainConfig):
-    """The engine settings with DeepLab defaults (``SegTrainConfig.engine``).
-
-    Textbook SGD (momentum 0.9, unlike the SIPE stage's reproduced 1e-4 quirk), lr 0.01, no gradient
-    clipping, 30 epochs of batch 16.
-    """
-
-    epochs: int = 30
-    lr: float = 0.01
-    momentum: float = 0.9
-    clip_grad_norm: float | None = None
-
-
-@dataclass
-class SegModelConfig:
-    """The segmentation network and its batch-norm handling."""
-
-    arch: Literal["deeplabv3", "deeplabv2"] = "deeplabv3"  # deeplabv2: sipe.seg.deeplabv2 (the WSSS papers')
-    # Any registry name: resnet50 | resnet101 (torchvision DeepLabV3) | resnet18 | resnet34, dilated by
-    # DeepLab; timm:<model> (dilated by timm: output stride 8 where timm can) or module:function (output
-    # stride 16 only, deeplabv3 only), the ASPP on the last map, the aux head on the third.
-    backbone: str = "resnet101"
-    # ResNets: torchvision weights name (downloaded, or from the torch hub cache), a local state-dict file
-    # (a torchvision ResNet, or a sipe/SIPE checkpoint whose backbone is reused), or null (random).
-    # deeplabv2 also takes a deeplab-pytorch DeepLabV2 file (e.g. the COCO-pretrained initialisation).
-    # timm / module:function: a local .pth/.safetensors state dict of the backbone, timm (timm's own), or null.
-    weights: str | None = "IMAGENET1K_V1"
-    backbone_options: dict[str, Any] | None = None  # keyword arguments of timm.create_model / your factory
-    output_stride: int = 16  # 8 or 16; deeplabv2 runs at 8 only
-    atrous_rates: tuple[int, ...] = (6, 12, 18, 24)  # deeplabv2: the four ASPP branches
-    msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # deeplabv2: multi-scale inputs fused by max (1.0 first)
-    # deeplabv2 input convention: auto = caffe (mean subtraction) for deeplab-pytorch weights, else imagenet
-    normalization: Literal["auto", "imagenet", "caffe"] = "auto"
-    aux: bool = False  # FCN auxiliary head on layer3
-    freeze_bn: bool = False  # backbone batch norm frozen at its pretrained statistics (small batches)
-    sync_bn: bool = True  # SyncBatchNorm across processes under torchrun (CUDA only)
-
-    def __post_init__(self) -> None:
-        # At config time, before any model or data is loaded (backbone_kind imports nothing).
-        kind = backbone_kind(self.backbone)  # raises with the accepted names
-        if kind == "resnet" and self.backbone_options:
-            raise ValueError(f"model.backbone_options: {self.backbone} takes none, got {sorted(self.backbone_options)}")
-        if kind == "module" and self.arch == "deeplabv2":
-            raise ValueError(
-                f"model.arch=deeplabv2 runs at output stride 8, which {self.backbone!r} cannot (a module:function "
-                "backbone's contract fixes stride 16): use arch: deeplabv3 (with output_stride: 16)"
-            )
-        if kind == "module" and self.output_stride != 16:
-            raise ValueError(
-                f"model.output_stride={self.output_stride} is not possible on {self.backbone!r} (a module:function "
-                "backbone's contract fixes its last maps at stride 16): set output_stride: 16"
-            )
-
-
-@dataclass
-class SegAugConfig:
-    """Training augmentation: random rescale, horizontal flip, random square crop."""
-
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    # Discrete scales drawn uniformly instead of scale_range (deeplab-pytorch: 0.5, 0.75, 1.0, 1.25, 1.5)
-    scale_choices: tuple[float, ...] | None = None
-    flip: bool = True
-    crop_size: int = 512
-
-    def __post_init__(self) -> None:
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"aug.scale_range must satisfy 0 < lo <= hi, got {self.scale_range}")
-        if self.crop_size <= 0:
-            raise ValueError(f"aug.crop_size must be positive, got {self.crop_size}")
-        if self.scale_choices is not None and (not self.scale_choices or min(self.scale_choices) <= 0):
-            raise ValueError(f"aug.scale_choices must be positive scales, got {self.scale_choices}")
-
-
-@dataclass
-class SegDataConfig(DataConfig):
-    """``sipe train``'s data section, without validation by default (set ``val_split``, e.g. VOC ``val``)."""
-
-    val_split: str | None = None
-
-
-@dataclass
-class SegTrainConfig:
-    """Everything ``sipe seg train`` needs; YAML sections ``data``, ``model``, ``aug``, ``engine``.
-
-    ``data`` is the same section as ``sipe train``'s; ``data.val_split`` (a split with ground truth,
-    e.g. VOC ``val``) selects ``best.pt`` by mIoU when set.
-    """
-
-    pseudo_labels: str = ""  # folder of <image name>.png label maps (palette or grey PNGs, 255 = ignore)
-    missing_labels: Literal["error", "skip"] = "error"  # training images without a pseudo-label PNG
-    data: SegDataConfig = field(default_factory=SegDataConfig)
-    model: SegModelConfig = field(default_factory=SegModelConfig)
-    aug: SegAugConfig = field(default_factory=SegAugConfig)
-    engine: SegEngineConfig = field(default_factory=SegEngineConfig)
-    head_lr_mult: float = 10.0  # lr multiplier of the ASPP head (and aux head) over the backbone
-    # deeplabv2 (deeplab-pytorch's Caffe lr_mult/decay_mult): the ASPP biases' lr multiplier and
-    # weight decay; null = the same as the ASPP weights
-    head_bias_lr_mult: float | None = None
-    head_bias_weight_decay: float | None = None
-    aux_weight: float = 0.5  # weight of the auxiliary loss when model.aux
 
 
 class PseudoLabelDataset(Dataset):
@@ -324,8 +220,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     rebuilds the network from any of them.
     """
     out_dir = Path(out_dir)
-    if not cfg.pseudo_labels:
-        raise ValueError("set pseudo_labels= to the folder of pseudo-label PNGs (<image name>.png)")
+    cfg.pseudo_label_dir()  # set and present, before anything is loaded
     info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
     base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
     base.drop_small(cfg.data.min_size)  # unreadable and tiny images: skipped with a logged count

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipe.config import ConfigError
+from sipe.config.train import SIPETrainConfig
 from sipe.data import dataset_from_config
 from sipe.engine.config import check_global_batch
-from sipe.train.config import SIPETrainConfig
 
 __all__ = ["TrainingData", "training_data"]
 

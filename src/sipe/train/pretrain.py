@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision import models
 
+from sipe.config.train import PretrainConfig
 from sipe.engine import fit, is_main_process
 from sipe.io import save_torch
-from sipe.train.config import PretrainConfig
 
 
 class ClassifierTrainSet(Dataset):

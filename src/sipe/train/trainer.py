@@ -25,9 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sipe.config import STRIDE, AugConfig, save_run_info, to_dict
+from sipe.config.train import SIPETrainConfig
 from sipe.data import SKIPPED_FILE
 from sipe.engine import fit, is_main_process, setup_distributed
-from sipe.train.config import SIPETrainConfig
 from sipe.train.inputs import TrainingData, training_data
 
 logger = logging.getLogger(__name__)

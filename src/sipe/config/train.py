@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipe.config import AugConfig, DataConfig, MethodConfig, ModelConfig
+from sipe.config.common import AugConfig, DataConfig, MethodConfig, ModelConfig
 from sipe.engine.config import TrainConfig
 
 __all__ = ["PretrainConfig", "SIPETrainConfig"]
