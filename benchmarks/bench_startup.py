@@ -30,10 +30,29 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _wall(argv: list[str], env: dict[str, str]) -> float:
+def _wall(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, *argv], env=env, capture_output=True, cwd=REPO, check=False)
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, cwd=REPO, check=False)
+    return time.perf_counter() - t0, done.returncode
+
+
+def _predict_inputs(tmp: Path) -> tuple[Path, Path]:
+    """A 64x64 photo and a randomly initialised ResNet-18 DeepLabV3 checkpoint ('sipe seg train' layout)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "src"))
+    from sipe.io import save_torch
+    from sipe.seg.model import SegModelSpec, build_from_spec
+
+    photo = tmp / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    torch.manual_seed(0)
+    spec = SegModelSpec(num_classes=3, backbone="resnet18", output_stride=16, class_names=["background", "a", "b"])
+    ckpt = tmp / "seg.pt"
+    save_torch({"model": build_from_spec(spec).state_dict(), "meta": {"model_spec": spec.to_dict()}}, ckpt)
+    return photo, ckpt
 
 
 def main() -> None:
@@ -43,6 +62,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     tmp = Path(tempfile.mkdtemp())
     cfg = str(REPO / "configs" / "photos.yaml")
+    photo, ckpt = _predict_inputs(tmp)
     rows = [
         ("`sipe --help`", ["-m", "sipe", "--help"]),
         ("`sipe cam --help`", ["-m", "sipe", "cam", "--help"]),
@@ -56,14 +76,18 @@ def main() -> None:
          ["-m", "sipe", "cam", "--checkpoint", str(tmp / "nope.pt"), "--dataset", "synthetic", "--root",
           str(tmp), "--out", str(tmp / "o")]),
         ("`import torch` alone (first real work needs it)", ["-c", "import torch"]),
+        ("`sipe predict` one 64x64 photo, ResNet-18 DeepLabV3 checkpoint (start to mask written)",
+         ["-m", "sipe", "predict", str(photo), "--checkpoint", str(ckpt), "--out", str(tmp / "pred"), "--no-overlay",
+          "--device", "cpu"]),
     ]
     load = os.getloadavg()[0]
     print(f"CPU: {_cpu_model()} ({os.cpu_count()} cores), python {platform.python_version()}, "
           f"load average {load:.1f}, median of {args.runs} runs\n")
-    print("| command | wall time (s) |\n| --- | --- |")
+    print("| command | exit status | wall time (s) |\n| --- | --- | --- |")
     for label, argv in rows:
-        times = [_wall(argv, env) for _ in range(args.runs)]
-        print(f"| {label} | {statistics.median(times):.2f} |", flush=True)
+        runs = [_wall(argv, env) for _ in range(args.runs)]
+        codes = sorted({code for _, code in runs})
+        print(f"| {label} | {', '.join(map(str, codes))} | {statistics.median(t for t, _ in runs):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from helpers import free_port, iou
+from sipe.config.irn import IRNConfig, IRNEngineConfig
 from sipe.engine import SeededBatchSampler
 from sipe.io import save_label_png, save_npz, voc_palette
 from sipe.refine.affinity import affinity_labels
 from sipe.refine.irn import irn_losses
 from sipe.refine.pseudo import irn_boundary, make_pseudo_labels, pseudo_label
 from sipe.refine.train_irn import (
-    IRNConfig,
-    IRNEngineConfig,
     IRNTrainSet,
     build_irn,
     estimate_mean_shift,
