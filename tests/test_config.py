@@ -217,3 +217,24 @@ def test_demo_seed_from_override_or_flag(monkeypatch, argv, seed):
     monkeypatch.setattr(sipe.demo, "run_demo", lambda cfg, out: seen.update(seed=cfg.seed) or {})
     assert main(["demo", "--out", "unused", *argv]) == 0
     assert seen["seed"] == seed
+
+
+def test_torchvision_weight_names_are_refused_for_other_backbones_at_config_time(tmp_path, monkeypatch):
+    from sipe.config import ModelConfig
+    from sipe.config.irn import IRNConfig
+    from sipe.config.seg import SegTrainConfig
+
+    fix = "only the ResNets take; for timm:convnext_atto set model.weights to a local .pth/.safetensors file, timm"
+    with pytest.raises(ConfigError, match=fix):
+        load_config(ModelConfig, None, ["backbone=timm:convnext_atto"])
+    with pytest.raises(ConfigError, match=fix):
+        load_config(SegTrainConfig, None, ["model.backbone=timm:convnext_atto"])
+    with pytest.raises(ConfigError, match="weights=IMAGENET1K_V1 .* for mine:net set weights to a local"):
+        load_config(IRNConfig, None, ["backbone=mine:net"])
+    # what is accepted: ResNets with torchvision names; timm's own weights, files and null for the others
+    load_config(ModelConfig, None, ["backbone=resnet50", "weights=IMAGENET1K_V1"])
+    for weights in ("timm", "null", "/data/convnext.safetensors"):
+        load_config(ModelConfig, None, ["backbone=timm:convnext_atto", f"weights={weights}"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "WEIGHTS").write_bytes(b"")  # a file that happens to have such a name is a file
+    load_config(ModelConfig, None, ["backbone=timm:convnext_atto", "weights=WEIGHTS"])

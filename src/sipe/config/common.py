@@ -3,6 +3,8 @@ the method's ablation switches."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "backbone_kind",
+    "check_backbone_weights",
 ]
 
 DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
@@ -29,6 +32,8 @@ IS_CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # the official make_cam's IS-CAM fusion sc
 # The one table of torchvision ResNets sipe builds: backbone name -> depth (weights enum ResNet{depth}_Weights).
 RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 TIMM_PREFIX = "timm:"
+# torchvision's weights enum names (IMAGENET1K_V1, DEFAULT, COCO_WITH_VOC_LABELS_V1): capitals, digits, _
+_TORCHVISION_WEIGHTS = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 def backbone_kind(name: str) -> str:
@@ -45,6 +50,22 @@ def backbone_kind(name: str) -> str:
         f"unknown backbone {name!r}: use one of {', '.join(RESNETS)}, 'timm:<model name>' (pip install "
         "'sipe[timm]') or 'module:function' (a factory of your own, importable from PYTHONPATH)"
     )
+
+
+def check_backbone_weights(backbone: str, weights: str | None, key: str = "model.weights") -> None:
+    """Raise ``ValueError`` (naming the fix) when ``weights`` is a torchvision weights name such as
+    ``IMAGENET1K_V1`` for a backbone other than a torchvision ResNet (no file of that name exists).
+
+    Torch-free, so that the stage configs, whose defaults are ResNet weights, refuse the mix at once.
+    """
+    if weights is None or backbone_kind(backbone) == "resnet" or weights == "timm":
+        return
+    if _TORCHVISION_WEIGHTS.fullmatch(weights) and not os.path.exists(weights):
+        choices = "a local .pth/.safetensors file, timm (timm's own weights, downloaded) or null (random)"
+        if backbone_kind(backbone) == "module":
+            choices = "a local .pth/.safetensors file or null (random)"
+        raise ValueError(f"{key}={weights} is a torchvision weights name, which only the ResNets take; for "
+                         f"{backbone} set {key} to {choices}")
 
 
 @dataclass
@@ -120,6 +141,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         backbone_kind(self.backbone)  # raises with the accepted names
+        check_backbone_weights(self.backbone, self.weights)
         if not 0 <= self.frozen_stages <= 4:
             raise ValueError(f"model.frozen_stages must be 0..4, got {self.frozen_stages}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sipe.config.common import backbone_kind
+from sipe.config.common import backbone_kind, check_backbone_weights
 from sipe.engine.config import TrainConfig
 
 __all__ = ["IRN_STRIDE", "IRNConfig", "IRNEngineConfig"]
@@ -48,6 +48,7 @@ class IRNConfig:
 
     def __post_init__(self) -> None:
         # At config time, before any model or data is loaded (backbone_kind imports nothing).
+        check_backbone_weights(self.backbone, self.weights, "weights")
         if backbone_kind(self.backbone) == "resnet" and self.backbone_options:
             raise ValueError(f"backbone_options: {self.backbone} takes none, got {sorted(self.backbone_options)}")
         grid = self.crop_size // IRN_STRIDE

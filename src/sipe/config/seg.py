@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sipe.config.common import DataConfig, backbone_kind
+from sipe.config.common import DataConfig, backbone_kind, check_backbone_weights
 from sipe.engine.config import TrainConfig
 
 __all__ = ["SegAugConfig", "SegDataConfig", "SegEngineConfig", "SegModelConfig", "SegTrainConfig"]
@@ -66,6 +66,7 @@ class SegModelConfig:
                 f"model.output_stride={self.output_stride} is not possible on {self.backbone!r} (a module:function "
                 "backbone's contract fixes its last maps at stride 16): set output_stride: 16"
             )
+        check_backbone_weights(self.backbone, self.weights)
 
 
 @dataclass
