@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,25 @@ def tiny_demo(tmp_path_factory):
     cfg = load_config(DemoConfig, None, TINY_DEMO)
     out = tmp_path_factory.mktemp("tiny_demo") / "demo"
     return cfg, out, run_demo(cfg, out)
+
+
+@pytest.fixture(scope="module")
+def user_module(tmp_path_factory):
+    """A user's backbone module (``helpers.USER_MODULE``) importable as ``sipe_user_net`` for a module."""
+    from helpers import USER_MODULE
+
+    folder = tmp_path_factory.mktemp("user_module")
+    (folder / "sipe_user_net.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+    sys.modules.pop("sipe_user_net", None)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """Four 64 px synthetic training images (VOC layout) for a module."""
+    from sipe.data import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("syn"), seed=0, n_train=4, n_val=0, image_size=64,
+                              progress=False)

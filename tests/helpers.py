@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,3 +72,40 @@ TINY_DEMO = [
     "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.batch_size=4",
     "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2", "background_images=4",
 ]
+
+
+# A user's backbone module, written to the test's folder and imported by name (module:function).
+USER_MODULE = textwrap.dedent('''
+    from torch import nn
+
+    class Net(nn.Module):
+        out_channels = (8, 16, 16, 32)
+
+        def __init__(self, maps=4, last_stride=1, declared=None):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+            self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.c = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+            self.d = nn.Conv2d(16, 32, 3, stride=last_stride, padding=1)
+            self.maps = maps
+            if declared is not None:
+                self.out_channels = tuple(declared)
+
+        def forward(self, x):
+            a = self.a(x)
+            b = self.b(a)
+            c = self.c(b)
+            return [a, b, c, self.d(c)][: self.maps]
+
+    def tiny(**kw):
+        return Net(**kw)
+
+    def three_maps():
+        return Net(maps=3)
+
+    def stride32():
+        return Net(last_stride=2)
+
+    def wrong_channels():
+        return Net(declared=(8, 16, 16, 64))
+''')

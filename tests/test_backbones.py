@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,61 +14,7 @@ from sipe.models.registry import BackboneError
 
 timm = pytest.importorskip("timm")
 
-# A user's backbone module, written to the test's folder and imported by name (module:function).
-USER_MODULE = textwrap.dedent('''
-    from torch import nn
-
-    class Net(nn.Module):
-        out_channels = (8, 16, 16, 32)
-
-        def __init__(self, maps=4, last_stride=1, declared=None):
-            super().__init__()
-            self.a = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-            self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-            self.c = nn.Conv2d(16, 16, 3, stride=2, padding=1)
-            self.d = nn.Conv2d(16, 32, 3, stride=last_stride, padding=1)
-            self.maps = maps
-            if declared is not None:
-                self.out_channels = tuple(declared)
-
-        def forward(self, x):
-            a = self.a(x)
-            b = self.b(a)
-            c = self.c(b)
-            return [a, b, c, self.d(c)][: self.maps]
-
-    def tiny(**kw):
-        return Net(**kw)
-
-    def three_maps():
-        return Net(maps=3)
-
-    def stride32():
-        return Net(last_stride=2)
-
-    def wrong_channels():
-        return Net(declared=(8, 16, 16, 64))
-''')
-
 BACKBONES = ["timm:resnet18", "timm:efficientnet_b0", "timm:convnext_atto", "sipe_user_net:tiny"]
-
-
-@pytest.fixture(scope="module")
-def user_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_module")
-    (folder / "sipe_user_net.py").write_text(USER_MODULE)
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-    sys.modules.pop("sipe_user_net", None)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    from sipe.data import generate_synthetic
-
-    return generate_synthetic(tmp_path_factory.mktemp("syn"), seed=0, n_train=4, n_val=0, image_size=64,
-                              progress=False)
 
 
 @pytest.mark.parametrize("name", BACKBONES)

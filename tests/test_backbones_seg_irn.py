@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from sipe.models.registry import BackboneError
 from sipe.refine.train_irn import build_irn, load_irn
 from sipe.seg.model import RegistryBody, build_deeplab, load_seg_checkpoint
 from sipe.seg.train import SegTrainConfig, prepare_model
-from test_backbones import BACKBONES, USER_MODULE
+from test_backbones import BACKBONES
 
 timm = pytest.importorskip("timm")
 
@@ -25,24 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 USER = "sipe_user_net:tiny"
 # A narrow timm ResNet-18: an option that changes the weights' shapes, so a rebuild that forgot it fails.
 NARROW = {"channels": [16, 32, 64, 128]}
-
-
-@pytest.fixture(scope="module")
-def user_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_module")
-    (folder / "sipe_user_net.py").write_text(USER_MODULE)
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-    sys.modules.pop("sipe_user_net", None)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    from sipe.data import generate_synthetic
-
-    return generate_synthetic(tmp_path_factory.mktemp("syn"), seed=0, n_train=4, n_val=0, image_size=64,
-                              progress=False)
 
 
 # ----------------------------------------------------------------------------- networks
