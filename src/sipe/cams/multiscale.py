@@ -14,6 +14,7 @@ from sipe._memory import release_memory
 from sipe.config import IS_CAM_SCALES
 from sipe.core.sipe_net import SIPENet
 from sipe.data.transforms import normalize
+from sipe.models.layers import model_device
 
 __all__ = [
     "DEFAULT_SCALES",
@@ -125,7 +126,7 @@ def fused_maps(
     Returns keys (M,), IS-CAM (M, H, W) and, when ``with_cam``, the fused plain CAM of the
     labelled classes (M-1, H, W); all max-normalised per channel, on the model's device.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     fmt = model_memory_format(model)
     keys = kept_classes(labels)
     sel = torch.as_tensor(keys, device=device)

@@ -1,4 +1,4 @@
-"""Layers shared by every network: batch norm with frozen statistics."""
+"""Layers and module helpers shared by every network: batch norm with frozen statistics, the device of a model."""
 
 from __future__ import annotations
 
@@ -61,3 +61,12 @@ def hold_batchnorm_statistics(module: nn.Module) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
     return module
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the first parameter or buffer of ``model`` (CPU for a module without any)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

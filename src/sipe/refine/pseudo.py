@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sipe.cams.format import check_cam_arrays, read_is_cam
+from sipe.models.layers import model_device
 from sipe.refine._runner import RunStats, run_label_job
 from sipe.refine.irn import IRN, STRIDE
 from sipe.refine.random_walk import random_walk
@@ -40,7 +41,7 @@ def irn_boundary(model: IRN, image: np.ndarray, canvas: int = 0) -> torch.Tensor
     """
     from sipe.data.transforms import normalize
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     h, w = image.shape[:2]
     hp = max(canvas, -(-h // _MULTIPLE) * _MULTIPLE)
     wp = max(canvas, -(-w // _MULTIPLE) * _MULTIPLE)

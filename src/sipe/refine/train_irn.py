@@ -27,6 +27,7 @@ from tqdm import tqdm
 from sipe.config.irn import IRNConfig
 from sipe.engine.distributed import rank_and_world, setup_distributed, shard_indices
 from sipe.models.checkpoint import read_checkpoint, write_checkpoint
+from sipe.models.layers import model_device
 from sipe.refine.affinity import affinity_labels, pair_paths
 from sipe.refine.irn import IRN, STRIDE, irn_losses
 
@@ -125,7 +126,7 @@ def estimate_mean_shift(
     summed over ranks, so the result does not depend on the number of processes.
     """
     rank, world = rank_and_world()
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     kept = model.mean_shift.clone()

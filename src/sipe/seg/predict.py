@@ -17,19 +17,11 @@ from torch import nn
 
 from sipe.config import STRIDE
 from sipe.data.transforms import image_to_tensor
+from sipe.models.layers import model_device
 from sipe.seg.model import input_normalization
 from sipe.vis import PredictResult, write_label_maps
 
 log = logging.getLogger(__name__)
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the first parameter or buffer of ``model`` (CPU for a module without any)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
 
 def seg_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) logits of a segmentation network: the ``"out"`` of a torchvision model, or its output."""

@@ -28,6 +28,7 @@ from sipe.config import STRIDE, AugConfig, save_run_info, to_dict
 from sipe.config.train import SIPETrainConfig
 from sipe.data import SKIPPED_FILE
 from sipe.engine import fit, is_main_process, setup_distributed
+from sipe.models.layers import model_device
 from sipe.train.inputs import TrainingData, training_data
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def make_val_fn(
     view = _ValView(val_set, range(n))
 
     def val_fn(model: nn.Module) -> float:
-        device = next(model.parameters()).device
+        device = model_device(model)
         cm = ConfusionMatrix(num_classes)
         loader = DataLoader(view, batch_size=None, num_workers=num_workers)
         from tqdm.auto import tqdm
