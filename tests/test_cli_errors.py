@@ -171,6 +171,10 @@ _NO_TORCH = "import sys; from sipe.cli import main; code = main(sys.argv[1:]); p
     ("irn", 2, "unknown backbone 'resnet19'"),
     ("irn labels", 1, "--label-dir"),
     ("demo", 2, "unknown config key 'foo'"),
+    ("predict input", 1, "input nope.jpg does not exist"),
+    ("crf-regions", 1, "--cam-dir"),
+    ("crf", 1, "--cam-dir"),
+    ("labels irn", 1, "irn.pt does not exist"),
 ])  # fmt: skip
 def test_errors_found_before_real_work_do_not_import_torch(case, status, message, photos, tmp_path):
     """Start-up: such errors are reported before torch loads (a fraction of a second instead of seconds)."""
@@ -192,6 +196,12 @@ def test_errors_found_before_real_work_do_not_import_torch(case, status, message
         "irn labels": ["refine", "train-irn", *data, "--label-dir", str(tmp_path / "nope"), "--out",
                        str(tmp_path / "i")],
         "demo": ["demo", "--out", str(tmp_path / "d"), "foo=1"],
+        "predict input": ["predict", "nope.jpg", "--checkpoint", str(photos / "labels.csv"), "--labels", "a",
+                          "--out", str(tmp_path / "pred")],
+        "crf-regions": ["refine", "crf-regions", *data, "--cam-dir", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        "crf": ["refine", "crf", *data, "--cam-dir", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        "labels irn": ["refine", "labels", *data, "--cam-dir", str(photos), "--irn", str(tmp_path / "irn.pt"),
+                       "--out", str(tmp_path / "o")],
     }[case]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True, env=env)

@@ -65,8 +65,11 @@ def _sipe_class_names(meta: dict, num_classes: int, given: str | None) -> list[s
 
 def handler(args: argparse.Namespace) -> int:
     from sipe import io as sio
+    from sipe.data.image import collect_images
 
-    sio.checkpoint_file(args.checkpoint, made_by="sipe train' or 'sipe seg train")  # before torch loads
+    # Checked before torch loads, so that a wrong path is reported at once.
+    sio.checkpoint_file(args.checkpoint, made_by="sipe train' or 'sipe seg train")
+    collect_images(args.inputs)
     from sipe.cams.predict import labels_from_names, predict_paths_is_cam
     from sipe.config import MethodConfig
     from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint

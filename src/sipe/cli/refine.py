@@ -96,6 +96,13 @@ def _parallel(q: argparse.ArgumentParser) -> None:
     q.add_argument("--overwrite", action="store_true", help="recompute images whose PNG exists")
 
 
+def _cam_dir(args: argparse.Namespace) -> None:
+    """``--cam-dir`` must be a folder (checked before torch loads)."""
+    if not Path(args.cam_dir).is_dir():
+        raise FileNotFoundError(f"--cam-dir {args.cam_dir} does not exist; run `sipe cam` for this split first and "
+                                "pass its is_cam/ folder")
+
+
 def _dataset(args: argparse.Namespace, split: str | None = None):
     if split is not None:
         args = argparse.Namespace(**{**vars(args), "split": split})
@@ -111,19 +118,23 @@ def _report(stats, out: str, **extra: int) -> int:
 
 
 def run_crf_regions(args: argparse.Namespace) -> int:
+    setup_logging()
+    _cam_dir(args)
+    dataset = _dataset(args)
     from sipe.refine.crf import make_confident_regions
 
-    setup_logging()
-    stats = make_confident_regions(_dataset(args), args.cam_dir, args.out, bg_scale=args.bg_scale,
+    stats = make_confident_regions(dataset, args.cam_dir, args.out, bg_scale=args.bg_scale,
                                    num_workers=args.workers, overwrite=args.overwrite)
     return _report(stats, args.out)
 
 
 def run_crf(args: argparse.Namespace) -> int:
+    setup_logging()
+    _cam_dir(args)
+    dataset = _dataset(args)
     from sipe.refine.crf import make_crf_labels
 
-    setup_logging()
-    stats = make_crf_labels(_dataset(args), args.cam_dir, args.out, num_workers=args.workers,
+    stats = make_crf_labels(dataset, args.cam_dir, args.out, num_workers=args.workers,
                             overwrite=args.overwrite)
     return _report(stats, args.out)
 
@@ -150,17 +161,22 @@ def run_train_irn(args: argparse.Namespace) -> int:
 
 
 def run_labels(args: argparse.Namespace) -> int:
+    from sipe import io as sio
+
+    setup_logging()
+    _cam_dir(args)
+    sio.checkpoint_file(args.irn, made_by="sipe refine train-irn")
+    dataset = _dataset(args)
     import torch.distributed as dist
 
     from sipe.engine import setup_distributed
     from sipe.refine.pseudo import make_pseudo_labels
     from sipe.refine.train_irn import load_irn
 
-    setup_logging()
     info = setup_distributed(args.device)
     try:
         model = load_irn(args.irn).to(info.device)
-        stats = make_pseudo_labels(model, _dataset(args), args.cam_dir, args.out, beta=args.beta,
+        stats = make_pseudo_labels(model, dataset, args.cam_dir, args.out, beta=args.beta,
                                    exp_times=args.exp_times, radius=args.radius, canvas=args.canvas,
                                    overwrite=args.overwrite)
     finally:
