@@ -194,3 +194,27 @@ def test_train_irn_on_a_timm_backbone_rebuilds_from_its_checkpoint(synthetic, tm
     assert model.mean_shift.abs().sum() > 0  # estimated after training and stored
     edge, disp = model.eval()(torch.randn(1, 3, 64, 64))
     assert edge.shape == (1, 1, 16, 16) and disp.shape == (1, 2, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["timm:convnext_atto", USER])
+def test_a_sipe_checkpoint_initialises_the_deeplab_and_irn_backbone(name, user_module, tmp_path):
+    """As for a ResNet, a SIPE checkpoint's backbone (under ``encoder.body.``) is a weights file for
+    the later stages; so is a DDP-saved state dict (``module.``)."""
+    from sipe.models import build_sipe
+    from sipe.models.checkpoint import write_checkpoint
+    from sipe.models.weights import under_prefix
+
+    torch.manual_seed(1)
+    sipe = build_sipe(name, 3)
+    ckpt = tmp_path / "sipe.pt"
+    write_checkpoint(ckpt, sipe.state_dict(), {"backbone": name})
+    torch.manual_seed(2)  # another random start: only loading can make the weights equal
+    deeplab = build_deeplab(3, name, weights_backbone=ckpt, output_stride=16)
+    irn = build_irn(name, ckpt)
+    want = sipe.encoder.body.state_dict()
+    for body in (deeplab.backbone.net.body, irn.backbone.body):
+        got = body.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    ddp = {f"module.{k}": v for k, v in want.items()}
+    assert under_prefix(want, ddp).keys() == want.keys()
+    assert under_prefix(want, {"x.y": torch.zeros(1)}) == {"x.y": torch.zeros(1)}  # no prefix holds them: as is

@@ -39,7 +39,8 @@ class SegModelConfig:
     # ResNets: torchvision weights name (downloaded, or from the torch hub cache), a local state-dict file
     # (a torchvision ResNet, or a sipe/SIPE checkpoint whose backbone is reused), or null (random).
     # deeplabv2 also takes a deeplab-pytorch DeepLabV2 file (e.g. the COCO-pretrained initialisation).
-    # timm / module:function: a local .pth/.safetensors state dict of the backbone, timm (timm's own), or null.
+    # timm / module:function: a local .pth/.safetensors state dict of the backbone (or a SIPE checkpoint on the
+    # same backbone, whose backbone is reused), timm (timm's own), or null.
     weights: str | None = "IMAGENET1K_V1"
     backbone_options: dict[str, Any] | None = None  # keyword arguments of timm.create_model / your factory
     output_stride: int = 16  # 8 or 16; deeplabv2 runs at 8 only

@@ -35,7 +35,7 @@ from torch import nn
 from sipe.config.common import RESNETS, TIMM_PREFIX
 from sipe.config.common import backbone_kind as _name_kind
 from sipe.models.layers import hold_batchnorm_statistics
-from sipe.models.weights import load_matching_weights, read_state_dict
+from sipe.models.weights import load_matching_weights, read_state_dict, under_prefix
 
 __all__ = [
     "CONTRACT_STRIDES",
@@ -247,6 +247,8 @@ def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[st
     backbone = FeatureBackbone(body, picked, [channels[i] for i in picked])
     if weights is not None and not pretrained:
         state = read_state_dict(weights)
+        # A SIPE or DeepLab checkpoint holds the backbone under a prefix, in the features_only key names.
+        state = under_prefix(body.state_dict(), state)
         load_matching_weights(body, _timm_keys(body, state), f"weights {weights} for {name}")
     return backbone
 
@@ -284,7 +286,8 @@ def _module_body(name: str, weights: str | os.PathLike | None, options: Mapping[
             raise BackboneError(
                 f"model.weights=timm asks timm for weights, but {name!r} is your own backbone: pass a local file"
             )
-        load_matching_weights(body, read_state_dict(weights), f"weights {weights} for {name}")
+        state = under_prefix(body.state_dict(), read_state_dict(weights))  # a checkpoint's backbone too
+        load_matching_weights(body, state, f"weights {weights} for {name}")
     return FeatureBackbone(body, range(4), tuple(getattr(body, "out_channels", None) or ()))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ __all__ = [
     "check_resnet",
     "load_backbone_state_dict",
     "load_matching_weights",
+    "under_prefix",
     "load_resnet_weights",
     "read_state_dict",
     "resnet_pretrained_state",
@@ -140,6 +141,21 @@ def load_resnet_weights(resnet: nn.Module, name: str, weights: str | os.PathLike
             f"torchvision ResNet state dict of the same depth"
         )
     resnet.load_state_dict(state, strict=False)
+
+
+def under_prefix(keys: Iterable[str], state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` re-rooted at the shortest key prefix under which every key of ``keys`` sits, such as
+    ``module.`` (DDP) or ``encoder.body.`` (a SIPE checkpoint's backbone), its other entries dropped;
+    ``state`` as it is when its keys already match at the top or no prefix holds them all."""
+    keys = [k for k in keys if not k.endswith("num_batches_tracked")]
+    if not keys or all(k in state for k in keys):
+        return dict(state)
+    first = keys[0]
+    prefixes = sorted({k[: -len(first)] for k in state if k.endswith(first) and k != first}, key=len)
+    for prefix in prefixes:
+        if all(prefix + k in state for k in keys):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
 
 
 def load_matching_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> int:
