@@ -175,6 +175,7 @@ _NO_TORCH = "import sys; from sipe.cli import main; code = main(sys.argv[1:]); p
     ("crf-regions", 1, "--cam-dir"),
     ("crf", 1, "--cam-dir"),
     ("labels irn", 1, "irn.pt does not exist"),
+    ("seg eval labels", 1, "label.csv does not exist"),
 ])  # fmt: skip
 def test_errors_found_before_real_work_do_not_import_torch(case, status, message, photos, tmp_path):
     """Start-up: such errors are reported before torch loads (a fraction of a second instead of seconds)."""
@@ -200,6 +201,9 @@ def test_errors_found_before_real_work_do_not_import_torch(case, status, message
                           "--out", str(tmp_path / "pred")],
         "crf-regions": ["refine", "crf-regions", *data, "--cam-dir", str(tmp_path / "nope"), "--out", str(tmp_path)],
         "crf": ["refine", "crf", *data, "--cam-dir", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        "seg eval labels": ["seg", "eval", "--dataset", "custom", "--root", str(photos), "--split",
+                            str(photos / "label.csv"), "--mask-dir", str(photos), "--checkpoint",
+                            str(photos / "p0.jpg")],  # an existing file: the labels file is the mistake
         "labels irn": ["refine", "labels", *data, "--cam-dir", str(photos), "--irn", str(tmp_path / "irn.pt"),
                        "--out", str(tmp_path / "o")],
     }[case]

@@ -97,6 +97,7 @@ def eval_handler(args: argparse.Namespace) -> int:
     crf_params = parse_crf_params(args.crf_param)
     check_dataset_args(args, masks_needed=True)  # before torch loads and the (slow) checkpoint load
     sio.checkpoint_file(args.checkpoint, made_by="sipe seg train")
+    dataset = build_dataset_from_args(args, masks_needed=True)  # its errors, too, before torch loads
     from sipe import metrics as evaluation
     from sipe.seg.evaluate import evaluate_seg
     from sipe.seg.model import load_seg_checkpoint
@@ -104,11 +105,10 @@ def eval_handler(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = load_seg_checkpoint(args.checkpoint)
     model.to(device)
-    kw = {}
-    if args.dataset in ("voc", "custom") and spec.class_names:
-        # The model's class list, not the one a VOC default or a custom labels file would give.
-        kw["class_names"] = list(spec.class_names)
-    dataset = build_dataset_from_args(args, masks_needed=True, **kw)
+    if (args.dataset in ("voc", "custom") and spec.class_names and args.class_names is None
+            and list(dataset.class_names) != list(spec.class_names)):
+        # The model's class list, not the one a VOC default or a custom labels file gives.
+        dataset = build_dataset_from_args(args, masks_needed=True, class_names=list(spec.class_names))
     if spec.class_names and list(spec.class_names) != list(dataset.class_names):
         raise InputError(
             f"{args.checkpoint} was trained for classes {spec.class_names}, the dataset has "
