@@ -373,7 +373,7 @@ def _registry_deeplabv2(
     if caffe_resnet:
         raise BackboneError(f"caffe_resnet is a variant of the ResNet; {backbone!r} has none")
     normalization = "imagenet" if normalization == "auto" else normalization
-    body = registry_body(backbone, weights, output_stride=8, options=backbone_options, arch="DeepLabV2")
+    body = registry_body(backbone, weights, output_stride=8, options=backbone_options)
     return DeepLabV2(body, ASPPv2(body.out_channels[3], num_classes, atrous_rates), scales=msc_scales,
                      input_norm=normalization, caffe_resnet=False)
 

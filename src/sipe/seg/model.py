@@ -99,18 +99,12 @@ def registry_body(
     output_stride: int = 16,
     options: Mapping[str, Any] | None = None,
     aux: bool = False,
-    arch: str = "DeepLabV3",
 ) -> RegistryBody:
     """The registry backbone ``backbone`` as a DeepLab body, every parameter trainable and batch norm
     as it is (the torchvision ResNet of DeepLab fine-tunes all too; ``model.freeze_bn`` is applied
     afterwards by :func:`freeze_backbone_batchnorm`). ``output_stride``: 16, or 8 for a timm model
-    timm can dilate; a ``module:function`` backbone runs at 16 only (its contract) and asking 8 raises
-    :class:`sipe.models.registry.BackboneError` naming the fix."""
-    if output_stride != 16 and backbone_kind(backbone) == "module":
-        raise BackboneError(
-            f"{arch} on {backbone!r} runs at output stride 16 only (a module:function backbone's contract fixes "
-            f"its last maps at stride 16); set model.output_stride: 16"
-        )
+    timm can dilate; for any other backbone the registry refuses 8 with :class:`BackboneError`
+    naming the fix (:func:`sipe.models.registry.build_backbone`)."""
     net = build_backbone(backbone, weights, frozen_stages=0, freeze_bn=False, options=options,
                          output_stride=output_stride)
     return RegistryBody(net, backbone, aux=aux)
