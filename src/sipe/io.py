@@ -1,4 +1,5 @@
-"""Atomic file output: every file sipe writes appears whole or not at all."""
+"""Atomic file output (every file sipe writes appears whole or not at all), and the torch-free check
+of a checkpoint path that commands run before loading anything."""
 
 from __future__ import annotations
 

@@ -96,11 +96,14 @@ def _parallel(q: argparse.ArgumentParser) -> None:
     q.add_argument("--overwrite", action="store_true", help="recompute images whose PNG exists")
 
 
+def _folder(path: str, option: str, fix: str) -> None:
+    """``option``'s ``path`` must be a folder (checked before torch loads); else the error names ``fix``."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{option} {path} does not exist; {fix}")
+
+
 def _cam_dir(args: argparse.Namespace) -> None:
-    """``--cam-dir`` must be a folder (checked before torch loads)."""
-    if not Path(args.cam_dir).is_dir():
-        raise FileNotFoundError(f"--cam-dir {args.cam_dir} does not exist; run `sipe cam` for this split first and "
-                                "pass its is_cam/ folder")
+    _folder(args.cam_dir, "--cam-dir", "run `sipe cam` for this split first and pass its is_cam/ folder")
 
 
 def _dataset(args: argparse.Namespace, split: str | None = None):
@@ -148,9 +151,8 @@ def run_train_irn(args: argparse.Namespace) -> int:
     setup_logging()
     train_set = _dataset(args)
     mean_set = _dataset(args, args.mean_split) if args.mean_split is not None else None
-    if not Path(args.label_dir).is_dir():
-        raise FileNotFoundError(f"--label-dir {args.label_dir} does not exist; make the confident regions first "
-                                "with 'sipe refine crf-regions' (its --out)")
+    _folder(args.label_dir, "--label-dir",
+            "make the confident regions first with 'sipe refine crf-regions' (its --out)")
     from sipe.engine import is_main_process
     from sipe.refine.train_irn import train_irn
 

@@ -3,6 +3,7 @@ config errors are reported before torch loads."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +11,8 @@ from typing import Any, Literal
 from sipe.config.common import DataConfig, backbone_kind, check_backbone_weights
 from sipe.engine.config import TrainConfig
 
-__all__ = ["SegAugConfig", "SegDataConfig", "SegEngineConfig", "SegModelConfig", "SegTrainConfig"]
+__all__ = ["SegAugConfig", "SegDataConfig", "SegEngineConfig", "SegModelConfig", "SegTrainConfig",
+           "pseudo_label_folder"]
 
 
 @dataclass
@@ -122,10 +124,15 @@ class SegTrainConfig:
         """``pseudo_labels`` as a folder that exists; raises (naming the fix) when unset or missing."""
         if not self.pseudo_labels:
             raise ValueError("set pseudo_labels= to the folder of pseudo-label PNGs (<image name>.png)")
-        label_dir = Path(self.pseudo_labels)
-        if not label_dir.is_dir():
-            raise FileNotFoundError(
-                f"pseudo-label folder {label_dir} does not exist; make the pseudo masks first "
-                "(sipe refine ...) or set pseudo_labels= to the folder holding <name>.png files"
-            )
-        return label_dir
+        return pseudo_label_folder(self.pseudo_labels)
+
+
+def pseudo_label_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path`` if it is a folder; else ``FileNotFoundError`` saying how to make one."""
+    label_dir = Path(path)
+    if not label_dir.is_dir():
+        raise FileNotFoundError(
+            f"pseudo-label folder {label_dir} does not exist; make the pseudo masks first "
+            "(sipe refine ...) or set pseudo_labels= to the folder holding <name>.png files"
+        )
+    return label_dir

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from sipe.config import save_run_info, to_dict
 from sipe.config.common import backbone_kind
-from sipe.config.seg import SegTrainConfig
+from sipe.config.seg import SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.image import read_mask
@@ -56,12 +56,7 @@ class PseudoLabelDataset(Dataset):
         normalization: str = "imagenet",
         scale_choices: tuple[float, ...] | None = None,
     ) -> None:
-        label_dir = Path(label_dir)
-        if not label_dir.is_dir():
-            raise FileNotFoundError(
-                f"pseudo-label folder {label_dir} does not exist; make the pseudo masks first "
-                "(sipe refine ...) or set pseudo_labels= to the folder holding <name>.png files"
-            )
+        label_dir = pseudo_label_folder(label_dir)
         self.label_dir = label_dir
         self.class_names = list(base.class_names)
         self.crop_size = crop_size
