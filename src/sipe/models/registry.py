@@ -45,6 +45,7 @@ __all__ = [
     "backbone_kind",
     "build_backbone",
     "check_contract",
+    "check_resnet_options",
 ]
 
 CONTRACT_STRIDES = (4, 8, 16, 16)
@@ -291,6 +292,13 @@ def _module_body(name: str, weights: str | os.PathLike | None, options: Mapping[
     return FeatureBackbone(body, range(4), tuple(getattr(body, "out_channels", None) or ()))
 
 
+def check_resnet_options(name: str, options: Mapping[str, Any] | None) -> None:
+    """Raise :class:`BackboneError` when options are given for a ResNet, which takes none (they are
+    keyword arguments of ``timm.create_model`` or of a user's factory)."""
+    if options:
+        raise BackboneError(f"backbone {name} takes no options, got {sorted(options)}")
+
+
 def build_backbone(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -323,8 +331,7 @@ def build_backbone(
     options = dict(options or {})
     try:
         if kind == "resnet":
-            if options:
-                raise BackboneError(f"backbone {name} takes no options, got {sorted(options)}")
+            check_resnet_options(name, options)
             from sipe.models.backbone import ResNetBackbone
 
             # The official adaptation, untouched: its own stage freezing and FrozenBatchNorm2d.

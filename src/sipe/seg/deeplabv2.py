@@ -45,7 +45,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from sipe.config.common import backbone_kind
 from sipe.data.transforms import mean_std
-from sipe.models.registry import BackboneError
+from sipe.models.registry import BackboneError, check_resnet_options
 from sipe.models.weights import load_resnet_weights, read_state_dict
 from sipe.seg.model import _dilate_basic_layer, registry_body
 
@@ -332,8 +332,7 @@ def build_deeplabv2(
     if kind != "resnet":
         return _registry_deeplabv2(num_classes, backbone, weights, atrous_rates, msc_scales, normalization,
                                    caffe_resnet, backbone_options)
-    if backbone_options:
-        raise BackboneError(f"backbone {backbone} takes no options, got {sorted(backbone_options)}")
+    check_resnet_options(backbone, backbone_options)
     src = resolve_weights(backbone, weights)
     from_deeplab = src.kind == "deeplab-pytorch"
     if normalization == "auto":

@@ -27,7 +27,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from sipe.config.common import backbone_kind
 from sipe.models.checkpoint import checkpoint_kind, read_checkpoint
-from sipe.models.registry import BackboneError, build_backbone
+from sipe.models.registry import build_backbone, check_resnet_options
 from sipe.models.weights import load_resnet_weights
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def registry_body(
     """The registry backbone ``backbone`` as a DeepLab body, every parameter trainable and batch norm
     as it is (the torchvision ResNet of DeepLab fine-tunes all too; ``model.freeze_bn`` is applied
     afterwards by :func:`freeze_backbone_batchnorm`). ``output_stride``: 16, or 8 for a timm model
-    timm can dilate; for any other backbone the registry refuses 8 with :class:`BackboneError`
+    timm can dilate; for any other backbone the registry refuses 8 with :class:`sipe.models.registry.BackboneError`
     naming the fix (:func:`sipe.models.registry.build_backbone`)."""
     net = build_backbone(backbone, weights, frozen_stages=0, freeze_bn=False, options=options,
                          output_stride=output_stride)
@@ -171,15 +171,14 @@ def build_deeplab(
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
     if backbone_kind(backbone) != "resnet":
-        rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
         body = registry_body(backbone, weights_backbone, output_stride=output_stride, options=backbone_options,
                              aux=aux)
         c = body.out_channels
         aux_head = FCNHead(c[2], num_classes) if aux else None
         return DeepLabV3(body, DeepLabHead(c[3], num_classes, atrous_rates=rates), aux_head)
-    if backbone_options:
-        raise BackboneError(f"backbone {backbone} takes no options, got {sorted(backbone_options)}")
+    check_resnet_options(backbone, backbone_options)
     bottleneck = backbone in ("resnet50", "resnet101")
     dilate = [False, output_stride == 8, True]
     ctor = getattr(torchvision.models, backbone)
@@ -197,7 +196,6 @@ def build_deeplab(
         return_layers["layer3"] = "aux"
     body = IntermediateLayerGetter(resnet, return_layers=return_layers)
     c4 = 2048 if bottleneck else 512
-    rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
     classifier = DeepLabHead(c4, num_classes, atrous_rates=rates)
     aux_classifier = FCNHead(c4 // 2, num_classes) if aux else None
     return DeepLabV3(body, classifier, aux_classifier)
