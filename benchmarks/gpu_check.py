@@ -130,10 +130,14 @@ def iscam_rows(device: torch.device, n_images: int) -> list[dict]:
     return rows
 
 
-def generate_cams_row(device: torch.device, n_images: int) -> dict:
+def generate_cams_row(device: torch.device, n_images: int, cudnn_benchmark: bool = False) -> dict:
+    """``generate_cams`` over images of random sizes. ``cudnn_benchmark`` as sipe runs it (off): with it
+    on, every new image size is autotuned anew (the first GPU run measured 0.3 images/s that way)."""
     from sipe.cams.generate import CamConfig, generate_cams
     from sipe.data.synthetic import SyntheticDataset, generate_synthetic
 
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_synthetic(Path(tmp) / "data", seed=0, n_train=n_images, n_val=0, image_size=(375, 500),
                                   num_classes=4, progress=False)
@@ -149,8 +153,10 @@ def generate_cams_row(device: torch.device, n_images: int) -> dict:
         summary = generate_cams(model, dataset, Path(tmp) / "out", cfg)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+    torch.backends.cudnn.benchmark = previous
     assert summary["written"] == n_images, summary
-    row = {"name": f"generate_cams {n_images} synthetic images 375-500 px, fp16, 4 loader workers, npz files",
+    row = {"name": f"generate_cams {n_images} synthetic images 375-500 px, fp16, 4 loader workers, npz files, "
+                   f"cudnn.benchmark {'on' if cudnn_benchmark else 'off'}",
            "images_per_s": n_images / seconds, "peak_gib": torch.cuda.max_memory_allocated(device) / GiB}
     print(f"  {row['name']}: {row['images_per_s']:.1f} images/s", flush=True)
     return row
@@ -160,6 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="folder for results.md and results.json")
     parser.add_argument("--quick", action="store_true", help="fewer steps and images (a smoke run)")
+    parser.add_argument("--only-generate", action="store_true",
+                        help="only the generate_cams rows, with cudnn.benchmark off and on (a follow-up check)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to this PyTorch; nothing to measure.")
@@ -171,15 +179,18 @@ def main() -> None:
               f"cuDNN {torch.backends.cudnn.version()}, TF32 convolutions {torch.backends.cudnn.allow_tf32}")
     print(header, flush=True)
     steps, n_img = (3, 4) if args.quick else (10, 20)
-    train = training_rows(device, batch=16, size=512, steps=steps)
-    cams = iscam_rows(device, n_img)
+    train = [] if args.only_generate else training_rows(device, batch=16, size=512, steps=steps)
+    cams = [] if args.only_generate else iscam_rows(device, n_img)
     cams.append(generate_cams_row(device, 2 * n_img))
+    if args.only_generate:
+        cams.append(generate_cams_row(device, max(4, n_img // 2), cudnn_benchmark=True))
 
-    lines = [f"GPU: {header}", "",
-             "| training step, batch 16 x 512x512, ResNet-50 | steps/s | images/s | peak GPU memory |",
-             "| --- | --- | --- | --- |"]
-    lines += [f"| {r['name']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.1f} | {r['peak_gib']:.2f} GiB |"
-              for r in train]
+    lines = [f"GPU: {header}"]
+    if train:
+        lines += ["", "| training step, batch 16 x 512x512, ResNet-50 | steps/s | images/s | peak GPU memory |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {r['name']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.1f} | {r['peak_gib']:.2f} GiB |"
+                  for r in train]
     lines += ["", "| IS-CAM generation, 4 scales + flip, ResNet-50 | images/s | peak GPU memory |",
               "| --- | --- | --- |"]
     lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {r['peak_gib']:.2f} GiB |" for r in cams]
