@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sipe.cams.format import find_cam_file, is_cam_to_label, read_cam_file
+from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
 from sipe.metrics.confusion import ConfusionMatrix, clean_float
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sipe.cams.format import find_cam_file, is_cam_to_label, read_cam_file
+from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
 from sipe.io import voc_palette
 from sipe.metrics import ConfusionMatrix
