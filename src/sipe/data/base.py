@@ -13,7 +13,7 @@ import numpy as np
 
 from sipe.errors import InputError
 
-from .image import ImageReadError, decoded_size, read_image, read_label_png
+from .image import ImageReadError, decoded_size, exif_transpose_to_match, image_size, read_image, read_label_png
 
 __all__ = [
     "DatasetError",
@@ -244,6 +244,7 @@ class SegDataset:
         self.class_names = normalize_class_names(class_names, source)
         self.source = source
         self.exif_transpose = exif_transpose
+        self._exif_choice: dict[Path, bool] = {}  # image path -> orientation read (see exif_transpose_for)
         self.with_masks = with_masks
         self.skipped = skipped if skipped is not None else SkipCounter("images")
         if not len(names):
@@ -309,16 +310,38 @@ class SegDataset:
         """(K-1,) float32 multi-hot labels of item ``i``."""
         return self.label_matrix[self._index(i)].copy()
 
+    def exif_transpose_for(self, i: int) -> bool:
+        """Whether item ``i``'s image (and mask) is read with its EXIF orientation applied.
+
+        The dataset's ``exif_transpose``, except for an image with a ground-truth mask whose size only
+        one orientation matches: then that one (phone photos in a VOC layout whose masks were drawn on
+        the displayed photo; masks drawn on the stored pixels in a custom folder). When both match (no
+        orientation tag, a square photo) the dataset's rule stands. Decided from the headers, once
+        per image.
+        """
+        i = self._index(i)
+        image, mask = self.image_paths[i], self.mask_paths[i]
+        if mask is None:
+            return self.exif_transpose
+        choice = self._exif_choice.get(image)
+        if choice is None:
+            try:
+                choice = exif_transpose_to_match(image, image_size(mask, exif_transpose=False), self.exif_transpose)
+            except ImageReadError:
+                return self.exif_transpose  # read_image / read_mask report the bad file with their own message
+            self._exif_choice[image] = choice
+        return choice
+
     def read_image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image of item ``i``."""
-        return read_image(self.image_path(i), exif_transpose=self.exif_transpose)
+        """(H, W, 3) uint8 RGB image of item ``i`` (orientation: :meth:`exif_transpose_for`)."""
+        return read_image(self.image_path(i), exif_transpose=self.exif_transpose_for(i))
 
     def read_mask(self, i: int) -> np.ndarray | None:
         """(H, W) uint8 ground-truth mask of item ``i`` (255 = ignore), or ``None``."""
         path = self.mask_path(i)
         if path is None:
             return None
-        return check_label_map(read_label_png(path, exif_transpose=self.exif_transpose), path,
+        return check_label_map(read_label_png(path, exif_transpose=self.exif_transpose_for(i)), path,
                                num_classes=self.num_classes)
 
     def __getitem__(self, i: int) -> dict:

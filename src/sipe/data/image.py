@@ -25,6 +25,7 @@ __all__ = [
     "check_min_size",
     "collect_images",
     "decoded_size",
+    "exif_transpose_to_match",
     "image_size",
     "read_image",
     "read_label_png",
@@ -154,6 +155,24 @@ def image_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple
             return _upright_size(img, exif_transpose)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image header of {path}: {err}. {_fix_hint(path)}") from err
+
+
+def exif_transpose_to_match(path: str | os.PathLike, size: tuple[int, int], default: bool) -> bool:
+    """Whether to apply ``path``'s EXIF orientation so that the image comes out (H, W) = ``size`` (the
+    size of a mask drawn on it): ``True`` / ``False`` when only the turned / only the stored pixels
+    have that size; ``default`` when both do (no tag, a mirror-only tag, a square photo) or neither.
+    Reads the header only.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            stored, upright = _upright_size(img, False), _upright_size(img, True)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image header of {path}: {err}. {_fix_hint(path)}") from err
+    size = tuple(size)
+    if (stored == size) != (upright == size):
+        return upright == size
+    return default
 
 
 def decoded_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple[int, int]:
