@@ -163,12 +163,7 @@ def exif_transpose_to_match(path: str | os.PathLike, size: tuple[int, int], defa
     have that size; ``default`` when both do (no tag, a mirror-only tag, a square photo) or neither.
     Reads the header only.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            stored, upright = _upright_size(img, False), _upright_size(img, True)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"cannot read image header of {path}: {err}. {_fix_hint(path)}") from err
+    stored, upright = image_size(path, exif_transpose=False), image_size(path, exif_transpose=True)
     size = tuple(size)
     if (stored == size) != (upright == size):
         return upright == size
