@@ -476,6 +476,22 @@ def test_synthetic_generator_is_deterministic(tmp_path: Path) -> None:
     assert (a / "JPEGImages" / "val_00002.jpg").stat().st_mtime_ns == before
 
 
+def test_synthetic_drawing_is_stable() -> None:
+    """The drawing's output at a fixed seed, recorded from the code before it was split into pieces
+    (issue 18): masks, classes and boxes exactly; image sums to 1e-4 (float32 sin may differ in the
+    last bit between CPUs). A change in the order of the generator's calls moves all of them."""
+    import hashlib
+
+    h, sums = hashlib.sha256(), []
+    for i in range(4):
+        img, mask, objects = draw_synthetic_image(np.random.default_rng([0, 1, i]), 48, 64, max_objects=3)
+        h.update(mask.tobytes())
+        h.update(repr([(o["class"], o["box"]) for o in objects]).encode())
+        sums.append(int(img.astype(np.int64).sum()))
+    assert h.hexdigest()[:16] == "fbe575f998af343f"
+    np.testing.assert_allclose(sums, [1304747, 1332700, 1227802, 1326001], rtol=1e-4)
+
+
 def test_synthetic_objects_masks_and_labels(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     n_parts = 0

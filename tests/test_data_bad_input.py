@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import sipe.data as D
-from sipe.io import save_label_png
+from sipe.io import save_label_png, voc_palette
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -206,9 +206,15 @@ def test_masks_palette_indices_and_bad_masks(tmp_path: Path) -> None:
     m = np.array([[0, 1, 255], [20, 3, 0]], np.uint8)
     save_label_png(tmp_path / "m.png", m)
     assert np.array_equal(D.read_mask(tmp_path / "m.png"), m)  # indices, not palette colours
-    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(D.ImageReadError, match=r"rgb\.png is a RGB image.*class indices"):
-        D.read_mask(tmp_path / "rgb.png")
+    # RGB masks are read through the VOC palette (one reader for masks, pseudo labels, predictions).
+    Image.fromarray(voc_palette()[m]).save(tmp_path / "rgb.png")
+    assert np.array_equal(D.read_mask(tmp_path / "rgb.png"), m)
+    Image.fromarray(np.full((2, 3, 3), 7, np.uint8)).save(tmp_path / "rgb7.png")
+    with pytest.raises(D.ImageReadError, match=r"rgb7\.png holds colour \[7, 7, 7\] .*palette.*class indices"):
+        D.read_mask(tmp_path / "rgb7.png")
+    Image.fromarray(np.zeros((2, 3, 2), np.uint8), mode="LA").save(tmp_path / "la.png")
+    with pytest.raises(D.ImageReadError, match=r"la\.png is a LA image; save labels as palette"):
+        D.read_mask(tmp_path / "la.png")
     Image.fromarray(np.array([[0, 300]], np.uint16)).save(tmp_path / "m16.png")
     with pytest.raises(D.ImageReadError, match=r"m16\.png has values in \[0, 300\]"):
         D.read_mask(tmp_path / "m16.png")

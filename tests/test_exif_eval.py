@@ -133,3 +133,39 @@ def test_sipe_eval_goes_on_past_bad_files_lists_them_and_exits_1(tmp_path, capsy
                "--mask-dir", str(masks), "--pred", str(tmp_path / "empty"), "--kind", "labels"])
     assert rc == 1
     assert "no image could be evaluated (labels): all 5 failed" in capsys.readouterr().err
+
+
+def test_voc_layout_phone_photo_follows_the_orientation_its_mask_was_drawn_on(tmp_path):
+    """VOC reads stored pixels (exif_transpose=False), but a photo whose mask only fits the displayed
+    (EXIF-turned) photo is read turned; where both fit (a square photo, no tag) the VOC rule stands."""
+    from sipe.data import VOCDataset
+
+    root = tmp_path / "voc"
+    for d in ("JPEGImages", "Annotations", "SegmentationClass"):
+        (root / d).mkdir(parents=True)
+    stored = _rotated_photo(root / "JPEGImages" / "phone.jpg")  # stored 90x150, displayed 150x90
+    sio.save_label_png(root / "SegmentationClass" / "phone.png", np.zeros((150, 90), np.uint8))
+    square = np.full((64, 64, 3), 120, np.uint8)
+    square[:20, :30] = (230, 30, 30)  # red block top-left in the stored pixels
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    Image.fromarray(square).save(root / "JPEGImages" / "square.jpg", quality=95, exif=exif)
+    sio.save_label_png(root / "SegmentationClass" / "square.png", np.zeros((64, 64), np.uint8))
+    Image.fromarray(stored).save(root / "JPEGImages" / "stored.jpg", quality=95, exif=exif)  # mask on stored pixels
+    sio.save_label_png(root / "SegmentationClass" / "stored.png", np.zeros((90, 150), np.uint8))
+    names = ["phone", "square", "stored"]
+    for n in names:
+        (root / "Annotations" / f"{n}.xml").write_text("<annotation><object><name>cat</name></object></annotation>")
+    (root / "split.txt").write_text("\n".join(names) + "\n")
+
+    ds = VOCDataset(root, root / "split.txt", cache_dir=tmp_path / "cache")
+    assert [ds.exif_transpose_for(i) for i in range(3)] == [True, False, False]
+    phone, sq, st = ds[0], ds[1], ds[2]
+    assert phone["image"].shape[:2] == phone["mask"].shape == (150, 90)
+    # turned as a viewer shows it: the stored top-left red block is now top-right
+    assert phone["image"][:40, -30:, 0].mean() > 200 and phone["image"][:30, :40, 0].mean() < 160
+    assert sq["image"].shape[:2] == (64, 64) and sq["image"][:20, :30, 0].mean() > 200  # stored pixels, not turned
+    assert st["image"].shape[:2] == st["mask"].shape == (90, 150)
+    # without masks (e.g. `sipe cam` on the split) the image comes out the same way, so CAMs fit the masks
+    assert VOCDataset(root, root / "split.txt", cache_dir=tmp_path / "cache", with_masks=False)[0]["image"].shape[:2] \
+        == (150, 90)

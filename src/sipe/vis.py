@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from sipe import io as sio
-from sipe.cams.format import check_cam_arrays
 from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.cam_format import check_cam_arrays
 from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size, collect_images, read_image
 
 

@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from sipe.cams.format import write_cam_file
 from sipe.cams.multiscale import (
     DEFAULT_SCALES,
     fused_maps,
@@ -32,6 +31,7 @@ from sipe.cams.multiscale import (
 from sipe.config import STRIDE
 from sipe.core.sipe_net import SIPENet
 from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.cam_format import write_cam_file
 from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size
 
 logger = logging.getLogger("sipe.cams")

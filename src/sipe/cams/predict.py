@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from sipe.cams.format import is_cam_to_label
 from sipe.cams.multiscale import DEFAULT_SCALES, multiscale_is_cam
 from sipe.config import STRIDE
+from sipe.data.cam_format import is_cam_to_label
 from sipe.vis import PredictResult, write_label_maps
 
 

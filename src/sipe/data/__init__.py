@@ -18,10 +18,12 @@ from .base import (
     DatasetError,
     DatasetRootError,
     EmptySplitError,
+    LabelMapError,
     MissingMaskError,
     SegDataset,
     SkipCounter,
     UnknownClassError,
+    check_label_map,
 )
 from .coco import COCODataset
 from .custom import CustomDataset, read_labels_file
@@ -50,6 +52,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageReadError",
     "ImageTooSmallError",
+    "LabelMapError",
     "MissingMaskError",
     "SegDataset",
     "SKIPPED_FILE",
@@ -61,6 +64,7 @@ __all__ = [
     "VOC_CLASSES",
     "build_dataset",
     "dataset_from_config",
+    "check_label_map",
     "check_min_size",
     "collect_images",
     "generate_synthetic",

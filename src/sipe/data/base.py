@@ -13,18 +13,21 @@ import numpy as np
 
 from sipe.errors import InputError
 
-from .image import ImageReadError, decoded_size, read_image, read_mask
+from .image import ImageReadError, decoded_size, exif_transpose_to_match, image_size, read_image, read_label_png
 
 __all__ = [
     "DatasetError",
     "DatasetRootError",
     "EmptySplitError",
+    "LabelMapError",
     "MissingMaskError",
     "SKIPPED_FILE",
     "SegDataset",
     "SkipCounter",
     "UnknownClassError",
+    "check_label_map",
     "check_root",
+    "check_same_size",
     "list_some",
     "normalize_class_names",
 ]
@@ -49,6 +52,11 @@ class UnknownClassError(DatasetError):
 
 class MissingMaskError(DatasetError):
     """Ground-truth masks required (evaluation) but missing for some images."""
+
+
+class LabelMapError(DatasetError):
+    """A label map (mask, pseudo label, prediction) that does not fit: a class index >= K other than
+    255 (ignore), or another size than its image."""
 
 
 class DatasetRootError(FileNotFoundError):
@@ -89,6 +97,47 @@ def normalize_class_names(class_names: Sequence[str], source: str = "class list"
     if len(names) > 255:
         raise DatasetError(f"{source} has {len(names)} classes; masks store uint8 indices with 255 = ignore.")
     return names
+
+
+def check_same_size(
+    shape: Sequence[int], size: Sequence[int], path: str | os.PathLike, *, what: str, against: str, fix: str
+) -> None:
+    """Raise :class:`LabelMapError` unless the (H, W) ``shape`` of ``path``'s map equals ``size``.
+
+    The message reads ``"<what> <path> is HxW but <against> is HxW; <fix>"``.
+    """
+    if tuple(shape) != tuple(size):
+        (h, w), (sh, sw) = tuple(shape), tuple(size)
+        raise LabelMapError(f"{what} {path} is {h}x{w} but {against} is {sh}x{sw}; {fix}")
+
+
+def check_label_map(
+    label: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    size: Sequence[int] | None = None,
+    what: str = "mask",
+    against: str = "its image",
+    fix: str = "the mask must be drawn on the same pixels as its image",
+    class_fix: str = "Pass the right class list or fix the mask.",
+) -> np.ndarray:
+    """The one check of a label map read from ``path``: every value a class index < ``num_classes``
+    or 255 (ignore), and (H, W) equal to ``size``; ``None`` skips that half. Returns ``label``.
+
+    Raises :class:`LabelMapError` with one line naming the file and the fix (``fix`` for the size,
+    ``class_fix`` for the classes).
+    """
+    if num_classes is not None:
+        bad = (label >= num_classes) & (label != 255)
+        if bad.any():
+            raise LabelMapError(
+                f"{what} {path} contains class index {int(label[bad].max())} but the dataset has only "
+                f"{num_classes} classes (0..{num_classes - 1}, 255 = ignore). {class_fix}"
+            )
+    if size is not None:
+        check_same_size(label.shape[:2], size, path, what=what, against=against, fix=fix)
+    return label
 
 
 class SkipCounter:
@@ -195,6 +244,7 @@ class SegDataset:
         self.class_names = normalize_class_names(class_names, source)
         self.source = source
         self.exif_transpose = exif_transpose
+        self._exif_choice: dict[Path, bool] = {}  # image path -> orientation read (see exif_transpose_for)
         self.with_masks = with_masks
         self.skipped = skipped if skipped is not None else SkipCounter("images")
         if not len(names):
@@ -260,35 +310,48 @@ class SegDataset:
         """(K-1,) float32 multi-hot labels of item ``i``."""
         return self.label_matrix[self._index(i)].copy()
 
+    def exif_transpose_for(self, i: int) -> bool:
+        """Whether item ``i``'s image (and mask) is read with its EXIF orientation applied.
+
+        The dataset's ``exif_transpose``, except for an image with a ground-truth mask whose size only
+        one orientation matches: then that one (phone photos in a VOC layout whose masks were drawn on
+        the displayed photo; masks drawn on the stored pixels in a custom folder). When both match (no
+        orientation tag, a square photo) the dataset's rule stands. Decided from the headers, once
+        per image.
+        """
+        i = self._index(i)
+        image, mask = self.image_paths[i], self.mask_paths[i]
+        if mask is None:
+            return self.exif_transpose
+        choice = self._exif_choice.get(image)
+        if choice is None:
+            try:
+                choice = exif_transpose_to_match(image, image_size(mask, exif_transpose=False), self.exif_transpose)
+            except ImageReadError:
+                return self.exif_transpose  # read_image / read_mask report the bad file with their own message
+            self._exif_choice[image] = choice
+        return choice
+
     def read_image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image of item ``i``."""
-        return read_image(self.image_path(i), exif_transpose=self.exif_transpose)
+        """(H, W, 3) uint8 RGB image of item ``i`` (orientation: :meth:`exif_transpose_for`)."""
+        return read_image(self.image_path(i), exif_transpose=self.exif_transpose_for(i))
 
     def read_mask(self, i: int) -> np.ndarray | None:
         """(H, W) uint8 ground-truth mask of item ``i`` (255 = ignore), or ``None``."""
         path = self.mask_path(i)
         if path is None:
             return None
-        mask = read_mask(path, exif_transpose=self.exif_transpose)
-        bad = (mask >= self.num_classes) & (mask != 255)
-        if bad.any():
-            raise DatasetError(
-                f"mask {path} contains class index {int(mask[bad].max())} but the dataset has only "
-                f"{self.num_classes} classes (0..{self.num_classes - 1}, 255 = ignore). Pass the right "
-                "class list or fix the mask."
-            )
-        return mask
+        return check_label_map(read_label_png(path, exif_transpose=self.exif_transpose_for(i)), path,
+                               num_classes=self.num_classes)
 
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
         image = self.read_image(i)
         mask = self.read_mask(i) if self.with_masks else None
-        if mask is not None and mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"mask {self.mask_paths[i]} is {mask.shape[0]}x{mask.shape[1]} but image "
-                f"{self.image_paths[i]} is {image.shape[0]}x{image.shape[1]}. The mask must be drawn on the "
-                "same pixels (check for EXIF rotation: datasets take exif_transpose=...)."
-            )
+        if mask is not None:
+            check_label_map(mask, self.mask_paths[i], size=image.shape[:2], against=f"image {self.image_paths[i]}",
+                            fix="the mask must be drawn on the same pixels (check for EXIF rotation: datasets take "
+                                "exif_transpose=...)")
         return {"image": image, "labels": self.label_matrix[i].copy(), "name": self.names[i], "mask": mask}
 
     # ---- subsets, checks ----------------------------------------------------------------------

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..io import save_label_png
 from ._cache import default_cache_dir, file_stamp, load_json, save_json
 from .base import DatasetError, DatasetRootError, SegDataset, SkipCounter, check_root, list_some
-from .image import ImageReadError, read_mask
+from .image import ImageReadError, read_label_png
 
 __all__ = ["COCODataset", "coco_semantic_mask"]
 
@@ -232,7 +232,7 @@ class COCODataset(SegDataset):
         path = self.mask_paths[i]
         if path.is_file():
             try:
-                return read_mask(path)
+                return read_label_png(path)
             except ImageReadError:
                 logger.warning("cached mask %s is unreadable; regenerating it", path)
         return self.build_mask(i)

@@ -25,6 +25,7 @@ __all__ = [
     "check_min_size",
     "collect_images",
     "decoded_size",
+    "exif_transpose_to_match",
     "image_size",
     "read_image",
     "read_label_png",
@@ -137,42 +138,6 @@ def read_image(
             ) from err
 
 
-def read_mask(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
-    """Read a label mask as (H, W) uint8 class indices (255 = ignore).
-
-    Palette PNGs (VOC ``SegmentationClass``) give their palette *indices*, not colours; grayscale
-    PNGs (``SegmentationClassAug``) give their values. 16-/32-bit masks are accepted when every
-    value fits in 0..255. Colour (RGB) masks are rejected: their colours are not class indices.
-    ``exif_transpose``: a mask file carrying an EXIF orientation is turned as :func:`read_image`
-    turns its photo, so both are in the displayed orientation (pass the dataset's setting).
-    """
-    path = Path(path)
-    with _open(path, "mask") as img:
-        # exif_transpose keeps the mode (palette indices stay indices); it is a no-op without the tag.
-        return _mask_array(ImageOps.exif_transpose(img) if exif_transpose else img, path)
-
-
-def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
-    mode = img.mode
-    if mode in ("P", "L"):
-        return np.array(img, dtype=np.uint8, copy=True)
-    if mode == "1":
-        return np.asarray(img, dtype=np.uint8).copy()
-    if mode.startswith("I"):
-        arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ImageReadError(
-                f"mask {path} has values in [{arr.min()}, {arr.max()}]; class indices must lie in 0..255 "
-                "(255 = ignore). Re-save it as an 8-bit palette or grayscale PNG."
-            )
-        return arr.astype(np.uint8)
-    raise ImageReadError(
-        f"mask {path} is a {mode} image; masks must be palette ('P') or grayscale ('L') PNGs whose pixel "
-        "values are class indices (0 = background, 255 = ignore). Convert colour masks to index masks "
-        "first (e.g. map each VOC palette colour to its index)."
-    )
-
-
 def _upright_size(img: Image.Image, exif_transpose: bool) -> tuple[int, int]:
     w, h = img.size
     if exif_transpose and img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
@@ -190,6 +155,19 @@ def image_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple
             return _upright_size(img, exif_transpose)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image header of {path}: {err}. {_fix_hint(path)}") from err
+
+
+def exif_transpose_to_match(path: str | os.PathLike, size: tuple[int, int], default: bool) -> bool:
+    """Whether to apply ``path``'s EXIF orientation so that the image comes out (H, W) = ``size`` (the
+    size of a mask drawn on it): ``True`` / ``False`` when only the turned / only the stored pixels
+    have that size; ``default`` when both do (no tag, a mirror-only tag, a square photo) or neither.
+    Reads the header only.
+    """
+    stored, upright = image_size(path, exif_transpose=False), image_size(path, exif_transpose=True)
+    size = tuple(size)
+    if (stored == size) != (upright == size):
+        return upright == size
+    return default
 
 
 def decoded_size(path: str | os.PathLike, *, exif_transpose: bool = True) -> tuple[int, int]:
@@ -218,33 +196,69 @@ def check_min_size(image: np.ndarray | tuple[int, int], min_size: int, *, name: 
         )
 
 
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """(H, W) int64 class indices from a label image: palette/grey PNGs by index, RGB by the VOC colours."""
+def read_label_png(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
+    """Read a label image (mask, pseudo label, prediction) as (H, W) uint8 class indices, 255 = ignore.
+
+    The one reader of label files, used by every dataset, stage and evaluator:
+
+    * palette PNGs (VOC ``SegmentationClass``, what sipe writes) give their palette *indices*;
+    * greyscale (``L``, ``1``; ``SegmentationClassAug``) give their values; 16-/32-bit integer images
+      are accepted when every value fits in 0..255;
+    * RGB(A) images give the index of each pixel's colour in the VOC palette (alpha ignored); a colour
+      outside the palette is refused, since other colours are no class index.
+
+    ``exif_transpose``: a label file carrying an EXIF orientation tag is turned as
+    :func:`read_image` turns its photo, so both are in the displayed orientation (pass the dataset's
+    setting); without the tag it is a no-op, and sipe never writes one.
+
+    Raises:
+        ImageReadError: missing, unreadable, of another mode, or holding values that are no class
+            index; the one-line message names the file and the fix.
+    """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read label image {path} ({e}); rewrite or delete it") from e
-    if mode in ("P", "L", "I", "I;16") or arr.ndim == 2:
-        return arr.astype(np.int64)
-    if mode in ("RGB", "RGBA"):
-        rgb = arr[..., :3].astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        pal = sio.voc_palette().astype(np.int64)
-        pal_code = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
-        lut_keys, first = np.unique(pal_code, return_index=True)
-        pos = np.searchsorted(lut_keys, code).clip(0, lut_keys.size - 1)
-        known = lut_keys[pos] == code
-        if not known.all():
-            c = rgb[~known][0].tolist()
-            raise ValueError(
-                f"label image {path} holds colour {c} that is not in the VOC palette; save labels as index PNGs"
+    with _open(path, "label image") as img:
+        # exif_transpose keeps the mode (palette indices stay indices).
+        return _label_array(ImageOps.exif_transpose(img) if exif_transpose else img, path)
+
+
+# The old name of the one reader (datasets' masks); the same function.
+read_mask = read_label_png
+
+_LABEL_FIX = (
+    "save labels as palette ('P') or greyscale ('L') PNGs whose values are class indices (0 = background, 255 = ignore)"
+)
+
+
+def _label_array(img: Image.Image, path: Path) -> np.ndarray:
+    mode = img.mode
+    if mode in ("P", "L", "1"):
+        return np.array(img, dtype=np.uint8, copy=True)
+    if mode.startswith("I"):
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ImageReadError(
+                f"label image {path} has values in [{arr.min()}, {arr.max()}]; class indices must lie in 0..255 "
+                "(255 = ignore). Re-save it as an 8-bit palette or grayscale PNG."
             )
-        return first[pos].astype(np.int64)
-    raise ValueError(f"label image {path} has unsupported mode {mode}; save labels as palette or greyscale PNGs")
+        return arr.astype(np.uint8)
+    if mode in ("RGB", "RGBA"):
+        return _palette_indices(np.asarray(img)[..., :3], path)
+    raise ImageReadError(f"label image {path} is a {mode} image; {_LABEL_FIX}")
+
+
+def _palette_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W) uint8 index of each (H, W, 3) colour in the VOC palette; a colour outside it is refused."""
+    rgb = rgb.astype(np.int64)
+    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    pal = sio.voc_palette().astype(np.int64)
+    pal_code = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
+    lut_keys, first = np.unique(pal_code, return_index=True)
+    pos = np.searchsorted(lut_keys, code).clip(0, lut_keys.size - 1)
+    known = lut_keys[pos] == code
+    if not known.all():
+        c = rgb[~known][0].tolist()
+        raise ImageReadError(f"label image {path} holds colour {c} that is not in the VOC palette; {_LABEL_FIX}")
+    return first[pos].astype(np.uint8)
 
 
 def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -5,8 +5,8 @@ by all classes, plus a small class-specific *part* (a coloured disk, square, tri
 its rim. Only the part tells the classes apart, so a classifier's CAM concentrates on it and misses
 the body; the ground-truth masks cover the whole object (body + part). Backgrounds are smooth
 colour fields with fine noise, in hues the bodies never take.
-(Slightly over ~350 lines: the drawing rules, the VOC-layout writer and the two dataset classes
-share one class table and format version.)
+(Over ~350 lines: the drawing rules, in one small function per piece, the VOC-layout writer and the two
+dataset classes share one class table and format version.)
 
 ``generate_synthetic`` writes::
 
@@ -95,6 +95,113 @@ def _part_region(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> tuple[np
     return inside, core
 
 
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
+
+
+def _draw_background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 background on the pixel grid ``yy``, ``xx`` (each (H, W) float32).
+
+    Two greyish colours blended by a smooth random field, plus fine noise; low saturation keeps it
+    apart from the saturated parts.
+    """
+    c0 = (rng.uniform(70, 150) + rng.uniform(-12, 12, 3)).astype(np.float32)
+    c1 = c0 + rng.uniform(-30, 30, 3).astype(np.float32)
+    field = np.zeros(yy.shape, np.float32)
+    for _ in range(3):
+        ang, period, phase = rng.uniform(0, np.pi), rng.uniform(30, 110), rng.uniform(0, 2 * np.pi)
+        field += np.sin((xx * np.cos(ang) + yy * np.sin(ang)) * np.float32(2 * np.pi / period) + np.float32(phase))
+    field = (field / 6.0 + 0.5)[..., None]
+    return c0 * (1 - field) + c1 * field + _noise(rng, (*yy.shape, 1), 7.0)
+
+
+def _free_centre(
+    rng: np.random.Generator, h: int, w: int, margin: float, extent: float, placed: list[tuple[float, float, float]]
+) -> tuple[float, float] | None:
+    """A centre (cy, cx) at least ``margin`` inside the image whose disc of radius ``extent`` clears
+    every ``placed`` (cy, cx, extent); ``None`` after 30 tries (no room left)."""
+    for _try in range(30):
+        cy = rng.uniform(margin, h - margin)
+        cx = rng.uniform(margin, w - margin)
+        if all(np.hypot(cy - py, cx - px) > extent + pe for py, px, pe in placed):
+            return cy, cx
+    return None
+
+
+def _paint_body(
+    rng: np.random.Generator, win: np.ndarray, wy: np.ndarray, wx: np.ndarray, centre: tuple[float, float],
+    a: float, b: float,
+) -> tuple[np.ndarray, tuple[np.floating, np.floating]]:
+    """Paint a striped ellipse (semi-axes ``a``, ``b``, random angle) into ``win`` (h, w, 3) in place.
+
+    ``wy``, ``wx``: the window's pixel coordinates. Returns the (h, w) bool body map and the
+    ellipse's (cos, sin) of its angle. The appearance is drawn from the same distribution for every
+    class (so bodies say nothing about the class) but differs from object to object (so an image's
+    own prototypes can tell its objects apart).
+    """
+    cy, cx = centre
+    theta = rng.uniform(0, np.pi)
+    ct, st = np.cos(theta), np.sin(theta)
+    dy, dx = wy - cy, wx - cx
+    u, v = dx * ct + dy * st, -dx * st + dy * ct
+    body = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    light = np.clip(rng.uniform(150, 215) + rng.uniform(-55, 55, 3), 60, 255).astype(np.float32)
+    dark = light * np.float32(rng.uniform(0.45, 0.6))
+    s_ang, s_per, s_ph = rng.uniform(0, np.pi), rng.uniform(4.5, 7.5), rng.uniform(0, 2 * np.pi)
+    stripes = 0.5 + 0.5 * np.sin((wx * np.cos(s_ang) + wy * np.sin(s_ang)) * (2 * np.pi / s_per) + s_ph)
+    win[body] = (dark + (light - dark) * stripes[..., None])[body]
+    return body, (ct, st)
+
+
+def _paint_part(
+    rng: np.random.Generator, win: np.ndarray, wy: np.ndarray, wx: np.ndarray, size: tuple[int, int],
+    centre: tuple[float, float], a: float, b: float, rotation: tuple[np.floating, np.floating], pr: float, cls: int,
+) -> np.ndarray:
+    """Paint class ``cls``'s part (radius ``pr``) on the rim of the body ellipse into ``win`` in place.
+
+    The part is pushed a little outwards so it sticks out of the body; of 16 random rim positions
+    the first whose part lies inside the (H, W) = ``size`` image is taken (else the most inside one).
+    Returns the window's (h, w) bool part map.
+    """
+    (h, w), (cy, cx), (ct, st) = size, centre, rotation
+    t = rng.uniform(0, 2 * np.pi, 16)
+    nu, nv = np.cos(t) / a, np.sin(t) / b
+    nn = np.hypot(nu, nv)
+    pu, pv = a * np.cos(t) + 0.35 * pr * nu / nn, b * np.sin(t) + 0.35 * pr * nv / nn
+    pys, pxs = cy + pu * st + pv * ct, cx + pu * ct - pv * st
+    room = np.minimum(np.minimum(pys, h - 1 - pys), np.minimum(pxs, w - 1 - pxs))
+    k = int(np.argmax(room >= 1.2 * pr)) if (room >= 1.2 * pr).any() else int(np.argmax(room))
+    py, px = float(pys[k]), float(pxs[k])
+    phi = rng.uniform(0, 2 * np.pi)
+    qy, qx = wy - py, wx - px
+    qu, qv = qx * np.cos(phi) + qy * np.sin(phi), -qx * np.sin(phi) + qy * np.cos(phi)
+    part, core = _part_region(PART_STYLES[cls - 1][0], qu, qv, pr)
+    colour = (np.asarray(PART_STYLES[cls - 1][1], np.float64) + rng.uniform(-15, 15, 3)).astype(np.float32)
+    win[part] = colour
+    win[core] = colour * np.float32(0.2)
+    return part
+
+
+def _object_record(
+    cls: int, body: np.ndarray, part: np.ndarray, origin: tuple[int, int], size: tuple[int, int], return_regions: bool
+) -> dict:
+    """The dict :func:`draw_synthetic_image` returns for one object drawn in the window at ``origin``
+    (y0, x0) of an (H, W) = ``size`` image, from the window's ``body`` and ``part`` maps."""
+    (y0, x0), (h, w) = origin, size
+    ys, xs = np.nonzero(body | part)
+    obj: dict = {
+        "class": cls,
+        "box": (int(xs.min()) + x0, int(ys.min()) + y0, int(xs.max()) + x0, int(ys.max()) + y0),
+    }
+    if return_regions:
+        wh, ww = body.shape
+        obj["body"] = np.zeros((h, w), bool)
+        obj["part"] = np.zeros((h, w), bool)
+        obj["body"][y0:y0 + wh, x0:x0 + ww] = body & ~part
+        obj["part"][y0:y0 + wh, x0:x0 + ww] = part
+    return obj
+
+
 def draw_synthetic_image(
     rng: np.random.Generator,
     height: int,
@@ -124,22 +231,11 @@ def draw_synthetic_image(
         per object: ``class`` (1..num_classes), ``box`` (xmin, ymin, xmax, ymax) inclusive 0-based,
         plus ``body`` / ``part`` with ``return_regions``.
     """
+    # The image is a pure function of the generator's stream: the pieces below draw from it in a
+    # fixed order (background, object count, then per object: size, place, class, body, part).
     h, w = int(height), int(width)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-
-    def noise(shape: tuple[int, ...], sigma: float) -> np.ndarray:
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
-
-    # Background: two greyish colours blended by a smooth random field, plus fine noise; low
-    # saturation keeps it apart from the saturated parts.
-    c0 = (rng.uniform(70, 150) + rng.uniform(-12, 12, 3)).astype(np.float32)
-    c1 = c0 + rng.uniform(-30, 30, 3).astype(np.float32)
-    field = np.zeros((h, w), np.float32)
-    for _ in range(3):
-        ang, period, phase = rng.uniform(0, np.pi), rng.uniform(30, 110), rng.uniform(0, 2 * np.pi)
-        field += np.sin((xx * np.cos(ang) + yy * np.sin(ang)) * np.float32(2 * np.pi / period) + np.float32(phase))
-    field = (field / 6.0 + 0.5)[..., None]
-    img = c0 * (1 - field) + c1 * field + noise((h, w, 1), 7.0)
+    img = _draw_background(rng, yy, xx)
     mask = np.zeros((h, w), np.uint8)
 
     if not 0 <= min_objects <= max_objects:
@@ -154,69 +250,23 @@ def draw_synthetic_image(
         b = a * rng.uniform(0.6, 0.85)
         pr = part_scale * b
         extent = a + 1.6 * pr  # bounds body and part (the part reaches at most a + 1.55 pr)
-        margin = min(0.8 * a, side / 2 - 1)
-        for _try in range(30):
-            cy = rng.uniform(margin, h - margin)
-            cx = rng.uniform(margin, w - margin)
-            if all(np.hypot(cy - py, cx - px) > extent + pe for py, px, pe in placed):
-                break
-        else:
+        centre = _free_centre(rng, h, w, min(0.8 * a, side / 2 - 1), extent, placed)
+        if centre is None:
             continue  # no room left: fewer objects, labels follow what was drawn
+        cy, cx = centre
         placed.append((cy, cx, extent))
         cls = int(rng.integers(1, num_classes + 1))
         # Everything of this object is computed in its window only.
         y0, y1 = max(0, int(cy - extent) - 2), min(h, int(cy + extent) + 3)
         x0, x1 = max(0, int(cx - extent) - 2), min(w, int(cx + extent) + 3)
-        wy, wx = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
-        theta = rng.uniform(0, np.pi)
-        ct, st = np.cos(theta), np.sin(theta)
-        dy, dx = wy - cy, wx - cx
-        u, v = dx * ct + dy * st, -dx * st + dy * ct
-        body = (u / a) ** 2 + (v / b) ** 2 <= 1.0
-
-        # Shared body appearance: two-tone stripes in a random moderately saturated tint, the same
-        # distribution for every class (so bodies say nothing about the class) but different from
-        # object to object (so an image's own prototypes can tell its objects apart).
-        light = np.clip(rng.uniform(150, 215) + rng.uniform(-55, 55, 3), 60, 255).astype(np.float32)
-        dark = light * np.float32(rng.uniform(0.45, 0.6))
-        s_ang, s_per, s_ph = rng.uniform(0, np.pi), rng.uniform(4.5, 7.5), rng.uniform(0, 2 * np.pi)
-        stripes = 0.5 + 0.5 * np.sin((wx * np.cos(s_ang) + wy * np.sin(s_ang)) * (2 * np.pi / s_per) + s_ph)
-        win = img[y0:y1, x0:x1]
-        win[body] = (dark + (light - dark) * stripes[..., None])[body]
-
-        # Class part on the rim, pushed a little outwards so it sticks out of the body; of 16 random
-        # rim positions the first whose part lies inside the image (else the most inside one).
-        t = rng.uniform(0, 2 * np.pi, 16)
-        nu, nv = np.cos(t) / a, np.sin(t) / b
-        nn = np.hypot(nu, nv)
-        pu, pv = a * np.cos(t) + 0.35 * pr * nu / nn, b * np.sin(t) + 0.35 * pr * nv / nn
-        pys, pxs = cy + pu * st + pv * ct, cx + pu * ct - pv * st
-        room = np.minimum(np.minimum(pys, h - 1 - pys), np.minimum(pxs, w - 1 - pxs))
-        k = int(np.argmax(room >= 1.2 * pr)) if (room >= 1.2 * pr).any() else int(np.argmax(room))
-        py, px = float(pys[k]), float(pxs[k])
-        phi = rng.uniform(0, 2 * np.pi)
-        qy, qx = wy - py, wx - px
-        qu, qv = qx * np.cos(phi) + qy * np.sin(phi), -qx * np.sin(phi) + qy * np.cos(phi)
-        part, core = _part_region(PART_STYLES[cls - 1][0], qu, qv, pr)
-        colour = (np.asarray(PART_STYLES[cls - 1][1], np.float64) + rng.uniform(-15, 15, 3)).astype(np.float32)
-        win[part] = colour
-        win[core] = colour * np.float32(0.2)
-        region = body | part
-        mask[y0:y1, x0:x1][region] = cls
-        ys, xs = np.nonzero(region)
-        obj: dict = {
-            "class": cls,
-            "box": (int(xs.min()) + x0, int(ys.min()) + y0, int(xs.max()) + x0, int(ys.max()) + y0),
-        }
-        if return_regions:
-            obj["body"] = np.zeros((h, w), bool)
-            obj["part"] = np.zeros((h, w), bool)
-            obj["body"][y0:y1, x0:x1] = body & ~part
-            obj["part"][y0:y1, x0:x1] = part
-        objects.append(obj)
+        wy, wx, win = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1], img[y0:y1, x0:x1]
+        body, rotation = _paint_body(rng, win, wy, wx, centre, a, b)
+        part = _paint_part(rng, win, wy, wx, (h, w), centre, a, b, rotation, pr, cls)
+        mask[y0:y1, x0:x1][body | part] = cls
+        objects.append(_object_record(cls, body, part, (y0, x0), (h, w), return_regions))
 
     # Sensor noise over everything, so objects are not flat colour.
-    img += noise((h, w, 3), 5.0)
+    img += _noise(rng, (h, w, 3), 5.0)
     return np.round(img).clip(0, 255).astype(np.uint8), mask, objects
 
 

@@ -156,7 +156,10 @@ class VOCDataset(SegDataset):
         with_masks: read ground-truth masks (``SegmentationClass/``, else ``SegmentationClassAug/``);
             items of images with neither get ``mask=None``.
         skip_unlabeled: drop images whose XML lists no object (recorded in ``skipped``).
-        exif_transpose: apply EXIF orientation (off: VOC masks are drawn on the stored pixels).
+        exif_transpose: apply EXIF orientation (off: VOC masks are drawn on the stored pixels;
+            official VOC JPEGs carry no orientation). An image whose mask fits only its EXIF-turned
+            size (a phone photo labelled as displayed) is read turned all the same
+            (:meth:`SegDataset.exif_transpose_for`).
         image_ext: suffix of the files in ``JPEGImages/``.
     """
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from sipe import io
-from sipe.cams.format import read_cam_file
+from sipe.data.cam_format import read_cam_file
 from sipe.vis import cam_grid, colorize
 
 __all__ = ["save_demo_overlays"]

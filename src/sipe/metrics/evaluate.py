@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from sipe.cams.format import find_cam_file, is_cam_to_label, read_cam_file
+from sipe.data.base import check_same_size
+from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
 from sipe.metrics.confusion import ConfusionMatrix, clean_float
 
@@ -140,12 +141,8 @@ def _finish(stats: dict[str, Any], kind: str, what: str) -> dict[str, Any]:
 
 
 def _check_shape(pred_shape: tuple[int, ...], mask: np.ndarray, path: Path) -> None:
-    if tuple(pred_shape) != mask.shape:
-        (ph, pw), (mh, mw) = tuple(pred_shape), mask.shape
-        raise ValueError(
-            f"size mismatch: {path} is {ph}x{pw} but the ground-truth mask is {mh}x{mw}; predictions must be "
-            "at the image's displayed resolution (after its EXIF orientation)"
-        )
+    check_same_size(pred_shape, mask.shape, path, what="size mismatch:", against="the ground-truth mask",
+                    fix="predictions must be at the image's displayed resolution (after its EXIF orientation)")
 
 
 # ---------------------------------------------------------------------- evaluators

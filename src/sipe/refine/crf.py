@@ -15,7 +15,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
-from sipe.cams.format import check_cam_arrays, read_is_cam
+from sipe.data.cam_format import check_cam_arrays, read_is_cam
 from sipe.refine._runner import RunStats, run_label_job
 
 IGNORE = 255

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sipe.cams.format import check_cam_arrays, read_is_cam
+from sipe.data.cam_format import check_cam_arrays, read_is_cam
 from sipe.models.layers import model_device
 from sipe.refine._runner import RunStats, run_label_job
 from sipe.refine.irn import IRN, STRIDE

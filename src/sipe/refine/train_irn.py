@@ -46,6 +46,7 @@ def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = No
 
 
 def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
+    from sipe.data.base import check_label_map
     from sipe.data.image import read_label_png
 
     path = label_dir / f"{name}.png"
@@ -54,10 +55,8 @@ def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray
             f"no confident-region label {path}; run `sipe refine crf-regions` for this split first "
             "or pass the right --label-dir"
         )
-    label = read_label_png(path)
-    if label.shape != size:
-        raise ValueError(f"label {path} is {label.shape} but its image is {size}; regenerate the labels")
-    return label.astype(np.uint8)
+    return check_label_map(read_label_png(path), path, size=size, what="confident-region label",
+                           fix="regenerate the labels")
 
 
 class IRNTrainSet(Dataset):

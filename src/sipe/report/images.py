@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sipe.cams.format import find_cam_file, is_cam_to_label, read_cam_file
+from sipe.data.base import check_label_map
+from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
 from sipe.io import voc_palette
 from sipe.metrics import ConfusionMatrix
@@ -142,9 +143,8 @@ def _label_cell(folder: Path | None, name: str, title: str, size: tuple[int, int
     path = None if folder is None else folder / f"{name}.png"
     if path is None or not path.is_file():
         return Cell(f"{title}: none", None), None
-    label = read_label_png(path)
-    if label.shape != full:
-        raise ValueError(f"{path} is {label.shape}, its image {full}; regenerate it for this dataset")
+    label = check_label_map(read_label_png(path), path, size=full, what="label image",
+                            fix="regenerate it for this dataset")
     return Cell(title, label_uri(label, size)), label
 
 

@@ -26,8 +26,8 @@ from sipe.config import save_run_info, to_dict
 from sipe.config.common import backbone_kind
 from sipe.config.seg import SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
-from sipe.data.base import SKIPPED_FILE, SkipCounter
-from sipe.data.image import read_mask
+from sipe.data.base import SKIPPED_FILE, SkipCounter, check_label_map
+from sipe.data.image import read_label_png
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
 from sipe.seg.model import RegistryBody, SegModelSpec, build_deeplab, freeze_backbone_batchnorm, input_normalization
@@ -90,18 +90,10 @@ class PseudoLabelDataset(Dataset):
         name = self.base.names[index]
         image = self.base.read_image(index)
         path = self.label_dir / f"{name}.png"
-        label = read_mask(path)
-        if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"pseudo label {path} is {label.shape[0]}x{label.shape[1]} but its image is "
-                f"{image.shape[0]}x{image.shape[1]}; pseudo labels must be at the image's resolution"
-            )
-        bad = (label >= len(self.class_names)) & (label != IGNORE)
-        if bad.any():
-            raise ValueError(
-                f"pseudo label {path} holds class {int(label[bad].max())}, but the dataset has "
-                f"{len(self.class_names)} classes (255 = ignore)"
-            )
+        label = check_label_map(
+            read_label_png(path), path, num_classes=len(self.class_names), size=image.shape[:2], what="pseudo label",
+            fix="pseudo labels must be at the image's resolution", class_fix="Make them with this dataset's classes.",
+        )
         scale_range: tuple[float, float] | None = self.scale_range
         if self.scale_choices is not None:
             # deeplab-pytorch draws one of a few scales (bilinear image, nearest label)
