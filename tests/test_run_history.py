@@ -199,7 +199,8 @@ def test_irn_rerun_with_other_labels_or_backbone_keeps_the_run_folder(tmp_path):
     train_irn(items, tmp_path / "a", run, cfg(stop_after=1))
     before = _snapshot(run)
     assert {"config.yaml", "run_info.json", "checkpoints/last.pt"} <= set(before)
-    with pytest.raises(InputError, match=re.escape(f"label_dir={tmp_path / 'a'}; this run has label_dir={tmp_path / 'b'}")):
+    labels_differ = f"label_dir={tmp_path / 'a'}; this run has label_dir={tmp_path / 'b'}"
+    with pytest.raises(InputError, match=re.escape(labels_differ)):
         train_irn(items, tmp_path / "b", run, cfg())
     with pytest.raises(InputError, match="backbone=resnet18; this run has backbone=resnet34"):
         train_irn(items, tmp_path / "a", run, cfg("resnet34"))
