@@ -83,8 +83,8 @@ def _check_weights_fit(saved: Mapping[str, torch.Tensor], model: nn.Module, ckpt
         k = wrong[0]
         what = f"{k} is {tuple(saved[k].shape)} there, {tuple(own[k].shape)} in this run's model"
     elif missing or unexpected:
-        what = f"{len(missing)} weights missing (e.g. {(missing or ['-'])[0]}), {len(unexpected)} unknown " \
-               f"(e.g. {(unexpected or ['-'])[0]})"
+        what = (f"{len(missing)} weights missing (e.g. {(missing or ['-'])[0]}), {len(unexpected)} unknown "
+                f"(e.g. {(unexpected or ['-'])[0]})")
     else:
         return
     raise InputError(f"{ckpt_dir.parent} holds the checkpoint of another model ({what}): {_start_over(ckpt_dir)}")
