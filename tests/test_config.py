@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pytest
 import yaml
 
 import sipe
-from sipe.config import ConfigError, from_dict, load_config, save_run_info, to_dict
+from sipe.config import ConfigError, from_dict, load_config, to_dict
+from sipe.engine.run_info import save_run_info
 
 
 @dataclass
@@ -108,9 +111,25 @@ def test_save_run_info_only_on_rank_zero(tmp_path, monkeypatch):
 
 
 def test_git_commit_outside_a_checkout(tmp_path):
-    from sipe.config import git_commit
+    from sipe.engine.run_info import git_commit
 
     assert git_commit(tmp_path) == "unknown"
+
+
+def test_config_layer_loads_neither_torch_nor_the_engine():
+    # Run info moved to sipe.engine.run_info; its old names in sipe.config resolve on first access only.
+    code = ("import sys, sipe.config, sipe.config.common, sipe.config.engine, sipe.config.irn, sipe.config.seg, "
+            "sipe.config.train; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' "
+            "or m.startswith(('sipe.engine', 'sipe.models'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    import sipe.config
+    import sipe.engine.config
+    import sipe.engine.run_info
+
+    assert sipe.config.save_run_info is save_run_info
+    assert sipe.config.numerics_info is sipe.engine.run_info.numerics_info
+    assert sipe.engine.config.TrainConfig is sipe.config.TrainConfig
 
 
 # A parent whose default_factory differs from the nested class defaults, two levels deep.

@@ -330,3 +330,17 @@ def test_time_based_checkpoint_keeps_work_of_a_crash(tmp_path):
         last = out / "checkpoints" / "last.pt"
         got = torch.load(last, weights_only=False)["step"] if last.exists() else None
         assert got == expected
+
+
+def test_torchrun_env_is_the_one_reader_of_rank_and_world(monkeypatch):
+    from sipe.engine import rank_and_world, torchrun_env
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert torchrun_env() == (0, 1, 0) and torchrun_env().is_main
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert torchrun_env() == (3, 4, 3)  # LOCAL_RANK defaults to RANK (one machine)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == (3, 4, 1) and not torchrun_env().is_main
+    assert rank_and_world() == (3, 4)

@@ -1,5 +1,10 @@
-"""Atomic file output (every file sipe writes appears whole or not at all), and the torch-free check
-of a checkpoint path that commands run before loading anything."""
+"""Atomic file output (every file sipe writes appears whole or not at all), the torch-free check of a
+checkpoint path that commands run before loading anything, and the one reader and writer of sipe's
+checkpoint files (``{"model": state_dict, "meta": {...}, ...}``; torch loads inside them only).
+
+What each model kind keeps in ``meta`` and how its network is rebuilt is :mod:`sipe.models.checkpoint`'s
+business; this layer below the models only moves the dicts, so that the engine reads and writes
+checkpoints without importing a network."""
 
 from __future__ import annotations
 
@@ -8,12 +13,15 @@ import functools
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def voc_palette() -> np.ndarray:
@@ -88,6 +96,35 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", made_by: str = "sipe"
+) -> dict[str, Any]:
+    """Load a checkpoint file as a dict, with one clear error for each way it can be wrong.
+
+    ``made_by`` names the command that writes such files, for the messages. Raises
+    ``FileNotFoundError`` (missing) or ``ValueError`` (unreadable, truncated, not a dict).
+    """
+    import torch
+
+    path = checkpoint_file(path, made_by)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files; re-raised with the file named
+        raise ValueError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); the file is incomplete or damaged: "
+            f"write it again with '{made_by}'. Is the file complete?"
+        ) from exc
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
+    return dict(ckpt)
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                     **extra: Any) -> None:
+    """Write ``{"model": state_dict, "meta": meta, **extra}`` to ``path`` atomically."""
+    save_torch({"model": state_dict, "meta": dict(meta), **extra}, path)
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

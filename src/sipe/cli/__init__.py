@@ -22,6 +22,7 @@ import traceback  # noqa: E402
 
 from sipe import __version__  # noqa: E402
 from sipe.cli._common import INPUT_ERROR, USAGE_ERROR  # noqa: E402
+from sipe.engine.env import torchrun_env  # noqa: E402
 
 # Seconds a torchrun worker other than rank 0 waits before reporting a user error (see ``main``).
 RANK_ERROR_GRACE_S = 5.0
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         leaf.print_help()
         return USAGE_ERROR
-    main_rank = os.environ.get("RANK", "0") == "0"
+    rank = torchrun_env().rank
+    main_rank = rank == 0
     try:
         result = args.func(args)
     except KeyboardInterrupt:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(RANK_ERROR_GRACE_S)
         if os.environ.get("SIPE_DEBUG") == "1":
             traceback.print_exc()
-        where = "" if main_rank else f"rank {os.environ.get('RANK')}: "
+        where = "" if main_rank else f"rank {rank}: "
         print(f"{leaf.prog}: error: {where}{err}", file=sys.stderr)
         return code
     return int(result or 0)

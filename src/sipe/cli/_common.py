@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 from typing import Any
 
+from sipe.engine.env import torchrun_env
 from sipe.errors import InputError, UsageError
 
 DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
@@ -86,7 +86,7 @@ def resolve_device(name: str):
     """The ``torch.device`` of ``--device`` for this process (see :func:`sipe.engine.resolve_device`)."""
     from sipe.engine import resolve_device as _resolve
 
-    return _resolve(name, int(os.environ.get("LOCAL_RANK", "0")))
+    return _resolve(name, torchrun_env().local_rank)
 
 
 def _scale(text: str) -> float:
@@ -152,6 +152,6 @@ INPUT_ERROR = 1
 def setup_logging(verbose: bool = False) -> None:
     """INFO logging on rank 0; under torchrun the other ranks log warnings and errors only."""
     level = logging.DEBUG if verbose else logging.INFO
-    if os.environ.get("RANK", "0") != "0":
+    if not torchrun_env().is_main:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

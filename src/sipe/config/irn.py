@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipe.config.common import backbone_kind, check_backbone_weights
-from sipe.engine.config import TrainConfig
+from sipe.config.engine import TrainConfig
 
 __all__ = ["IRN_STRIDE", "IRNConfig", "IRNEngineConfig"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sipe.config.common import DataConfig, backbone_kind, check_backbone_weights
-from sipe.engine.config import TrainConfig
+from sipe.config.engine import TrainConfig
 
 __all__ = ["SegAugConfig", "SegDataConfig", "SegEngineConfig", "SegModelConfig", "SegTrainConfig",
            "pseudo_label_folder"]

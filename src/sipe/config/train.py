@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sipe.config.common import AugConfig, DataConfig, MethodConfig, ModelConfig
-from sipe.engine.config import TrainConfig
+from sipe.config.engine import TrainConfig
 
 __all__ = ["PretrainConfig", "SIPETrainConfig"]
 

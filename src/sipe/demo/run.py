@@ -116,9 +116,9 @@ def _run_stages(cfg: DemoConfig, out: Path, stages: _Stages) -> dict[str, Any]:
     import torch
 
     from sipe.cams.generate import CamConfig, generate_cams
-    from sipe.config import save_run_info
     from sipe.data import SyntheticBackgrounds, build_dataset, generate_synthetic
     from sipe.demo.pictures import save_demo_overlays
+    from sipe.engine.run_info import save_run_info
     from sipe.metrics import evaluate_cam, evaluate_is_cam, write_report
     from sipe.models.checkpoint import load_checkpoint
     from sipe.report import write_report_html

@@ -1,7 +1,8 @@
 """The generic training engine: configuration, torchrun/DDP, deterministic sampling, SGD + poly
 schedule, resumable checkpoints and the loop (:func:`fit`) that every training stage runs.
 
-The exports load lazily: ``sipe.engine.config`` (torch-free) is importable without torch.
+The exports load lazily: ``sipe.engine.env`` and ``sipe.engine.config`` (a re-export of
+:mod:`sipe.config.engine`) are importable without torch.
 """
 
 from sipe._lazy import lazy_exports
@@ -10,8 +11,10 @@ _EXPORTS = {
     "TrainConfig": "config",
     **dict.fromkeys(("DEVICE_CHOICES", "DistInfo", "barrier", "is_main_process", "rank_and_world", "resolve_device",
                      "setup_distributed", "shard_indices"), "distributed"),
+    **dict.fromkeys(("TorchrunEnv", "torchrun_env"), "env"),
     **dict.fromkeys(("fit", "move_to_device"), "loop"),
     **dict.fromkeys(("build_optimizer", "poly_lr", "set_lr"), "optim"),
+    **dict.fromkeys(("NUMERICS_ENV", "git_commit", "numerics_info", "save_run_info"), "run_info"),
     **dict.fromkeys(("SeededBatchSampler", "sample_seed"), "sampler"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from sipe.engine.env import torchrun_env
 from sipe.errors import UsageError
 
 __all__ = [
@@ -76,9 +76,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     The backend is NCCL on CUDA and gloo on CPU. Safe to call repeatedly: an existing process
     group is reused. Without torchrun this returns rank 0 of 1 and initialises nothing.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    rank, world, local_rank = torchrun_env()
     dev = resolve_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
@@ -110,14 +108,13 @@ def barrier(info: DistInfo) -> None:
             dist.barrier()
 
 
-
-
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of this process: from the process group when initialised, else from the
     torchrun environment ((0, 1) outside torchrun)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    env = torchrun_env()
+    return env.rank, env.world_size
 
 
 def shard_indices(n: int, rank: int, world: int) -> list[int]:

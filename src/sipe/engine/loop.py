@@ -10,27 +10,21 @@ single-process run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sipe.engine.checkpoint import check_resume
-from sipe.engine.config import TrainConfig
-from sipe.engine.distributed import barrier, setup_distributed
+from sipe.config.engine import TrainConfig
+from sipe.engine.checkpoint import CheckpointSchedule, CheckpointWriter, Resumer
+from sipe.engine.distributed import DistInfo, barrier, setup_distributed
+from sipe.engine.hooks import LogWindow, RunOutput, StopRequests, Validation
 from sipe.engine.optim import build_optimizer, set_lr
 from sipe.engine.sampler import SeededBatchSampler, sample_seed
-from sipe.models.checkpoint import read_checkpoint, write_checkpoint
 
 __all__ = ["fit", "move_to_device"]
 
@@ -56,35 +50,118 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class _StopRequests:
-    """SIGINT / SIGTERM while training: remembered, and acted on at the next step boundary.
+class _Stepper:
+    """One optimisation step of the (DDP-wrapped) model: poly lr, a per-step torch seed, the forward
+    under autocast, backward, clipping and the optimiser update. ``step`` counts the finished steps;
+    ``updating`` is true only while the weights change (a state that matches no step)."""
 
-    A signal that raised at once could land inside ``optimizer.step()``, half-way through updating
-    the weights, and the saved state would then match no step. So the first signal only sets
-    ``requested``; the loop checkpoints after the step in progress and stops. A second Ctrl-C
-    interrupts at once (the default behaviour). Handlers can only be installed in the main thread;
-    elsewhere this does nothing and a KeyboardInterrupt is handled by the loop's own checks.
-    """
+    def __init__(self, wrapped: nn.Module, step_fn: Callable[[nn.Module, dict], dict[str, torch.Tensor]],
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: TrainConfig,
+                 info: DistInfo, step: int) -> None:
+        self.wrapped, self.step_fn, self.optimizer, self.scaler = wrapped, step_fn, optimizer, scaler
+        self.cfg, self.info, self.step, self.updating = cfg, info, step, False
+        self.trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._old: dict[int, Any] = {}
+    def __call__(self, batch: Any, max_steps: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+        """Train on one batch; returns the step's outputs, its float32 loss and the base lr it used."""
+        cfg, device = self.cfg, self.info.device
+        lr = set_lr(self.optimizer, cfg, self.step, max_steps)
+        # Per-step torch seed: dropout-like randomness is reproducible after a resume.
+        torch.manual_seed(sample_seed(cfg.seed, self.step, self.info.rank + 1_000_003))
+        batch = move_to_device(batch, device, cfg.channels_last)
+        with _autocast(device, cfg.amp):
+            out = self.step_fn(self.wrapped, batch)
+        if "loss" not in out:
+            raise KeyError(f"step_fn must return a dict with key 'loss', got keys {sorted(out)}")
+        loss = out["loss"].float()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, max_norm=cfg.clip_grad_norm)
+        self.updating = True
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.updating = False
+        return out, loss, lr
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
 
-    def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
+def _plan(num_samples: int, cfg: TrainConfig, info: DistInfo) -> tuple[SeededBatchSampler, int]:
+    """This rank's batch sampler and the run's number of optimiser steps."""
+    if cfg.log_every < 1:
+        raise ValueError(f"engine.log_every must be >= 1, got {cfg.log_every}")
+    sampler = SeededBatchSampler(num_samples, cfg.batch_size, cfg.seed, info.rank, info.world_size)
+    spe = sampler.batches_per_epoch
+    max_steps = cfg.max_steps if cfg.max_steps is not None else spe * cfg.epochs
+    if max_steps < 1:
+        raise ValueError(f"nothing to train: max_steps={max_steps} (epochs={cfg.epochs}, {spe} steps/epoch)")
+    return sampler, max_steps
 
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
+
+def _wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """``model`` in DDP under torchrun (after the resume: DDP broadcasts rank 0's weights), else itself."""
+    if not info.distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[info.device.index] if info.device.type == "cuda" else None,
+        find_unused_parameters=cfg.find_unused_parameters,
+    )
+
+
+def _start_run(out_dir: Path, run_config: Any, on_start: Callable[[], None] | None, info: DistInfo) -> None:
+    """The run starts (the resume checks passed): only now does it write its run folder's records."""
+    if run_config is not None:
+        from sipe.engine.run_info import save_run_info
+
+        save_run_info(out_dir, run_config)  # rank 0 only
+    if on_start is not None and info.is_main:
+        on_start()
+
+
+class _StepJobs:
+    """What the loop does after each step and at its end: the logging window, ``last.pt`` when due, the
+    stop-request check, validation when due; ``final.pt`` at the end; ``last.pt`` when interrupted."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, output: RunOutput, checkpoints: CheckpointWriter,
+                 validation: Validation, last_path: Path, steps_per_epoch: int) -> None:
+        self.cfg, self.info, self.output, self.checkpoints, self.validation = cfg, info, output, checkpoints, validation
+        self.last_path = last_path
+        self.window = LogWindow(info, cfg.batch_size, checkpoints.scaler is not None, last_path)
+        self.schedule = CheckpointSchedule(cfg, steps_per_epoch)
+
+    def after_step(self, step: int, out: dict[str, torch.Tensor], loss: torch.Tensor, lr: float,
+                   stop: StopRequests, stop_at: int) -> None:
+        """After optimiser step ``step`` (1-based count of finished steps); raises ``KeyboardInterrupt``
+        on a stop request (from any rank), after the step and before any checkpoint of it."""
+        self.window.add(out, loss)
+        if step % self.cfg.log_every == 0 or step == stop_at:
+            self.window.flush(step, lr, self.output)
+        self.output.advance()
+        save_last = self.schedule.last_due(step)
+        stop.raise_if_requested(self.info)
+        if save_last:
+            self.checkpoints.save_last(step, self.validation.best_score)
+            self.schedule.saved()
+        if self.validation.val_fn is not None and self.schedule.val_due(step):
+            self.validation(step)
+
+    def finish(self, step: int, max_steps: int) -> None:
+        """Always leave a resumable state, also when stopped early on request (``engine.stop_after``);
+        a finished run validates once more if it never did and writes ``final.pt``."""
+        self.checkpoints.save_last(step, self.validation.best_score)
+        if step >= max_steps:
+            if self.validation.val_fn is not None and not (self.checkpoints.ckpt_dir / "best.pt").exists():
+                self.validation(step)
+            self.checkpoints.save("final.pt", step)
+
+    def interrupted(self, step: int, max_steps: int, requested: str | None) -> None:
+        """Save ``last.pt`` after an interruption at a step boundary and say how to resume."""
+        self.checkpoints.save_last(step, self.validation.best_score)
+        if self.info.is_main:
+            self.output.say(f"interrupted at step {step}/{max_steps} ({requested or 'KeyboardInterrupt'}); "
+                            f"saved {self.last_path}: rerun the same command to resume")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -102,6 +179,9 @@ def fit(
     val_name: str = "validation score",
     collate_fn: Callable | None = None,
     meta: Mapping[str, Any] | None = None,
+    run_config: Any = None,
+    run_key: Mapping[str, Any] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` on ``train_set`` and return the (unwrapped) trained model on every rank.
 
@@ -115,238 +195,57 @@ def fit(
     rerun continues from the last finished step and trains exactly the uninterrupted run's model. ``meta`` (plain
     data, e.g. the full run config and class names) is stored in every checkpoint under ``"meta"``.
     ``val_name`` says in the log what ``val_fn`` measures (e.g. "validation IS-CAM mIoU").
+
+    A run folder keeps its history: ``run_key`` (plain data naming what makes this the same run, e.g.
+    ``{"classes": [...], "data.root": ...}``) is stored in ``last.pt``, and a rerun whose key or network
+    differs stops with one line (:class:`sipe.errors.InputError`) before anything is written. Only then
+    are ``run_config`` (``out_dir/config.yaml`` and ``run_info.json``) and ``on_start()`` (rank 0: a
+    stage's own files) written.
     """
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
     info = setup_distributed(cfg.device)
-    device = info.device
-
-    if cfg.log_every < 1:
-        raise ValueError(f"engine.log_every must be >= 1, got {cfg.log_every}")
-    sampler = SeededBatchSampler(len(train_set), cfg.batch_size, cfg.seed, info.rank, info.world_size)
-    spe = sampler.batches_per_epoch
-    max_steps = cfg.max_steps if cfg.max_steps is not None else spe * cfg.epochs
-    if max_steps < 1:
-        raise ValueError(f"nothing to train: max_steps={max_steps} (epochs={cfg.epochs}, {spe} steps/epoch)")
-
-    model.to(device)
+    sampler, max_steps = _plan(len(train_set), cfg, info)
+    model.to(info.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(param_groups, cfg, device)
-    use_scaler = cfg.amp and device.type == "cuda"
+    optimizer = build_optimizer(param_groups, cfg, info.device)
+    use_scaler = cfg.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-
-    step, best_score = 0, -math.inf
-    last_path = ckpt_dir / "last.pt"
-    if cfg.resume and last_path.is_file():
-        try:
-            ckpt = read_checkpoint(last_path, made_by="the interrupted run")
-        except ValueError as e:
-            raise ValueError(
-                f"{e} To resume, the last checkpoint must be complete; to start over instead, delete "
-                f"{last_path} or pass --no-resume (engine.resume=false)"
-            ) from e
-        check_resume(ckpt, cfg, max_steps, last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and use_scaler:
-            scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
-        best_score = float(ckpt.get("best_score", -math.inf))
+    resumer = Resumer(out_dir / "checkpoints", cfg, max_steps, run_key)
+    step, best_score = 0, float("-inf")
+    if resumer.load(model):
+        step, best_score = resumer.restore(model, optimizer, scaler if use_scaler else None)
         if info.is_main:
-            print(f"resuming from {last_path} at step {step}/{max_steps}", flush=True)
-
-    wrapped: nn.Module = model
-    if info.distributed:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-
-    loader = DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_fn,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
-
-    cfg_dict = dataclasses.asdict(cfg)
-
-    def checkpoint(name: str, *, full: bool, **extra: Any) -> None:
-        if not info.is_main:
-            return
-        state: dict[str, Any] = {
-            "step": step,
-            "epoch": step // spe,
-            "batch_in_epoch": step % spe,
-            "max_steps": max_steps,
-            "config": cfg_dict,
-            **extra,
-        }
-        if full:
-            state.update(
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if use_scaler else None,
-                best_score=best_score,
-            )
-        write_checkpoint(ckpt_dir / name, model.state_dict(), meta or {}, **state)
-
-    def validate() -> None:
-        nonlocal best_score
-        if val_fn is not None and info.is_main:
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                score = float(val_fn(model))
-            model.train(was_training)
-            if writer is not None:
-                writer.add_scalar("val/score", score, step)
-            if score > best_score:
-                best_score = score
-                checkpoint("best.pt", full=False, score=score)
-            (bar.write if bar is not None else print)(
-                f"step {step}: {val_name} {score:.4f} (best {best_score:.4f})"
-            )
-        barrier(info)
-
-    writer = None
-    bar = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tb"))
-        if cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=max_steps, initial=step, unit="step", dynamic_ncols=True, desc="train")
-
-    wrapped.train()
-    window: dict[str, torch.Tensor] = {}
-    nonfinite = torch.zeros((), device=device)
-    window_steps = 0
-    t_window = time.perf_counter()
+            print(f"resuming from {resumer.path} at step {step}/{max_steps}", flush=True)
+    _start_run(out_dir, run_config, on_start, info)
+    stepper = _Stepper(_wrap(model, cfg, info), step_fn, optimizer, scaler, cfg, info, step)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
+                        pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    checkpoints = CheckpointWriter(out_dir / "checkpoints", model, optimizer, scaler if use_scaler else None, cfg,
+                                   sampler.batches_per_epoch, max_steps, meta or {}, run_key, info.is_main)
+    output = RunOutput(out_dir, info.is_main, cfg.progress, max_steps, step)
+    jobs = _StepJobs(cfg, info, output, checkpoints, Validation(val_fn, val_name, model, info, output, checkpoints,
+                                                                 best_score), resumer.path, sampler.batches_per_epoch)
     stop_at = max_steps if cfg.stop_after is None else min(max_steps, cfg.stop_after)
-    t_ckpt = time.monotonic()
-    updating = False  # True while the weights are being changed: no consistent state to save
-    stop = _StopRequests().__enter__()  # left in the outer finally
+    stepper.wrapped.train()
+    stop = StopRequests().__enter__()  # left in the finally below
     try:
-        while step < stop_at:
-            epoch, start = divmod(step, spe)
-            sampler.set_epoch(epoch, start)
+        while stepper.step < stop_at:
+            sampler.set_epoch(*divmod(stepper.step, sampler.batches_per_epoch))
             for batch in loader:
-                lr = set_lr(optimizer, cfg, step, max_steps)
-                # Per-step torch seed: dropout-like randomness is reproducible after a resume.
-                torch.manual_seed(sample_seed(cfg.seed, step, info.rank + 1_000_003))
-                batch = move_to_device(batch, device, cfg.channels_last)
-                with _autocast(device, cfg.amp):
-                    out = step_fn(wrapped, batch)
-                if "loss" not in out:
-                    raise KeyError(f"step_fn must return a dict with key 'loss', got keys {sorted(out)}")
-                loss = out["loss"].float()
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, max_norm=cfg.clip_grad_norm)
-                updating = True
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                updating = False
-
-                # Window sums stay on the device (no per-step sync); steps whose loss is not
-                # finite are counted apart so one fp16 overflow does not poison the logged means.
-                finite = torch.isfinite(loss.detach())
-                for k, v in out.items():
-                    v = torch.where(finite, v.detach().float().reshape(()), 0.0)
-                    window[k] = window[k] + v if k in window else v
-                nonfinite = nonfinite + (~finite).float()
-                window_steps += 1
-                if step % cfg.log_every == 0 or step == stop_at:
-                    keys = sorted(window)
-                    vals = torch.stack([*(window[k] for k in keys), nonfinite])
-                    if info.distributed:
-                        dist.all_reduce(vals)  # the global batch's mean, not rank 0's share
-                    vals = vals.tolist()
-                    total = window_steps * info.world_size
-                    bad = int(vals.pop())
-                    vals = [v / max(total - bad, 1) for v in vals]
-                    if bad and (not use_scaler or bad == total):
-                        hint = (
-                            "fp16 autocast overflows in the forward pass: set engine.amp=false"
-                            if use_scaler
-                            else f"lower engine.lr, or check the data; the last good state is {last_path}"
-                        )
-                        raise FloatingPointError(
-                            f"the loss was not finite in {bad} of the last {total} (rank x step) forward "
-                            f"passes, up to step {step}; {hint}"
-                        )
-                    if bad and info.is_main:
-                        msg = f"step {step}: skipped {bad} of {total} updates with a non-finite fp16 loss"
-                        (bar.write if bar is not None else print)(msg)
-                    if info.is_main:
-                        elapsed = time.perf_counter() - t_window
-                        ips = window_steps * cfg.batch_size / max(elapsed, 1e-9)
-                        for k, v in zip(keys, vals, strict=True):
-                            writer.add_scalar(f"train/{k}", v, step)
-                        writer.add_scalar("train/lr", lr, step)
-                        writer.add_scalar("train/images_per_s", ips, step)
-                        if bar is not None:
-                            post = {k: f"{v:.4f}" for k, v in zip(keys, vals, strict=True)}
-                            post.update(lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-                            bar.set_postfix(post, refresh=False)
-                    window, window_steps, t_window = {}, 0, time.perf_counter()
-                    nonfinite = torch.zeros((), device=device)
-                if bar is not None:
-                    bar.update(1)
-
-                epoch_end = step % spe == 0
-                timed = cfg.ckpt_minutes > 0 and time.monotonic() - t_ckpt >= 60.0 * cfg.ckpt_minutes
-                requested = stop.requested is not None
-                if info.distributed:  # every rank stops after the same step, or the others would hang
-                    flag = torch.tensor([float(requested)], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    requested = bool(flag.item())
-                if requested:
-                    raise KeyboardInterrupt(stop.requested or "stop requested on another rank")
-                if timed or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or (not cfg.ckpt_every and epoch_end):
-                    checkpoint("last.pt", full=True)
-                    t_ckpt = time.monotonic()
-                if val_fn is not None and (
-                    (cfg.val_every and step % cfg.val_every == 0) or (not cfg.val_every and epoch_end)
-                ):
-                    validate()
-                if step >= stop_at:
+                out, loss, lr = stepper(batch, max_steps)
+                jobs.after_step(stepper.step, out, loss, lr, stop, stop_at)
+                if stepper.step >= stop_at:
                     break
-        # Always leave a resumable state, also when stopped early on request (cfg.stop_after).
-        checkpoint("last.pt", full=True)
-        if step >= max_steps:
-            if val_fn is not None and not (ckpt_dir / "best.pt").exists():
-                validate()
-            checkpoint("final.pt", full=False)
+        jobs.finish(stepper.step, max_steps)
     except BaseException as err:
-        # Ctrl-C, SIGTERM, or a KeyboardInterrupt from step_fn / the data loader; when a signal was
-        # received, a DataLoader worker that died of the same Ctrl-C counts as the interruption too.
-        if not (isinstance(err, KeyboardInterrupt) or stop.requested):
+        # Not after a second Ctrl-C inside optimizer.step(): that state matches no step.
+        if not stop.is_interruption(err) or stepper.updating:
             raise
-        if updating:  # only with a second Ctrl-C inside optimizer.step(): this state matches no step
-            raise
-        checkpoint("last.pt", full=True)
-        if info.is_main:
-            (bar.write if bar is not None else print)(
-                f"interrupted at step {step}/{max_steps} ({stop.requested or 'KeyboardInterrupt'}); saved "
-                f"{last_path}: rerun the same command to resume"
-            )
+        jobs.interrupted(stepper.step, max_steps, stop.requested)
         raise KeyboardInterrupt(stop.requested or str(err)) from err
     finally:
         stop.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
+        output.close()
     barrier(info)
     return model

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sipe.engine.config import TrainConfig
+from sipe.config.engine import TrainConfig
 
 __all__ = ["build_optimizer", "poly_lr", "set_lr"]
 

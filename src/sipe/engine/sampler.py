@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from sipe.engine.config import check_global_batch
+from sipe.config.engine import check_global_batch
 
 __all__ = ["SeededBatchSampler", "sample_seed"]
 

@@ -1,11 +1,13 @@
-"""Checkpoint files of every model kind: one reader with clear errors, one writer, and the SIPE loader.
+"""Checkpoint files of every model kind: what each kind's ``meta`` holds, and the SIPE loader.
 
 A sipe checkpoint is a dict ``{"model": state_dict, "meta": {...}, ...}`` written atomically. The
 ``meta`` entry says what the file holds: ``{"kind": "irn", "backbone", "radius"}`` for IRN,
 ``{"model_spec": {...}, "class_names"}`` for a segmentation network, and ``{"sipe_config", "class_names",
 "backbone", "backbone_kwargs"}`` for SIPE (the registry name and the :func:`sipe.models.build_sipe`
 keywords that rebuild the backbone; the authors' ``{"net": ...}`` files, with no meta, are SIPE too).
-Training checkpoints add the optimiser state, step and config (:mod:`sipe.engine`).
+Training checkpoints add the optimiser state, step and config (:mod:`sipe.engine`). The file reader
+and writer live a layer below, in :mod:`sipe.io` (the engine uses them without loading a network);
+``read_checkpoint`` and ``write_checkpoint`` are re-exported here under their old names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from sipe.config import MethodConfig
 from sipe.core.sipe_net import SIPENet
-from sipe.io import checkpoint_file, save_torch
+from sipe.io import read_checkpoint, write_checkpoint
 from sipe.models import build_sipe
 from sipe.models.official import backbone_name, load_into, official_to_sipe
 
@@ -29,33 +31,6 @@ __all__ = [
     "sipe_model_from_checkpoint",
     "write_checkpoint",
 ]
-
-
-def read_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", made_by: str = "sipe"
-) -> dict[str, Any]:
-    """Load a checkpoint file as a dict, with one clear error for each way it can be wrong.
-
-    ``made_by`` names the command that writes such files, for the messages. Raises
-    ``FileNotFoundError`` (missing) or ``ValueError`` (unreadable, truncated, not a dict).
-    """
-    path = checkpoint_file(path, made_by)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for damaged files; re-raised with the file named
-        raise ValueError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); the file is incomplete or damaged: "
-            f"write it again with '{made_by}'. Is the file complete?"
-        ) from exc
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
-    return dict(ckpt)
-
-
-def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                     **extra: Any) -> None:
-    """Write ``{"model": state_dict, "meta": meta, **extra}`` to ``path`` atomically."""
-    save_torch({"model": state_dict, "meta": dict(meta), **extra}, path)
 
 
 def checkpoint_kind(ckpt: Mapping[str, Any]) -> str:

@@ -198,7 +198,7 @@ def train_irn(
     Returns:
         The trained IRN (on the training device), ``mean_shift`` set.
     """
-    from sipe.config import save_run_info, to_dict
+    from sipe.config import to_dict
     from sipe.engine import fit, is_main_process  # noqa: I001 (kept local: heavy import chain)
 
     cfg = cfg or IRNConfig()
@@ -216,11 +216,12 @@ def train_irn(
     if model is None:
         model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
     pair_paths(cfg.radius)  # validates the radius early
-    save_run_info(out_dir, cfg)
     data = IRNTrainSet(train_set, label_dir, cfg)
     step = functools.partial(irn_step, radius=cfg.radius)
+    # config.yaml and run_info.json are written by fit once the rerun check passed.
+    run_key = {"label_dir": str(Path(label_dir).resolve()), "backbone": cfg.backbone}
     model = fit(model, data, step, model.param_groups(cfg.dp_lr_mult), cfg.engine, out_dir,
-                meta=irn_meta(cfg))
+                meta=irn_meta(cfg), run_config=cfg, run_key=run_key)
     shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set, crop_size=cfg.crop_size,
                                 batch_size=cfg.mean_batch_size, num_workers=cfg.engine.num_workers)
     model.mean_shift.copy_(shift)

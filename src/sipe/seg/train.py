@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sipe.config import save_run_info, to_dict
+from sipe.config import to_dict
 from sipe.config.common import backbone_kind
 from sipe.config.seg import SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
@@ -259,12 +259,10 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     else:
         step_fn = make_step_fn(cfg.aux_weight)
         groups = param_groups(model, cfg.head_lr_mult)
-    save_run_info(out_dir, cfg)
+    skipped = SkipCounter("images")
+    skipped.extend(base.skipped)
+    skipped.extend(train_set.skipped)
     if is_main_process():
-        skipped = SkipCounter("images")
-        skipped.extend(base.skipped)
-        skipped.extend(train_set.skipped)
-        skipped.write_tsv(out_dir / SKIPPED_FILE)
         log.info(
             "training %s %s on %s (%d images, %d classes)", cfg.model.backbone, cfg.model.arch, base.source,
             len(train_set), k,
@@ -280,6 +278,11 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         val_fn=val_fn,
         val_name="validation segmentation mIoU",
         meta=meta,
+        # config.yaml, run_info.json and skipped.tsv: written by fit once the rerun check passed.
+        run_config=cfg,
+        run_key={"classes": list(base.class_names), "data.root": str(Path(cfg.data.root).resolve()),
+                 "model.arch": cfg.model.arch, "model.backbone": cfg.model.backbone},
+        on_start=lambda: skipped.write_tsv(out_dir / SKIPPED_FILE),
     )
     final = out_dir / "checkpoints" / "final.pt"
     return final if final.is_file() else out_dir / "checkpoints" / "last.pt"

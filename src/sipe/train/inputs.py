@@ -3,14 +3,14 @@ class count or batch size is reported before torch loads (and before any model i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from sipe.config import ConfigError
+from sipe.config.engine import check_global_batch
 from sipe.config.train import SIPETrainConfig
 from sipe.data import dataset_from_config
-from sipe.engine.config import check_global_batch
+from sipe.engine.env import torchrun_env
 
 __all__ = ["TrainingData", "training_data"]
 
@@ -40,7 +40,7 @@ def training_data(cfg: SIPETrainConfig) -> TrainingData:
             f"model.num_classes={cfg.model.num_classes} but the dataset {train.source} has {k} classes "
             "(background included); drop model.num_classes or fix it"
         )
-    check_global_batch(len(train), cfg.engine.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
+    check_global_batch(len(train), cfg.engine.batch_size, torchrun_env().world_size)
     val = None
     if cfg.data.val_split is not None:
         val = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)

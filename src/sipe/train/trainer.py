@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sipe.config import STRIDE, AugConfig, save_run_info, to_dict
+from sipe.config import STRIDE, AugConfig, to_dict
 from sipe.config.train import SIPETrainConfig
 from sipe.data import SKIPPED_FILE
 from sipe.engine import fit, is_main_process, setup_distributed
@@ -213,9 +213,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
     backbone_params, new_params = model.param_groups()
     groups = [{"params": backbone_params, "lr_mult": cfg.model.backbone_lr_mult},
               {"params": new_params, "lr_mult": cfg.new_lr_mult}]
-    save_run_info(out_dir, cfg)
     if is_main_process():
-        train_base.skipped.write_tsv(out_dir / SKIPPED_FILE)
         logger.info("training SIPE on %s (%d images, %d classes)", train_base.source, len(train_base), k)
     meta = {
         "sipe_config": to_dict(cfg),
@@ -225,8 +223,12 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
         "num_classes": k,
     }
     step = functools.partial(sipe_step, gsc_weight=cfg.method.gsc_weight)
+    # Written by fit once the rerun check passed, so that a run folder keeps its history.
+    run_key = {"classes": list(train_base.class_names), "data.root": str(Path(cfg.data.root).resolve()),
+               "model.backbone": cfg.model.backbone}
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
-        val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta)
+        val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta, run_config=cfg, run_key=run_key,
+        on_start=lambda: train_base.skipped.write_tsv(out_dir / SKIPPED_FILE))
     if is_main_process() and len(train_base.skipped):
         train_base.skipped.log(len(train_base) + len(train_base.skipped))
     final = out_dir / "checkpoints" / "final.pt"
