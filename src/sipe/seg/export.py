@@ -80,6 +80,9 @@ def export_onnx(
                 with warnings.catch_warnings():
                     # The TorchScript exporter is deprecated upstream but is the one that writes opset 17.
                     warnings.simplefilter("ignore", DeprecationWarning)
+                    # The normalisation's mean and std (sipe.data.transforms.normalize_tensor) are the same on
+                    # every call: graph constants are what they should be, as the tracer's warning allows.
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
                     torch.onnx.export(wrapper, (sample,), str(onnx_tmp), dynamo=False, dynamic_axes=axes, **common)
             proto = onnx.load(str(onnx_tmp))
         finally:
