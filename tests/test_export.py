@@ -82,6 +82,25 @@ def test_export_cli(model, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_the_exported_graph_normalises_through_sipe_data_transforms():
+    from sipe.data.transforms import image_to_tensor, normalize_tensor
+
+    img = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    keep = x.clone()
+    for norm in ("imagenet", "caffe"):
+        assert torch.equal(normalize_tensor(x, norm), image_to_tensor(img, "cpu", norm))  # predict's input
+    assert torch.equal(x, keep)  # the caller's tensor is left alone
+
+    class Echo(torch.nn.Module):
+        input_norm = "caffe"
+
+        def forward(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": t}
+
+    assert torch.equal(NormalizedSegModel(Echo())(x), normalize_tensor(x, "caffe"))
+
+
 def test_check_judges_the_difference_against_the_logits_scale(tmp_path, capsys):
     """Logits ~1e13 (a diverged run): float32 rounding differs by far more than 1e-4 in absolute terms,
     but not relative to the logits, and both pick the same classes: the check passes and says both numbers."""
