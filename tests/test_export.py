@@ -10,7 +10,7 @@ import torch
 
 from helpers import save_seg_checkpoint, tiny_seg_model
 from sipe.cli import main
-from sipe.seg.export import NormalizedSegModel, compare_onnx, export_onnx
+from sipe.seg.export import NormalizedSegModel, OnnxCheck, check_onnx, compare_onnx, export_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -80,6 +80,50 @@ def test_export_cli(model, tmp_path, capsys):
     assert out.is_file()
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_exported_graph_normalises_through_sipe_data_transforms():
+    from sipe.data.transforms import image_to_tensor, normalize_tensor
+
+    img = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    keep = x.clone()
+    for norm in ("imagenet", "caffe"):
+        assert torch.equal(normalize_tensor(x, norm), image_to_tensor(img, "cpu", norm))  # predict's input
+    assert torch.equal(x, keep)  # the caller's tensor is left alone
+
+    class Echo(torch.nn.Module):
+        input_norm = "caffe"
+
+        def forward(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": t}
+
+    assert torch.equal(NormalizedSegModel(Echo())(x), normalize_tensor(x, "caffe"))
+
+
+def test_check_judges_the_difference_against_the_logits_scale(tmp_path, capsys):
+    """Logits ~1e13 (a diverged run): float32 rounding differs by far more than 1e-4 in absolute terms,
+    but not relative to the logits, and both pick the same classes: the check passes and says both numbers."""
+    m, spec = tiny_seg_model(CLASSES)
+    with torch.no_grad():
+        m.classifier[-1].weight.mul_(3e14)
+    ckpt = save_seg_checkpoint(m, spec, tmp_path / "huge.pt")
+    out = tmp_path / "huge.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    check = check_onnx(m, out)
+    assert check.max_abs_logit > 1e12 and check.max_abs_diff > 1e-4  # the old absolute check failed here
+    assert check.relative_diff < 1e-5 and check.argmax_agreement > 0.999 and check.problem() is None
+    assert f"max |difference| = {check.max_abs_diff:.3g} ({check.relative_diff:.3g} of the largest |logit|" in text
+    assert "same class on" in text and "of 16863 pixels" in text
+
+    # Another network than the exported one: caught by the relative difference.
+    other, _ = tiny_seg_model(CLASSES)
+    assert "differs from PyTorch's by" in check_onnx(other, out).problem()
+    # A near tie flipped on too many pixels fails too, even with a tiny difference.
+    assert "picks another class than PyTorch on 2.00% of the pixels" in OnnxCheck(1e-6, 3.0, 0.98, 100).problem()
+    assert OnnxCheck(1.26e7, 5.9e13, 1.0, 100).problem() is None  # the issue's numbers: relative 2e-7
+    assert "more than 0.0001" in OnnxCheck(1e-3, 0.5, 1.0, 100).problem()  # small logits: absolute 1e-4
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from sipe.errors import InputError
 from sipe.io import save_label_png
 from sipe.models import build_sipe
 from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm
-from sipe.seg.evaluate import crf_postprocess, evaluate_seg
+from sipe.seg.evaluate import evaluate_seg
 from sipe.seg.model import build_deeplab, load_seg_checkpoint
 from sipe.seg.predict import predict_probs
 from sipe.seg.train import (
@@ -302,19 +302,6 @@ def test_multiscale_averages_softmax_probabilities():
     expected = (torch.softmax(torch.tensor([0.0, 2.0, 0.0]), 0) + torch.softmax(torch.tensor([0.0, 0.0, 3.0]), 0)) / 2
     assert probs.shape == (3, 16, 12)
     assert torch.allclose(probs[:, 5, 7], expected, atol=1e-6)
-
-
-def test_crf_postprocess_cleans_label_noise_along_image_edges():
-    rng = np.random.default_rng(0)
-    truth = np.zeros((40, 40), np.int64)
-    truth[:, 20:] = 3
-    image = np.where(truth[..., None] == 3, 220, 30).astype(np.uint8).repeat(3, axis=2)
-    noisy = truth.copy()
-    flip = rng.random(truth.shape) < 0.1
-    noisy[flip] = 3 - noisy[flip]
-    refined = crf_postprocess(image, noisy)
-    assert set(np.unique(refined)) <= {0, 3}
-    assert (refined == truth).mean() > 0.99 > (noisy == truth).mean()
 
 
 def test_seg_cli_train_then_eval(synth, tmp_path, capsys):

@@ -291,6 +291,27 @@ def test_deeplabv2_config_errors_and_recipe_files(synth):
     assert SegTrainConfig().model.arch == "deeplabv3"  # existing configs keep their meaning
 
 
+def test_deeplabv2_alone_runs_at_its_own_output_stride(synth, tmp_path, capsys):
+    """``model.arch=deeplabv2`` without output_stride trains at 8; a contradicting 16 is one line, exit 2."""
+    from sipe.cli import main
+
+    common = [f"pseudo_labels={synth / 'SegmentationClass'}", "data.kind=synthetic", f"data.root={synth}",
+              "data.split=train", "model.backbone=resnet18", "model.weights=null", "aug.crop_size=32",
+              "engine.batch_size=2", "engine.max_steps=1", "engine.num_workers=0", "engine.progress=false"]
+    assert main(["seg", "train", "--out", str(tmp_path / "v2"), *common, "model.arch=deeplabv2"]) == 0
+    spec = torch.load(tmp_path / "v2/checkpoints/final.pt", weights_only=False)["meta"]["model_spec"]
+    assert (spec["arch"], spec["output_stride"], spec["aux"]) == ("deeplabv2", 8, False)
+    capsys.readouterr()
+    assert main(["seg", "train", "--out", str(tmp_path / "bad"), *common, "model.arch=deeplabv2",
+                 "model.output_stride=16"]) == 2
+    err = capsys.readouterr().err
+    assert "set model.output_stride=8 model.aux=false" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+    # deeplabv3 keeps its own default, 16
+    cfg = load_config(SegTrainConfig, None, [])
+    assert cfg.model.output_stride is None and cfg.model.resolved_output_stride() == 16
+
+
 # ----------------------------------------------------------------------------- CRF evaluation
 
 

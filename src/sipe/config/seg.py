@@ -11,8 +11,26 @@ from typing import Any, Literal
 from sipe.config.common import DataConfig, backbone_kind, check_backbone_weights
 from sipe.config.engine import TrainConfig
 
-__all__ = ["SegAugConfig", "SegDataConfig", "SegEngineConfig", "SegModelConfig", "SegTrainConfig",
-           "pseudo_label_folder"]
+__all__ = ["SEG_ARCHITECTURES", "SegArchitectureRules", "SegAugConfig", "SegDataConfig", "SegEngineConfig",
+           "SegModelConfig", "SegTrainConfig", "pseudo_label_folder"]
+
+
+@dataclass(frozen=True)
+class SegArchitectureRules:
+    """What the configuration knows of a segmentation architecture, torch-free (its networks, loss,
+    parameter groups and export are its entry in ``sipe.seg.architectures.ARCHITECTURES``)."""
+
+    output_strides: tuple[int, ...]  # the strides it runs at; the first is its default
+    aux: bool  # whether it takes the auxiliary head (model.aux)
+    recipe: str = ""  # a config file that sets it up, named in its errors
+
+
+# One entry per architecture, the same names as sipe.seg.architectures.ARCHITECTURES (a test checks).
+SEG_ARCHITECTURES: dict[str, SegArchitectureRules] = {
+    "deeplabv3": SegArchitectureRules(output_strides=(16, 8), aux=True),
+    "deeplabv2": SegArchitectureRules(output_strides=(8,), aux=False, recipe="configs/seg_deeplabv2_voc.yaml"),
+}
+_ARCH_NAMES = tuple(SEG_ARCHITECTURES)  # model.arch's Literal: the loader names the choices
 
 
 @dataclass
@@ -33,7 +51,7 @@ class SegEngineConfig(TrainConfig):
 class SegModelConfig:
     """The segmentation network and its batch-norm handling."""
 
-    arch: Literal["deeplabv3", "deeplabv2"] = "deeplabv3"  # deeplabv2: sipe.seg.deeplabv2 (the WSSS papers')
+    arch: Literal[_ARCH_NAMES] = "deeplabv3"  # deeplabv2: sipe.seg.deeplabv2 (the WSSS papers')
     # Any registry name: resnet50 | resnet101 (torchvision DeepLabV3) | resnet18 | resnet34, dilated by
     # DeepLab; timm:<model> (dilated by timm: output stride 8 where timm can) or module:function (output
     # stride 16 only, deeplabv3 only), the ASPP on the last map, the aux head on the third.
@@ -45,7 +63,8 @@ class SegModelConfig:
     # same backbone, whose backbone is reused), timm (timm's own), or null.
     weights: str | None = "IMAGENET1K_V1"
     backbone_options: dict[str, Any] | None = None  # keyword arguments of timm.create_model / your factory
-    output_stride: int = 16  # 8 or 16; deeplabv2 runs at 8 only
+    # 8 or 16; null = the architecture's own (deeplabv3: 16, deeplabv2: 8, the only one it runs at)
+    output_stride: int | None = None
     atrous_rates: tuple[int, ...] = (6, 12, 18, 24)  # deeplabv2: the four ASPP branches
     msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # deeplabv2: multi-scale inputs fused by max (1.0 first)
     # deeplabv2 input convention: auto = caffe (mean subtraction) for deeplab-pytorch weights, else imagenet
@@ -59,17 +78,44 @@ class SegModelConfig:
         kind = backbone_kind(self.backbone)  # raises with the accepted names
         if kind == "resnet" and self.backbone_options:
             raise ValueError(f"model.backbone_options: {self.backbone} takes none, got {sorted(self.backbone_options)}")
-        if kind == "module" and self.arch == "deeplabv2":
+        rules = self.rules()
+        if kind == "module" and 16 not in rules.output_strides:
+            at16 = next(n for n, r in SEG_ARCHITECTURES.items() if 16 in r.output_strides)
             raise ValueError(
-                f"model.arch=deeplabv2 runs at output stride 8, which {self.backbone!r} cannot (a module:function "
-                "backbone's contract fixes stride 16): use arch: deeplabv3 (with output_stride: 16)"
+                f"model.arch={self.arch} runs at output stride {rules.output_strides[0]}, which {self.backbone!r} "
+                f"cannot (a module:function backbone's contract fixes stride 16): use arch: {at16} "
+                "(with output_stride: 16)"
             )
-        if kind == "module" and self.output_stride != 16:
+        stride = self.resolved_output_stride()
+        if kind == "module" and stride != 16:
             raise ValueError(
-                f"model.output_stride={self.output_stride} is not possible on {self.backbone!r} (a module:function "
+                f"model.output_stride={stride} is not possible on {self.backbone!r} (a module:function "
                 "backbone's contract fixes its last maps at stride 16): set output_stride: 16"
             )
         check_backbone_weights(self.backbone, self.weights)
+
+    def rules(self) -> SegArchitectureRules:
+        """The rules of ``arch`` (:data:`SEG_ARCHITECTURES`); ``ValueError`` for an unknown name."""
+        try:
+            return SEG_ARCHITECTURES[self.arch]
+        except KeyError:
+            raise ValueError(f"model.arch={self.arch!r}: choose one of {', '.join(SEG_ARCHITECTURES)}") from None
+
+    def resolved_output_stride(self) -> int:
+        """``output_stride``, or the architecture's own when it is unset; ``ValueError`` naming the fix
+        when the architecture cannot run at it (or with ``aux``)."""
+        rules = self.rules()
+        stride = rules.output_strides[0] if self.output_stride is None else self.output_stride
+        if stride not in rules.output_strides or (self.aux and not rules.aux):
+            fix = f"set model.output_stride={rules.output_strides[0]}"
+            without = ""
+            if not rules.aux:
+                without, fix = " without an auxiliary head", fix + " model.aux=false"
+            raise ValueError(
+                f"model.arch={self.arch} runs at output stride {' or '.join(map(str, rules.output_strides))}"
+                f"{without}: {fix}" + (f" ({rules.recipe} does)" if rules.recipe else "")
+            )
+        return stride
 
 
 @dataclass

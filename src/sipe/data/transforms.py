@@ -28,6 +28,7 @@ __all__ = [
     "mean_std",
     "normalize",
     "normalize_batch",
+    "normalize_tensor",
     "random_resize_flip_crop",
     "rescale",
     "resize",
@@ -83,16 +84,23 @@ def normalize(
     return out
 
 
-def normalize_batch(images: torch.Tensor, norm: str = "imagenet") -> torch.Tensor:
-    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32 normalised by the input
-    convention ``norm`` (see :data:`NORMALIZATIONS`)."""
+def normalize_tensor(images: torch.Tensor, norm: str = "imagenet") -> torch.Tensor:
+    """(N, 3, H, W) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32 ``(x / 255 - mean) / std``
+    by the input convention ``norm`` (see :data:`NORMALIZATIONS`); ``images`` is left as it is.
+    Traceable (ONNX export): the constants enter the graph as (1, 3, 1, 1) tensors."""
     import torch  # here, so that the numpy transforms import without torch
 
     mean_, std_ = mean_std(norm)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    x = images.float().div(255.0)
     mean = torch.tensor(mean_, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(std_, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def normalize_batch(images: torch.Tensor, norm: str = "imagenet") -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float RGB in [0, 255] -> (N, 3, H, W) float32 normalised by the input
+    convention ``norm`` (see :data:`NORMALIZATIONS`)."""
+    return normalize_tensor(images.permute(0, 3, 1, 2), norm)
 
 
 def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet") -> torch.Tensor:

@@ -18,13 +18,15 @@ variant (``caffe_resnet``), with the ``caffe`` input normalisation, so the netwo
 the file was trained to compute.
 
 A ``timm:<model>`` backbone of the registry works too, dilated by timm to output stride 8
-(:func:`sipe.seg.model.registry_body`, the ASPP on its last map, ImageNet normalisation, weights as
+(:func:`sipe.seg.backbones.registry_body`, the ASPP on its last map, ImageNet normalisation, weights as
 the registry takes them); a ``module:function`` backbone cannot run at 8 (its contract fixes 16)
 and is refused with the way out, ``arch: deeplabv3``.
 
 One module over ~350 lines on purpose: the network, the deeplab-pytorch key mapping, the builder
-that picks the variant from the weights, the MSC loss and the recipe's parameter groups are one
-recipe; split, each part would need the others' conventions to be read.
+that picks the variant from the weights and the recipe's parameter groups are one recipe; split,
+each part would need the others' conventions to be read. (The MSC loss is with the other losses in
+:mod:`sipe.seg.losses`; the dilated ResNet comes from the registry,
+:func:`sipe.models.registry.build_dilated_resnet`.)
 """
 
 from __future__ import annotations
@@ -39,21 +41,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models._utils import IntermediateLayerGetter
 
 from sipe.config.common import backbone_kind
 from sipe.data.transforms import mean_std
-from sipe.models.registry import BackboneError, check_resnet_options
-from sipe.models.weights import load_resnet_weights, read_state_dict
-from sipe.seg.model import _dilate_basic_layer, registry_body
+from sipe.models.registry import BackboneError, build_dilated_resnet, check_resnet_options
+from sipe.models.weights import read_state_dict
+from sipe.seg.backbones import registry_body, resnet_body
+from sipe.seg.losses import IGNORE, msc_loss, msc_step_fn  # noqa: F401  (their old place)
 
 log = logging.getLogger(__name__)
 
 ATROUS_RATES: tuple[int, ...] = (6, 12, 18, 24)
 MSC_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
-IGNORE = 255
 
 
 class ASPPv2(nn.Module):
@@ -279,29 +279,18 @@ def resolve_weights(backbone: str, weights: str | os.PathLike | None) -> Resolve
     return ResolvedWeights("torchvision", path=path if path.is_file() else None)
 
 
-def _dilated_resnet(backbone: str, caffe_resnet: bool) -> tuple[nn.Module, int]:
-    """A torchvision ResNet with ``layer3``/``layer4`` dilated (rates 2, 4; output stride 8) and its
-    ``layer4`` width. ``caffe_resnet``: the stride of ``layer2`` in its first 1x1 convolution, a
-    ceil-mode max pool and every block of ``layer3``/``layer4`` at the stage's rate, as the
-    MSRA/Caffe ResNet of deeplab-pytorch's weights."""
-    ctor = getattr(torchvision.models, backbone)
-    bottleneck = backbone in ("resnet50", "resnet101")
-    if bottleneck:
-        resnet = ctor(weights=None, replace_stride_with_dilation=[False, True, True])
-    else:
-        resnet = ctor(weights=None)
-        _dilate_basic_layer(resnet.layer3, 1, 2)
-        _dilate_basic_layer(resnet.layer4, 2, 4)
-    if caffe_resnet:
-        resnet.maxpool.ceil_mode = True
-        if bottleneck:
-            first = resnet.layer2[0]
-            first.conv1.stride, first.conv2.stride = (2, 2), (1, 1)
-            # torchvision gives the first block of a dilated stage the previous stage's rate;
-            # DeepLab's Caffe ResNet dilates every block of the stage.
-            for layer, rate in ((resnet.layer3, 2), (resnet.layer4, 4)):
-                layer[0].conv2.dilation = layer[0].conv2.padding = (rate, rate)
-    return resnet, (2048 if bottleneck else 512)
+def _caffe_variant(resnet: nn.Module) -> None:
+    """Make a dilated (output stride 8) torchvision ResNet the MSRA/Caffe ResNet of deeplab-pytorch's
+    weights, in place: a ceil-mode max pool and, for a Bottleneck ResNet, the stride of ``layer2`` in
+    its first 1x1 convolution and every block of ``layer3``/``layer4`` at the stage's rate."""
+    resnet.maxpool.ceil_mode = True
+    if hasattr(resnet.layer2[0], "conv3"):  # Bottleneck
+        first = resnet.layer2[0]
+        first.conv1.stride, first.conv2.stride = (2, 2), (1, 1)
+        # torchvision gives the first block of a dilated stage the previous stage's rate;
+        # DeepLab's Caffe ResNet dilates every block of the stage.
+        for layer, rate in ((resnet.layer3, 2), (resnet.layer4, 4)):
+            layer[0].conv2.dilation = layer[0].conv2.padding = (rate, rate)
 
 
 def build_deeplabv2(
@@ -340,14 +329,14 @@ def build_deeplabv2(
     mean_std(normalization)
     if caffe_resnet is None:
         caffe_resnet = from_deeplab
-    resnet, width = _dilated_resnet(backbone, caffe_resnet)
+    resnet = build_dilated_resnet(backbone, weights if src.kind == "torchvision" else None, output_stride=8)
+    if caffe_resnet:
+        _caffe_variant(resnet)
     if src.kind == "torchvision":
-        load_resnet_weights(resnet, backbone, weights)
         log.info("DeepLabV2 backbone: %s (all %d ResNet tensors but fc)", weights, len(resnet.state_dict()) - 2)
-    body = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
     model = DeepLabV2(
-        body,
-        ASPPv2(width, num_classes, atrous_rates),
+        resnet_body(resnet),
+        ASPPv2(resnet.fc.in_features, num_classes, atrous_rates),
         scales=msc_scales,
         input_norm=normalization,
         caffe_resnet=caffe_resnet,
@@ -378,35 +367,6 @@ def _registry_deeplabv2(
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def msc_loss(out: Mapping[str, Any], target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """deeplab-pytorch's MSC loss: the sum of the cross-entropies of every scale's logits and of the
-    fused logits, each against the label map resized to its size by nearest neighbour (255 = ignore).
-
-    out: a training-mode :class:`DeepLabV2` output; target (N, H, W) int64.
-    Returns ``{"loss": sum, "ce_fused": ..., "ce_s1.0": ..., ...}``.
-    """
-    from sipe.seg.train import seg_loss
-
-    terms: dict[str, torch.Tensor] = {}
-    labelled = [(f"ce_s{s:g}", logits) for s, logits in zip(out["scales"], out["pyramid"], strict=True)]
-    labelled.append(("ce_fused", out["out"]))
-    for name, logits in labelled:
-        size = tuple(logits.shape[-2:])
-        t = target
-        if tuple(target.shape[-2:]) != size:
-            # "nearest-exact" samples pixel centres like PIL's NEAREST that deeplab-pytorch uses;
-            # plain "nearest" shifts the label map by up to a pixel.
-            t = F.interpolate(target[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
-        terms[name] = seg_loss(logits, t)
-    total = sum(terms.values())
-    return {"loss": total, **terms}
-
-
-def msc_step_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The engine's ``step_fn`` for DeepLabV2: forward (train mode) and :func:`msc_loss`."""
-    return msc_loss(model(batch["image"]), batch["label"])
 
 
 def param_groups(

@@ -27,19 +27,6 @@ def _identity(item: Any) -> Any:
     return item
 
 
-def crf_postprocess(image: np.ndarray, pred: np.ndarray, gt_prob: float = 0.7, t: int = 10) -> np.ndarray:
-    """Refine an (H, W) class map of an (H, W, 3) uint8 image with the dense CRF of ``sipe.refine.crf``.
-
-    The CRF runs over the classes present in ``pred`` only (the others cannot appear anyway with a
-    label unary), which keeps it cheap for datasets with many classes. Returns (H, W) int64.
-    """
-    from sipe.refine.crf import crf_label_inference
-
-    present = np.unique(pred)
-    compact = np.searchsorted(present, pred)
-    return present[crf_label_inference(image, compact, len(present), gt_prob=gt_prob, t=t)].astype(np.int64)
-
-
 @torch.no_grad()
 def evaluate_seg(
     model: nn.Module,

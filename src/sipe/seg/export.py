@@ -4,7 +4,8 @@ The exported graph takes ``image``: (N, 3, H, W) float32 RGB in [0, 255] (the ne
 normalisation is inside the graph, so callers only convert their decoded pixels) and returns
 ``logits``: (N, K, H, W) float32 at the input size. A DeepLabV2 is exported as it is evaluated: its
 multi-scale inputs (MSC, scales 1.0 / 0.75 / 0.5 by default) and their max fusion are part of
-the graph. The class names are stored in the model's metadata (``class_names``, a JSON list).
+the graph. The class names are stored in the model's metadata (``class_names``, a JSON list). The
+traced module is the architecture's ``onnx_wrapper`` (:mod:`sipe.seg.architectures`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +23,10 @@ import torch
 from torch import nn
 
 from sipe import io as sio
-from sipe.data.transforms import mean_std
-from sipe.seg.model import input_normalization
-from sipe.seg.predict import seg_logits
+from sipe.seg.architectures import onnx_wrapper
+from sipe.seg.interface import NormalizedSegModel
 
-
-class NormalizedSegModel(nn.Module):
-    """(N, 3, H, W) float RGB in [0, 255] -> (N, K, H, W) logits: normalisation + ``model(x)["out"]``.
-
-    The normalisation is the network's own convention (:func:`sipe.seg.model.input_normalization`).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        mean, std = mean_std(input_normalization(model))
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return seg_logits(self.model, (image - self.mean) / self.std)
+__all__ = ["NormalizedSegModel", "OnnxCheck", "check_onnx", "compare_onnx", "export_onnx"]
 
 
 def _require_onnx():
@@ -59,6 +45,7 @@ def export_onnx(
     sample_size: tuple[int, int] = (128, 128),
     class_names: Sequence[str] | None = None,
     dynamo: bool = False,
+    arch: str | None = None,
 ) -> Path:
     """Export ``model`` (a segmentation network on normalised input) to ONNX at ``path``, atomically.
 
@@ -66,6 +53,8 @@ def export_onnx(
     sample_size: (H, W) of the tracing input; any size works at run time.
     dynamo: use the ``torch.export``-based exporter (needs opset >= 18 and ``onnxscript``) instead of
         the TorchScript one, which is the one that writes opset 17.
+    arch: the network's architecture (:func:`sipe.seg.architectures.onnx_wrapper`; ``None``: found
+        from its class).
     Returns ``path``.
     """
     onnx = _require_onnx()
@@ -75,7 +64,7 @@ def export_onnx(
         raise ValueError("the dynamo exporter writes opset 18 or later; pass opset>=18 or dynamo=False")
     path = Path(path)
     # A CPU copy: exporting must not move the caller's model or change its train/eval mode.
-    wrapper = NormalizedSegModel(copy.deepcopy(model)).cpu().eval()
+    wrapper = onnx_wrapper(copy.deepcopy(model), arch).cpu().eval()
     sample = torch.rand(1, 3, *sample_size) * 255.0
     with sio.atomic_path(path) as tmp:
         onnx_tmp = tmp.with_suffix(".onnx")
@@ -91,6 +80,9 @@ def export_onnx(
                 with warnings.catch_warnings():
                     # The TorchScript exporter is deprecated upstream but is the one that writes opset 17.
                     warnings.simplefilter("ignore", DeprecationWarning)
+                    # The normalisation's mean and std (sipe.data.transforms.normalize_tensor) are the same on
+                    # every call: graph constants are what they should be, as the tracer's warning allows.
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
                     torch.onnx.export(wrapper, (sample,), str(onnx_tmp), dynamo=False, dynamic_axes=axes, **common)
             proto = onnx.load(str(onnx_tmp))
         finally:
@@ -110,20 +102,53 @@ def export_onnx(
     return path
 
 
-def compare_onnx(
-    model: nn.Module, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] = ((96, 128), (75, 61)), seed: int = 0
-) -> float:
-    """Largest absolute difference between onnxruntime's and PyTorch's logits over random images of
-    the given (H, W) sizes (CPU execution provider)."""
+@dataclass(frozen=True)
+class OnnxCheck:
+    """How onnxruntime's logits compare with PyTorch's (:func:`check_onnx`)."""
+
+    max_abs_diff: float  # largest |ONNX - PyTorch| over every logit
+    max_abs_logit: float  # largest |PyTorch logit|: the scale the difference is judged against
+    argmax_agreement: float  # fraction of the pixels where both pick the same class
+    pixels: int
+
+    @property
+    def relative_diff(self) -> float:
+        """``max_abs_diff / max(1, max_abs_logit)``: float32 rounding grows with the logits' size."""
+        return self.max_abs_diff / max(1.0, self.max_abs_logit)
+
+    def problem(self, tol: float = 1e-4, min_agreement: float = 0.999) -> str | None:
+        """``None`` when the two agree (relative difference within ``tol`` and the same class on at
+        least ``min_agreement`` of the pixels: a near tie may flip), else what differs, in words."""
+        if self.relative_diff > tol:
+            return (f"differs from PyTorch's by {self.max_abs_diff:.3g}, {self.relative_diff:.3g} of the largest "
+                    f"|logit| {self.max_abs_logit:.3g} (more than {tol:g})")
+        if self.argmax_agreement < min_agreement:
+            return (f"picks another class than PyTorch on {1 - self.argmax_agreement:.2%} of the pixels "
+                    f"(more than {1 - min_agreement:.1%})")
+        return None
+
+    def summary(self) -> str:
+        return (f"max |difference| = {self.max_abs_diff:.3g} ({self.relative_diff:.3g} of the largest |logit| "
+                f"{self.max_abs_logit:.3g}), same class on {self.argmax_agreement:.2%} of {self.pixels} pixels")
+
+
+def check_onnx(
+    model: nn.Module, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] = ((96, 128), (75, 61)),
+    seed: int = 0, arch: str | None = None,
+) -> OnnxCheck:
+    """Run onnxruntime (CPU execution provider) and PyTorch on random images of the given (H, W) sizes
+    and compare their logits: the largest absolute difference, the logits' scale and the fraction of
+    pixels whose argmax class agrees. ``arch`` as for :func:`export_onnx`."""
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise ImportError("checking an ONNX export needs onnxruntime: pip install 'sipe[export]'") from e
-    wrapper = NormalizedSegModel(copy.deepcopy(model)).eval()
+    wrapper = onnx_wrapper(copy.deepcopy(model), arch).eval()
     device = next(iter(wrapper.parameters()), torch.empty(0)).device
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    worst = scale = 0.0
+    same = pixels = 0
     for h, w in sizes:
         x = torch.rand(1, 3, h, w, generator=g) * 255.0
         (ours,) = session.run(["logits"], {"image": x.numpy()})
@@ -131,5 +156,17 @@ def compare_onnx(
             ref = wrapper(x.to(device)).float().cpu().numpy()
         if ours.shape != ref.shape:
             raise AssertionError(f"ONNX output shape {ours.shape} != PyTorch {ref.shape} for input {h}x{w}")
-        worst = max(worst, float(np.abs(ours - ref).max()))
-    return worst
+        worst = max(worst, float(np.abs(ours.astype(np.float64) - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
+        same += int((ours.argmax(1) == ref.argmax(1)).sum())
+        pixels += ref.shape[0] * h * w
+    return OnnxCheck(max_abs_diff=worst, max_abs_logit=scale, argmax_agreement=same / max(pixels, 1), pixels=pixels)
+
+
+def compare_onnx(
+    model: nn.Module, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] = ((96, 128), (75, 61)), seed: int = 0
+) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's logits over random images of
+    the given (H, W) sizes (CPU execution provider); :func:`check_onnx` gives the relative and argmax
+    comparisons too."""
+    return check_onnx(model, path, sizes, seed).max_abs_diff

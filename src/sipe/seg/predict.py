@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -18,15 +18,12 @@ from torch import nn
 from sipe.config import STRIDE
 from sipe.data.transforms import image_to_tensor
 from sipe.models.layers import model_device
-from sipe.seg.model import input_normalization
+from sipe.seg.interface import input_normalization, seg_logits
 from sipe.vis import PredictResult, write_label_maps
 
-log = logging.getLogger(__name__)
+__all__ = ["predict_image", "predict_paths", "predict_probs", "seg_logits"]
 
-def seg_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) logits of a segmentation network: the ``"out"`` of a torchvision model, or its output."""
-    out = model(x)
-    return out["out"] if isinstance(out, Mapping) else out
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()

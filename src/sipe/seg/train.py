@@ -1,40 +1,56 @@
-"""Training DeepLabV3 on pseudo masks (the last, fully supervised stage of WSSS).
+"""Training a segmentation network on pseudo masks (the last, fully supervised stage of WSSS).
 
 Recipe: random rescale in [0.5, 2.0], horizontal flip, random square crop padded with the ignore
 label, cross-entropy ignoring 255, SGD with momentum 0.9 and poly decay, the new layers at
 ``head_lr_mult`` x the backbone's learning rate. Batch norm: plain, frozen (for small per-GPU
-batches on a pretrained backbone), or synchronised across GPUs under torchrun.
-Everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) comes from ``sipe.engine``.
-Slightly over ~350 lines: the stage's config sections, its pseudo-label dataset and the model
-preparation for both architectures are read together; none is used by another stage.
+batches on a pretrained backbone), or synchronised across GPUs under torchrun. The network, its loss
+and its parameter groups come from its architecture's entry (:mod:`sipe.seg.architectures`);
+everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) from ``sipe.engine``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from sipe.config import to_dict
-from sipe.config.common import backbone_kind
 from sipe.config.seg import SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter, check_label_map
 from sipe.data.image import read_label_png
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
-from sipe.seg.model import RegistryBody, SegModelSpec, build_deeplab, freeze_backbone_batchnorm, input_normalization
+from sipe.seg.architectures import architecture
+from sipe.seg.backbones import freeze_backbone_batchnorm, sync_batchnorm
+from sipe.seg.deeplabv3 import param_groups
+from sipe.seg.interface import input_normalization
+from sipe.seg.losses import IGNORE, make_step_fn, seg_loss
+from sipe.seg.spec import SegModelSpec
+
+__all__ = [
+    "PseudoLabelDataset",
+    "SegTrainConfig",
+    "model_spec",
+    "prepare_model",
+    "train_seg",
+    "training_images",
+    "validation_fn",
+    # moved, imported from here as before
+    "IGNORE",
+    "make_step_fn",
+    "param_groups",
+    "seg_loss",
+]
 
 log = logging.getLogger(__name__)
-
-IGNORE = 255
 
 
 class PseudoLabelDataset(Dataset):
@@ -107,62 +123,10 @@ class PseudoLabelDataset(Dataset):
         return {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"].astype(np.int64))}
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the non-ignored pixels; 0 (not NaN) for a batch without any.
-
-    logits (N, K, H, W), target (N, H, W) int64 with 255 = ignore.
-    """
-    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
-    return total / (target != IGNORE).sum().clamp_min(1)
-
-
-def make_step_fn(aux_weight: float = 0.5):
-    """The engine's ``step_fn``: forward, cross-entropy (plus the weighted auxiliary loss)."""
-
-    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = model(batch["image"])
-        ce = seg_loss(out["out"], batch["label"])
-        result = {"loss": ce, "ce": ce}
-        if out.get("aux") is not None:
-            aux = seg_loss(out["aux"], batch["label"])
-            result["aux"] = aux
-            result["loss"] = ce + aux_weight * aux
-        return result
-
-    return step
-
-
-def param_groups(model: nn.Module, head_lr_mult: float) -> list[dict]:
-    """Backbone parameters at lr x 1, the DeepLab head (and aux head) at lr x ``head_lr_mult``."""
-    head = list(model.classifier.parameters())
-    if getattr(model, "aux_classifier", None) is not None:
-        head += list(model.aux_classifier.parameters())
-    return [
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr_mult": 1.0},
-        {"params": [p for p in head if p.requires_grad], "lr_mult": head_lr_mult},
-    ]
-
-
 def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device: torch.device) -> nn.Module:
     """Build the network and set up its batch norm for this run (frozen / synchronised)."""
     m = cfg.model
-    if m.arch == "deeplabv2":
-        from sipe.seg.deeplabv2 import build_deeplabv2
-
-        if m.output_stride != 8 or m.aux:
-            raise ValueError(
-                "model.arch=deeplabv2 runs at output stride 8 without an auxiliary head: set model.output_stride=8 "
-                "model.aux=false (configs/seg_deeplabv2_voc.yaml does)"
-            )
-        model = build_deeplabv2(
-            num_classes, m.backbone, m.weights, atrous_rates=m.atrous_rates, msc_scales=m.msc_scales,
-            normalization=m.normalization, backbone_options=m.backbone_options,
-        )
-    else:
-        model = build_deeplab(
-            num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride,
-            backbone_options=m.backbone_options,
-        )
+    model = architecture(m.arch).build(m, num_classes)
     if m.freeze_bn:
         freeze_backbone_batchnorm(model)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
@@ -173,7 +137,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             for name in ("backbone", "classifier", "aux_classifier"):
                 sub = getattr(model, name, None)
                 if sub is not None and not (name == "backbone" and m.freeze_bn):
-                    setattr(model, name, _sync_batchnorm(sub))
+                    setattr(model, name, sync_batchnorm(sub))
             synced = True
         else:
             log.warning(
@@ -188,14 +152,62 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
     return model
 
 
-def _sync_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with SyncBatchNorm: timm's converter for a timm body (its ``BatchNormAct2d`` keeps its
-    activation, which torch's converter would drop), torch's for everything else."""
-    if isinstance(module, RegistryBody) and backbone_kind(module.name) == "timm":
-        from timm.layers import convert_sync_batchnorm
+def training_images(cfg: SegTrainConfig) -> Any:
+    """The training split of ``cfg.data``, its unreadable and tiny images dropped (skipped with a logged count)."""
+    base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
+    base.drop_small(cfg.data.min_size)
+    return base
 
-        return convert_sync_batchnorm(module)
-    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+def validation_fn(cfg: SegTrainConfig, class_names: Sequence[str]) -> Callable[[nn.Module], float] | None:
+    """``model -> validation mIoU`` on ``cfg.data.val_split`` (at most ``val_max_images``), or ``None``
+    without one. The split must have ground-truth masks and the training split's ``class_names``."""
+    if not cfg.data.val_split:
+        return None
+    from sipe.seg.evaluate import evaluate_seg
+
+    val_set = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)
+    if list(val_set.class_names) != list(class_names):
+        raise ValueError(
+            f"the validation split {val_set.source} has classes {val_set.class_names}, the training split "
+            f"{list(class_names)}; use the same class list"
+        )
+    val_set.drop_small(cfg.data.min_size)
+    val_set.require_masks()
+    if cfg.data.val_max_images is not None:
+        val_set = val_set.subset(range(min(cfg.data.val_max_images, len(val_set))))
+
+    def val_fn(m: nn.Module) -> float:
+        return float(evaluate_seg(m, val_set, progress=False)["miou"] or 0.0)
+
+    return val_fn
+
+
+def model_spec(cfg: SegTrainConfig, model: nn.Module, class_names: Sequence[str]) -> SegModelSpec:
+    """The spec a checkpoint carries for ``model`` (built from ``cfg.model``), from which
+    :func:`sipe.seg.model.load_seg_checkpoint` rebuilds it."""
+    m = cfg.model
+    spec = SegModelSpec(
+        num_classes=len(class_names),
+        backbone=m.backbone,
+        output_stride=m.resolved_output_stride(),
+        aux=m.aux,
+        class_names=list(class_names),
+        arch=m.arch,
+        normalization=input_normalization(model),
+        backbone_options=dict(m.backbone_options or {}),
+    )
+    for name, value in architecture(m.arch).spec_fields(model, m).items():
+        setattr(spec, name, value)
+    return spec
+
+
+def _write_skipped(out_dir: Path, *counters: SkipCounter) -> None:
+    """``out_dir/skipped.tsv``: every image left out of training, with the reason."""
+    skipped = SkipCounter("images")
+    for counter in counters:
+        skipped.extend(counter)
+    skipped.write_tsv(out_dir / SKIPPED_FILE)
 
 
 def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
@@ -209,80 +221,34 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     cfg.pseudo_label_dir()  # set and present, before anything is loaded
     info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
-    base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
-    base.drop_small(cfg.data.min_size)  # unreadable and tiny images: skipped with a logged count
-    k = len(base.class_names)
-    val_fn = None
-    if cfg.data.val_split:
-        from sipe.seg.evaluate import evaluate_seg
-
-        val_set = dataset_from_config(cfg.data, cfg.data.val_split, with_masks=True)
-        if list(val_set.class_names) != list(base.class_names):
-            raise ValueError(
-                f"the validation split {val_set.source} has classes {val_set.class_names}, the training split "
-                f"{base.class_names}; use the same class list"
-            )
-        val_set.drop_small(cfg.data.min_size)
-        val_set.require_masks()
-        if cfg.data.val_max_images is not None:
-            val_set = val_set.subset(range(min(cfg.data.val_max_images, len(val_set))))
-
-        def val_fn(m: nn.Module) -> float:
-            return float(evaluate_seg(m, val_set, progress=False)["miou"] or 0.0)
-
+    base = training_images(cfg)
+    class_names = list(base.class_names)
+    val_fn = validation_fn(cfg, class_names)
+    arch = architecture(cfg.model.arch)
     # Same initial weights in every process and in a resumed run.
     torch.manual_seed(cfg.engine.seed)
-    model = prepare_model(cfg, k, info.world_size, info.device)
+    model = prepare_model(cfg, len(class_names), info.world_size, info.device)
     # After the network: its input normalisation may follow from its weights (deeplabv2, auto).
     train_set = PseudoLabelDataset(
         base, cfg.pseudo_labels, cfg.aug.crop_size, cfg.aug.scale_range, cfg.aug.flip, missing=cfg.missing_labels,
         normalization=input_normalization(model), scale_choices=cfg.aug.scale_choices,
     )
-    spec = SegModelSpec(
-        num_classes=k,
-        backbone=cfg.model.backbone,
-        output_stride=cfg.model.output_stride,
-        aux=cfg.model.aux,
-        class_names=list(base.class_names),
-        arch=cfg.model.arch,
-        normalization=input_normalization(model),
-        backbone_options=dict(cfg.model.backbone_options or {}),
-    )
-    if cfg.model.arch == "deeplabv2":
-        from sipe.seg import deeplabv2
-
-        spec.atrous_rates = list(cfg.model.atrous_rates)
-        spec.msc_scales = list(model.scales)
-        spec.caffe_resnet = bool(model.caffe_resnet)
-        step_fn = deeplabv2.msc_step_fn
-        groups = deeplabv2.param_groups(model, cfg.head_lr_mult, cfg.head_bias_lr_mult, cfg.head_bias_weight_decay)
-    else:
-        step_fn = make_step_fn(cfg.aux_weight)
-        groups = param_groups(model, cfg.head_lr_mult)
-    skipped = SkipCounter("images")
-    skipped.extend(base.skipped)
-    skipped.extend(train_set.skipped)
+    spec = model_spec(cfg, model, class_names)
+    step_fn, groups = arch.step_fn(cfg), arch.param_groups(model, cfg)
     if is_main_process():
         log.info(
             "training %s %s on %s (%d images, %d classes)", cfg.model.backbone, cfg.model.arch, base.source,
-            len(train_set), k,
+            len(train_set), len(class_names),
         )
-    meta = {"model_spec": spec.to_dict(), "class_names": list(base.class_names), "seg_config": to_dict(cfg)}
+    meta = {"model_spec": spec.to_dict(), "class_names": class_names, "seg_config": to_dict(cfg)}
     fit(
-        model,
-        train_set,
-        step_fn,
-        groups,
-        cfg.engine,
-        out_dir,
-        val_fn=val_fn,
-        val_name="validation segmentation mIoU",
-        meta=meta,
+        model, train_set, step_fn, groups, cfg.engine, out_dir, val_fn=val_fn,
+        val_name="validation segmentation mIoU", meta=meta,
         # config.yaml, run_info.json and skipped.tsv: written by fit once the rerun check passed.
         run_config=cfg,
-        run_key={"classes": list(base.class_names), "data.root": str(Path(cfg.data.root).resolve()),
+        run_key={"classes": class_names, "data.root": str(Path(cfg.data.root).resolve()),
                  "model.arch": cfg.model.arch, "model.backbone": cfg.model.backbone},
-        on_start=lambda: skipped.write_tsv(out_dir / SKIPPED_FILE),
+        on_start=lambda: _write_skipped(out_dir, base.skipped, train_set.skipped),
     )
     final = out_dir / "checkpoints" / "final.pt"
     return final if final.is_file() else out_dir / "checkpoints" / "last.pt"
