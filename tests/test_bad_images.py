@@ -220,3 +220,102 @@ def test_sigterm_to_sipe_train_saves_last_and_the_rerun_finishes_the_same_model(
     a = torch.load(tmp_path / "full" / "checkpoints" / "final.pt", weights_only=False)["model"]
     b = torch.load(run / "checkpoints" / "final.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _sipe_checkpoint(path: Path) -> Path:
+    import torch
+
+    from sipe.models import build_sipe
+    from sipe.models.checkpoint import write_checkpoint
+
+    torch.manual_seed(0)
+    model = build_sipe("resnet18", 3, weights=None)
+    write_checkpoint(path, model.state_dict(), {"class_names": ["background", *CLASSES], "backbone": "resnet18",
+                                                "num_classes": 3, "sipe_config": {"model": {"backbone": "resnet18"}}})
+    return path
+
+
+@pytest.mark.slow  # the whole chain of stages on 6 images: about 20 s on 2 shared cores
+def test_every_stage_after_sipe_cam_skips_what_an_earlier_stage_skipped(tmp_path, capsys):
+    """Issue 21: train-irn died in its DataLoader on a truncated JPEG that sipe cam had skipped by name,
+    sipe eval failed (exit 1, "missing") on it and sipe report stopped on it. Now each stage leaves it
+    out by name, lists it in its skipped.tsv with the earlier reason and goes on."""
+    root = _photos(tmp_path / "photos", n_good=4)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("g0", "g1", "g2", "g3", "trunc"):  # ground truth exists for the truncated image too
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(masks / f"{name}.png")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(masks / "tiny.png")
+    data = ["--dataset", "custom", "--root", str(root), "--split", "labels.csv"]
+    cams = tmp_path / "cams"
+    assert main(["cam", "--checkpoint", str(_sipe_checkpoint(tmp_path / "sipe.pt")), *data, "--out", str(cams),
+                 "--scales", "1.0", "--workers", "0", "--device", "cpu"]) == 0
+    earlier = {"trunc": "unreadable", "tiny": "smaller than 16 px"}
+
+    regions = tmp_path / "regions"
+    assert main(["refine", "crf-regions", *data, "--cam-dir", str(cams / "is_cam"), "--out", str(regions),
+                 "--workers", "0"]) == 0
+    assert sorted(p.stem for p in regions.glob("*.png")) == ["g0", "g1", "g2", "g3"]
+    assert {n: r["reason"] for n, r in _tsv(regions / "skipped.tsv").items()} == {
+        n: f"skipped earlier ({r})" for n, r in earlier.items()}
+
+    irn = tmp_path / "irn"
+    assert main(["refine", "train-irn", *data, "--label-dir", str(regions), "--out", str(irn), "backbone=resnet18",
+                 "weights=null", "crop_size=32", "radius=3", "engine.batch_size=2", "engine.epochs=1",
+                 "engine.num_workers=0", "engine.progress=false", "engine.device=cpu", "mean_batch_size=2"]) == 0
+    rows = _tsv(irn / "skipped.tsv")
+    assert {n: r["reason"] for n, r in rows.items()} == earlier  # found by its own decode check, as sipe train
+    assert "truncated" in rows["trunc"]["detail"]
+
+    pseudo = tmp_path / "pseudo"
+    assert main(["refine", "labels", *data, "--cam-dir", str(cams / "is_cam"), "--irn", str(irn / "irn.pt"),
+                 "--exp-times", "1", "--out", str(pseudo), "--device", "cpu"]) == 0
+    assert sorted(p.stem for p in pseudo.glob("*.png")) == ["g0", "g1", "g2", "g3"]
+    assert set(_tsv(pseudo / "skipped.tsv")) == {"trunc", "tiny"}
+    capsys.readouterr()
+
+    for kind, pred in (("is_cam", cams / "is_cam"), ("labels", pseudo)):
+        out = tmp_path / f"eval_{kind}.json"
+        assert main(["eval", *data, "--mask-dir", str(masks), "--kind", kind, "--pred", str(pred),
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+        import json
+
+        report = json.loads(out.read_text())
+        assert (report["num_images"], report["skipped_earlier"], report["failed"]) == (4, 2, [])
+        assert "2 skipped by an earlier stage" in capsys.readouterr().out
+
+    # seg train (missing_labels=error, the default): an image the label stage listed as skipped is left out.
+    (pseudo / "g3.png").unlink()
+    with (pseudo / "skipped.tsv").open("a") as f:
+        f.write("g3\t\tunreadable\tstand-in for a stage's own skip\n")
+    seg = tmp_path / "seg"
+    assert main(["seg", "train", "--out", str(seg), f"pseudo_labels={pseudo}", "data.kind=custom",
+                 f"data.root={root}", "data.split=labels.csv", "model.backbone=resnet18", "model.weights=null",
+                 "aug.crop_size=32", "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=0",
+                 "engine.progress=false", "engine.device=cpu"]) == 0, capsys.readouterr().err
+    assert {n: r["reason"] for n, r in _tsv(seg / "skipped.tsv").items()} == {
+        **earlier, "g3": "skipped earlier (unreadable)"}
+    assert (pseudo / "classes.json").is_file() and (regions / "classes.json").is_file()
+
+    # Without the earlier stage's list, the same missing files are failures (exit 1), as before.
+    (pseudo / "skipped.tsv").unlink()
+    assert main(["eval", *data, "--mask-dir", str(masks), "--kind", "labels", "--pred", str(pseudo)]) == 1
+    assert "3 of 6 images could not be evaluated" in capsys.readouterr().err
+
+    page = tmp_path / "report.html"
+    assert main(["report", str(tmp_path), *data, "--cam-dir", str(cams), "--pseudo-dir", str(regions),
+                 "--out", str(page), "--num-images", "6"]) == 0, capsys.readouterr().err
+    assert page.is_file() and "g3" in page.read_text() and "trunc" not in page.read_text()
+
+
+def test_train_irn_refuses_images_without_a_label_that_no_stage_skipped(tmp_path, capsys):
+    root = _photos(tmp_path / "photos", n_good=3)
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(regions / "g0.png")
+    assert main(["refine", "train-irn", "--dataset", "custom", "--root", str(root), "--split", "labels.csv",
+                 "--label-dir", str(regions), "--out", str(tmp_path / "irn"), "backbone=resnet18", "weights=null",
+                 "crop_size=32", "radius=3", "engine.num_workers=0", "engine.device=cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 training images have no confident-region label in" in err and "(e.g. g1, g2)" in err
+    assert "Traceback" not in err

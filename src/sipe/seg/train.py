@@ -219,6 +219,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
     base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
     base.drop_small(cfg.data.min_size)  # unreadable and tiny images: skipped with a logged count
+    base.drop_skipped_earlier(cfg.pseudo_label_dir())  # those `sipe refine` skipped have no label by design
     k = len(base.class_names)
     val_fn = None
     if cfg.data.val_split:
