@@ -46,6 +46,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from sipe import metrics as evaluation
+    from sipe.data.base import read_skipped
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":
@@ -55,7 +56,10 @@ def handler(args: argparse.Namespace) -> int:
         opts["thresholds"] = args.thresholds
     dataset = build_dataset_from_args(args, masks_needed=True)
     # Images the stage that wrote --pred skipped on purpose (its skipped.tsv) have no prediction by design.
-    earlier = dataset.drop_skipped_earlier(args.pred)
+    listed, _ = read_skipped(args.pred)
+    if listed:
+        opts["names"] = [n for n in dataset.names if n not in listed]
+    earlier = len(dataset.names) - len(opts.get("names", dataset.names))
     report = evaluation.evaluate(args.kind, args.pred, dataset, **opts)
     report = {"dataset": args.dataset, "split": str(args.split), "pred": str(args.pred), **report,
               "skipped_earlier": earlier}
