@@ -51,6 +51,19 @@ def _tsv(path: Path) -> dict[str, dict[str, str]]:
         return {r["name"]: r for r in csv.DictReader(f, delimiter="\t")}
 
 
+def _sipe_checkpoint(path: Path) -> Path:
+    import torch
+
+    from sipe.models import build_sipe
+    from sipe.models.checkpoint import write_checkpoint
+
+    torch.manual_seed(0)
+    model = build_sipe("resnet18", 3, weights=None)
+    write_checkpoint(path, model.state_dict(), {"class_names": ["background", *CLASSES], "backbone": "resnet18",
+                                                "num_classes": 3, "sipe_config": {"model": {"backbone": "resnet18"}}})
+    return path
+
+
 def test_truncated_jpeg_passes_the_header_but_not_the_full_decode(tmp_path):
     bad = _truncated_jpeg(tmp_path / "t.jpg")
     assert image_size(bad) == (48, 64)
@@ -124,17 +137,8 @@ def test_sipe_seg_train_skips_bad_images_and_lists_them(tmp_path):
 
 
 def test_sipe_cam_skips_bad_images_by_name(tmp_path, capsys):
-    from sipe.models import build_sipe
-    from sipe.models.checkpoint import write_checkpoint
-
     root = _photos(tmp_path / "photos", n_good=2)
-    import torch
-
-    torch.manual_seed(0)
-    model = build_sipe("resnet18", 3, weights=None)
-    ckpt = tmp_path / "sipe.pt"
-    write_checkpoint(ckpt, model.state_dict(), {"class_names": ["background", *CLASSES], "backbone": "resnet18",
-                                                "num_classes": 3, "sipe_config": {"model": {"backbone": "resnet18"}}})
+    ckpt = _sipe_checkpoint(tmp_path / "sipe.pt")
     out = tmp_path / "cams"
     cmd = ["cam", "--checkpoint", str(ckpt), "--dataset", "custom", "--root", str(root), "--split", "labels.csv",
            "--out", str(out), "--scales", "1.0", "--workers", "0", "--device", "cpu"]
@@ -220,19 +224,6 @@ def test_sigterm_to_sipe_train_saves_last_and_the_rerun_finishes_the_same_model(
     a = torch.load(tmp_path / "full" / "checkpoints" / "final.pt", weights_only=False)["model"]
     b = torch.load(run / "checkpoints" / "final.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _sipe_checkpoint(path: Path) -> Path:
-    import torch
-
-    from sipe.models import build_sipe
-    from sipe.models.checkpoint import write_checkpoint
-
-    torch.manual_seed(0)
-    model = build_sipe("resnet18", 3, weights=None)
-    write_checkpoint(path, model.state_dict(), {"class_names": ["background", *CLASSES], "backbone": "resnet18",
-                                                "num_classes": 3, "sipe_config": {"model": {"backbone": "resnet18"}}})
-    return path
 
 
 @pytest.mark.slow  # the whole chain of stages on 6 images: about 20 s on 2 shared cores
