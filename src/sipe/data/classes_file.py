@@ -53,13 +53,14 @@ def write_classes_file(folder: str | os.PathLike, class_names: Sequence[str], *,
     palette = voc_palette()
     if not 1 <= len(class_names) <= IGNORE_VALUE:
         raise ValueError(f"{len(class_names)} class names; index masks hold 1 to {IGNORE_VALUE} classes")
-    data = {
-        "format": _FORMAT,
-        "classes": [{"value": v, "name": str(n), "color": palette[v].tolist()} for v, n in enumerate(class_names)],
-        "ignore": {"value": IGNORE_VALUE, "name": ignore_name, "color": palette[IGNORE_VALUE].tolist()},
-    }
+    classes = [{"value": v, "name": str(n), "color": palette[v].tolist()} for v, n in enumerate(class_names)]
+    ignore = {"value": IGNORE_VALUE, "name": ignore_name, "color": palette[IGNORE_VALUE].tolist()}
+    # One class a line, so that the file reads as the table it is.
+    text = (f'{{\n  "format": {json.dumps(_FORMAT)},\n  "classes": [\n'
+            + ",\n".join(f"    {json.dumps(c)}" for c in classes)
+            + f'\n  ],\n  "ignore": {json.dumps(ignore)}\n}}\n')
     path = Path(folder) / CLASSES_FILE
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, text)
     return path
 
 
