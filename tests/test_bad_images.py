@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -269,8 +270,6 @@ def test_every_stage_after_sipe_cam_skips_what_an_earlier_stage_skipped(tmp_path
         out = tmp_path / f"eval_{kind}.json"
         assert main(["eval", *data, "--mask-dir", str(masks), "--kind", kind, "--pred", str(pred),
                      "--out", str(out)]) == 0, capsys.readouterr().err
-        import json
-
         report = json.loads(out.read_text())
         assert (report["num_images"], report["skipped_earlier"], report["failed"]) == (4, 2, [])
         assert "2 skipped by an earlier stage" in capsys.readouterr().out
@@ -286,7 +285,11 @@ def test_every_stage_after_sipe_cam_skips_what_an_earlier_stage_skipped(tmp_path
                  "engine.progress=false", "engine.device=cpu"]) == 0, capsys.readouterr().err
     assert {n: r["reason"] for n, r in _tsv(seg / "skipped.tsv").items()} == {
         **earlier, "g3": "skipped earlier (unreadable)"}
-    assert (pseudo / "classes.json").is_file() and (regions / "classes.json").is_file()
+    from sipe.data.classes_file import read_classes_file
+
+    for folder, ignore in ((pseudo, "ignore"), (regions, "uncertain")):  # 255: uncertain in confident regions
+        assert read_classes_file(folder / "classes.json").names == ("background", *CLASSES)
+        assert json.loads((folder / "classes.json").read_text())["ignore"]["name"] == ignore
 
     # Without the earlier stage's list, the same missing files are failures (exit 1), as before.
     (pseudo / "skipped.tsv").unlink()
