@@ -173,6 +173,22 @@ def test_predict_skips_bad_images_by_name_and_fails_when_nothing_is_written(tmp_
     assert set(_tsv(out2 / "skipped.tsv")) == {"t.jpg", "one.png"}
 
 
+def test_seg_eval_skips_unreadable_images_by_name(tmp_path, capsys):
+    root = _photos(tmp_path / "photos", n_good=2)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name, size in (("g0", (48, 64)), ("g1", (48, 64)), ("trunc", (48, 64)), ("tiny", (1, 1))):
+        Image.fromarray(np.zeros(size, np.uint8)).save(masks / f"{name}.png")
+    model, spec = tiny_seg_model(["background", *CLASSES])
+    ckpt = save_seg_checkpoint(model, spec, tmp_path / "seg.pt")
+    out = tmp_path / "eval.json"
+    assert main(["seg", "eval", "--dataset", "custom", "--root", str(root), "--split", "labels.csv", "--mask-dir",
+                 str(masks), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0, \
+        capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert (report["num_images"], report["skipped_unreadable"]) == (3, 1)  # the 1x1 image is evaluated
+
+
 def test_refine_jobs_skip_bad_images_by_name(tmp_path):
     from sipe.refine._runner import run_label_job
 
