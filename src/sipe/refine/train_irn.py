@@ -242,12 +242,12 @@ def train_irn(
             logger.info("IRN already trained with this config: %s (engine.resume=false retrains)", done)
             return load_irn(done).to(setup_distributed(cfg.engine.device).device)
         logger.info("%s was trained with another config; training again", done)
-    if model is None:
-        model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
     pair_paths(cfg.radius)  # validates the radius early
-    usable_images(train_set, label_dir)
+    usable_images(train_set, label_dir)  # data errors before the (slow) model build
     if mean_set is not None:
         usable_images(mean_set)
+    if model is None:
+        model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
     save_run_info(out_dir, cfg)
     if is_main_process():
         listed = SkipCounter("images")
