@@ -29,7 +29,7 @@ def test_refine_pipeline_on_synthetic(tmp_path, capsys) -> None:
     assert main(["refine", "crf-regions", *common, "--cam-dir", str(tmp_path / "cam"),
                  "--out", str(tmp_path / "ir"), "--workers", "0"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report == {"written": 4, "skipped_existing": 0, "skipped_bad": 0}
+    assert report == {"skipped_before": 0, "written": 4, "skipped_existing": 0, "skipped_bad": 0}
     assert main(["refine", "train-irn", *common, "--label-dir", str(tmp_path / "ir"), "--out", str(tmp_path / "irn"),
                  "backbone=resnet18", "weights=null", "crop_size=64", "radius=5", "mean_batch_size=2",
                  "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=0", "engine.device=cpu",

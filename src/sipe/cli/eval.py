@@ -19,7 +19,9 @@ def register(subparsers: Any) -> None:
             "the background threshold of saved plain CAMs and reports the best; --kind labels reads "
             "<name>.png label maps (palette or greyscale PNGs). Every image that can be evaluated is; the "
             "ones that cannot (prediction missing, unreadable or of another size than the mask; mask "
-            "unreadable) are listed at the end and in the report's 'failed', and the exit status is then 1."
+            "unreadable) are listed at the end and in the report's 'failed', and the exit status is then 1. "
+            "Images that the stage writing --pred skipped on purpose (listed in its skipped.tsv; for sipe cam's "
+            "is_cam/ and cam/ folders, in their parent's) are counted in 'skipped_earlier', not as failed."
         ),
     )
     add_dataset_args(p, split_default="train", masks_needed=True)
@@ -44,6 +46,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from sipe import metrics as evaluation
+    from sipe.data.base import read_skipped
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":
@@ -52,8 +55,14 @@ def handler(args: argparse.Namespace) -> int:
     if args.thresholds is not None:
         opts["thresholds"] = args.thresholds
     dataset = build_dataset_from_args(args, masks_needed=True)
+    # Images the stage that wrote --pred skipped on purpose (its skipped.tsv) have no prediction by design.
+    listed, _ = read_skipped(args.pred)
+    if listed:
+        opts["names"] = [n for n in dataset.names if n not in listed]
+    earlier = len(dataset.names) - len(opts.get("names", dataset.names))
     report = evaluation.evaluate(args.kind, args.pred, dataset, **opts)
-    report = {"dataset": args.dataset, "split": str(args.split), "pred": str(args.pred), **report}
+    report = {"dataset": args.dataset, "split": str(args.split), "pred": str(args.pred), **report,
+              "skipped_earlier": earlier}
     print(evaluation.format_report(report))
     if args.out:
         evaluation.write_report(args.out, report)

@@ -72,6 +72,7 @@ def handler(args: argparse.Namespace) -> int:
     collect_images(args.inputs)
     from sipe.cams.predict import labels_from_names, predict_paths_is_cam
     from sipe.config import MethodConfig
+    from sipe.data.classes_file import write_classes_file
     from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint
     from sipe.seg.model import seg_model_from_checkpoint
     from sipe.seg.predict import predict_paths
@@ -86,7 +87,8 @@ def handler(args: argparse.Namespace) -> int:
                 "--labels selects IS-CAM masks and needs a SIPE checkpoint; this is a segmentation "
                 "checkpoint, which predicts every class by itself (drop --labels)"
             )
-        model, _ = seg_model_from_checkpoint(ckpt, str(args.checkpoint))
+        model, spec = seg_model_from_checkpoint(ckpt, str(args.checkpoint))
+        names = (ckpt.get("meta") or {}).get("class_names") or spec.class_names
         del ckpt
         result = predict_paths(
             model.to(device), args.inputs, args.out, scales=args.scales or (1.0,), flip=flip,
@@ -107,6 +109,8 @@ def handler(args: argparse.Namespace) -> int:
             model.to(device), args.inputs, labels, args.out, scales=args.scales or method.cam_scales, flip=flip,
             overlay=overlay, alpha=args.alpha,
         )
+    if names:
+        write_classes_file(args.out, names)
     if not result.labels:
         raise InputError(f"no mask written to {args.out}: {result.skipped.summary()} (listed in "
                          f"{args.out}/skipped.tsv)")

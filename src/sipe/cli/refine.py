@@ -112,7 +112,16 @@ def _dataset(args: argparse.Namespace, split: str | None = None):
     return build_dataset_from_args(args, with_masks=False)
 
 
+def _dataset_with_cams(args: argparse.Namespace):
+    """The split's images less those `sipe cam` skipped on purpose (so their missing IS-CAMs are no error)."""
+    dataset = _dataset(args)
+    dataset.drop_skipped_earlier(args.cam_dir)
+    return dataset
+
+
 def _report(stats, out: str, **extra: int) -> int:
+    """One JSON line of counts (``skipped_before``: images the dataset left out before the step, e.g. those
+    `sipe cam` skipped; ``skipped_bad``: images this step could not read), all listed in OUT/skipped.tsv."""
     print(json.dumps({**extra, "written": stats.written, "skipped_existing": stats.skipped,
                       "skipped_bad": len(stats.bad)}))
     if stats.bad and not stats.written and not stats.skipped:
@@ -123,23 +132,23 @@ def _report(stats, out: str, **extra: int) -> int:
 def run_crf_regions(args: argparse.Namespace) -> int:
     setup_logging()
     _cam_dir(args)
-    dataset = _dataset(args)
+    dataset = _dataset_with_cams(args)
     from sipe.refine.crf import make_confident_regions
 
     stats = make_confident_regions(dataset, args.cam_dir, args.out, bg_scale=args.bg_scale,
                                    num_workers=args.workers, overwrite=args.overwrite)
-    return _report(stats, args.out)
+    return _report(stats, args.out, skipped_before=len(dataset.skipped))
 
 
 def run_crf(args: argparse.Namespace) -> int:
     setup_logging()
     _cam_dir(args)
-    dataset = _dataset(args)
+    dataset = _dataset_with_cams(args)
     from sipe.refine.crf import make_crf_labels
 
     stats = make_crf_labels(dataset, args.cam_dir, args.out, num_workers=args.workers,
                             overwrite=args.overwrite)
-    return _report(stats, args.out)
+    return _report(stats, args.out, skipped_before=len(dataset.skipped))
 
 
 def run_train_irn(args: argparse.Namespace) -> int:
@@ -168,7 +177,7 @@ def run_labels(args: argparse.Namespace) -> int:
     setup_logging()
     _cam_dir(args)
     sio.checkpoint_file(args.irn, made_by="sipe refine train-irn")
-    dataset = _dataset(args)
+    dataset = _dataset_with_cams(args)
     import torch.distributed as dist
 
     from sipe.engine import setup_distributed
@@ -185,4 +194,4 @@ def run_labels(args: argparse.Namespace) -> int:
         if info.distributed:
             dist.barrier()
             dist.destroy_process_group()
-    return _report(stats, args.out, rank=info.rank)
+    return _report(stats, args.out, rank=info.rank, skipped_before=len(dataset.skipped))

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     dataset = build_dataset_from_args(args) if given else None
+    if dataset is not None:
+        dataset.drop_small(1)  # unreadable images are left out by name (decoded once, cached), not shown
     path = write_report_html(args.run_dir, args.out, dataset=dataset, cam_dir=args.cam_dir,
                              pseudo_dir=args.pseudo_dir, seg_dir=args.seg_dir, num_images=args.num_images,
                              max_side=args.max_side)

@@ -114,10 +114,12 @@ def eval_handler(args: argparse.Namespace) -> int:
             f"{args.checkpoint} was trained for classes {spec.class_names}, the dataset has "
             f"{list(dataset.class_names)}"
         )
+    unreadable = dataset.drop_small(1)  # skipped by name (decoded once, cached), not a DataLoader traceback
     report = evaluate_seg(
         model, dataset, args.scales, args.flip, args.crf, crf_params=crf_params, num_workers=args.workers
     )
-    report = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint), **report}
+    report = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint), **report,
+              "skipped_unreadable": unreadable}
     print(evaluation.format_report(report))
     if args.out:
         evaluation.write_report(args.out, report)

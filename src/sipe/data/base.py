@@ -20,6 +20,7 @@ __all__ = [
     "DatasetRootError",
     "EmptySplitError",
     "LabelMapError",
+    "LikelyTypoError",
     "MissingMaskError",
     "SKIPPED_FILE",
     "SegDataset",
@@ -30,6 +31,7 @@ __all__ = [
     "check_same_size",
     "list_some",
     "normalize_class_names",
+    "read_skipped",
 ]
 
 logger = logging.getLogger("sipe.data")
@@ -48,6 +50,10 @@ class EmptySplitError(DatasetError):
 
 class UnknownClassError(DatasetError):
     """A label naming a class that is not in the dataset's class list."""
+
+
+class LikelyTypoError(DatasetError):
+    """An inferred class name that looks like a misspelling of a common one (a labels-file mistake)."""
 
 
 class MissingMaskError(DatasetError):
@@ -166,10 +172,14 @@ class SkipCounter:
         elif len(self.items) == self.show + 1:
             self._log.warning("further skipped %s are counted, not listed", self.what)
 
-    def extend(self, other: SkipCounter) -> None:
-        """Add ``other``'s records (e.g. gathered from other ranks) without logging them again."""
-        self.items.extend(other.items)
-        self.details.extend(other.details)
+    def extend(self, other: SkipCounter, *, new_only: bool = False) -> None:
+        """Add ``other``'s records (e.g. gathered from other ranks) without logging them again;
+        ``new_only``: only those of names not recorded here yet."""
+        seen = set(self.names) if new_only else set()
+        for item, detail in zip(other.items, other.details, strict=True):
+            if item[0] not in seen:
+                self.items.append(item)
+                self.details.append(detail)
 
     def write_tsv(self, path: str | os.PathLike) -> Path:
         """Write every skipped item to ``path`` as a TSV (header ``name path reason detail``), atomically.
@@ -210,6 +220,31 @@ class SkipCounter:
         """Log the summary (only when something was skipped)."""
         if self.items:
             self._log.log(level, self.summary(total))
+
+
+# Folders whose skipped.tsv sits one level up: `sipe cam --out D` writes D/skipped.tsv beside D/is_cam, D/cam.
+_LISTED_IN_PARENT = ("is_cam", "cam")
+
+
+def read_skipped(folder: str | os.PathLike) -> tuple[dict[str, str], list[Path]]:
+    """The images an earlier stage skipped on purpose, from the ``skipped.tsv`` it wrote beside its outputs.
+
+    Reads ``folder/skipped.tsv`` and ``folder/skipped_rank<r>.tsv`` (torchrun), or, for the ``is_cam`` /
+    ``cam`` folder of ``sipe cam``, those of its parent. Returns ``{name: reason}`` and the files read
+    (both empty when the folder has no such list).
+    """
+    import csv
+
+    folder = Path(folder)
+    where = folder.parent if folder.name in _LISTED_IN_PARENT else folder
+    files = sorted(p for p in where.glob("skipped*.tsv") if p.name == SKIPPED_FILE or p.name.startswith("skipped_rank"))
+    listed: dict[str, str] = {}
+    for path in files:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                if row.get("name"):
+                    listed[row["name"]] = row.get("reason") or "skipped"
+    return listed, files
 
 
 class SegDataset:
@@ -402,6 +437,25 @@ class SegDataset:
         if dropped:
             self._keep(keep)
             logger.warning("dropped %d of %d images of %s (%s)", dropped, total, self.source, self.skipped.summary())
+        return dropped
+
+    def drop_skipped_earlier(self, folder: str | os.PathLike) -> int:
+        """Drop the images an earlier stage skipped on purpose (listed in ``folder``'s ``skipped.tsv``,
+        see :func:`read_skipped`), so that their missing outputs are not taken for failures.
+
+        Each is recorded in ``skipped`` with reason ``"skipped earlier (<its reason>)"``; returns how
+        many were dropped.
+        """
+        listed, files = read_skipped(folder)
+        keep = np.array([n not in listed for n in self.names], dtype=bool)
+        for i in np.flatnonzero(~keep):
+            name = self.names[i]
+            self.skipped.add(name, f"skipped earlier ({listed[name]})", f"listed in {files[0].parent}",
+                             path=self.image_paths[i])
+        dropped = int((~keep).sum())
+        if dropped:
+            self._keep(keep)
+            logger.info("left out %d images that the stage writing %s skipped (its %s)", dropped, folder, SKIPPED_FILE)
         return dropped
 
     def decode_checks(self) -> list[list[int] | str]:

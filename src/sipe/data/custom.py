@@ -33,6 +33,7 @@ import numpy as np
 from .base import (
     DatasetError,
     EmptySplitError,
+    LikelyTypoError,
     SegDataset,
     UnknownClassError,
     check_root,
@@ -40,7 +41,7 @@ from .base import (
     normalize_class_names,
 )
 
-__all__ = ["CustomDataset", "read_labels_file"]
+__all__ = ["CustomDataset", "check_class_typos", "read_labels_file"]
 
 logger = logging.getLogger("sipe.data")
 
@@ -118,6 +119,66 @@ def read_labels_file(path: str | os.PathLike) -> list[tuple[str, list[str], str]
     return rows
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and swaps of neighbours."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _looks_alike(a: str, b: str) -> bool:
+    """Two class names that a slip of the keyboard turns into each other (case ignored): one edit for
+    names of up to 4 letters, two for longer ones."""
+    a, b = a.lower(), b.lower()
+    return a == b or _edit_distance(a, b) <= (1 if min(len(a), len(b)) <= 4 else 2)
+
+
+TYPO_MAX_ROWS = 2  # an inferred class named in at most this many rows is checked for a likelier spelling
+TYPO_MIN_RATIO = 3  # ... that is named in at least this many times as many rows (and at least 5)
+
+
+def check_class_typos(rows: Sequence[tuple[str, list[str], str]]) -> None:
+    """Raise :class:`LikelyTypoError` when an inferred class looks like a misspelling of another.
+
+    A class named in at most ``TYPO_MAX_ROWS`` rows whose spelling is one or two edits (a swap of
+    neighbours counts as one) from a class named in at least ``TYPO_MIN_RATIO`` times as many rows
+    (and at least 5) would silently become a class of its own; the error names both with their counts
+    and the row. An explicit class list skips this check (its names are the user's decision).
+
+    Args:
+        rows: ``(image, class names, where)`` as returned by :func:`read_labels_file`.
+    """
+    counts = Counter(c for _, cs, _ in rows for c in set(cs))
+    found = []
+    for rare, n in sorted(counts.items(), key=lambda kv: (kv[1], kv[0])):
+        if n > TYPO_MAX_ROWS:
+            break
+        likely = [c for c, m in counts.items() if m >= max(5, TYPO_MIN_RATIO * n) and _looks_alike(rare, c)]
+        if likely:
+            found.append((rare, n, max(likely, key=lambda c: counts[c])))
+    if not found:
+        return
+    rare, n, common = found[0]
+    where = next(w for _, cs, w in rows if rare in cs)
+
+    def images(k: int) -> str:
+        return f"{k} image{'s' if k != 1 else ''}"
+
+    more = f" (and {len(found) - 1} more such names)" if len(found) > 1 else ""
+    raise LikelyTypoError(
+        f"{where}: {rare!r} ({images(n)}) looks like {common!r} ({images(counts[common])}){more}: fix the labels "
+        f"file or pass --class-names / data.class_names"
+    )
+
+
 class CustomDataset(SegDataset):
     """A folder of images with a CSV / JSON labels file (format in the module docstring).
 
@@ -125,8 +186,9 @@ class CustomDataset(SegDataset):
         image_dir: folder the labels file's image paths are relative to.
         labels_file: the CSV (``image,labels``) or JSON file.
         class_names: the class list (``"background"`` first, prepended when absent); by default the
-            sorted set of names in the labels file. Names outside a given list raise
-            :class:`UnknownClassError` naming the file and row.
+            sorted set of names in the labels file, checked for misspellings
+            (:func:`check_class_typos`). Names outside a given list raise :class:`UnknownClassError`
+            naming the file and row.
         mask_dir: optional folder of ``<name>.png`` index masks (for evaluation); images without one
             get ``mask=None`` (``missing_masks()`` lists them).
         skip_unlabeled: drop images with no labels (recorded in ``skipped``).
@@ -160,6 +222,7 @@ class CustomDataset(SegDataset):
                     f"labels file {self.labels_file} names no class at all, so the class list cannot be inferred; "
                     "label the images or pass class_names=."
                 )
+            check_class_typos(rows)
             classes = normalize_class_names(inferred, str(self.labels_file))
             logger.info("%d classes inferred from %s: %s", len(inferred), self.labels_file, ", ".join(inferred))
         else:

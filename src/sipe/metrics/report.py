@@ -45,6 +45,8 @@ def format_report(report: dict[str, Any]) -> str:
         extra.append(f"{report['skipped']} skipped (no ground-truth mask)")
     if report.get("missing"):
         extra.append(f"{report['missing']} skipped (no prediction file)")
+    if report.get("skipped_earlier"):
+        extra.append(f"{report['skipped_earlier']} skipped by an earlier stage (its skipped.tsv)")
     if extra:
         lines.append(", ".join(extra))
     return "\n".join(lines)

@@ -38,7 +38,13 @@ from torch import nn
 from sipe.config.common import RESNETS, TIMM_PREFIX
 from sipe.config.common import backbone_kind as _name_kind
 from sipe.models.layers import hold_batchnorm_statistics
-from sipe.models.weights import load_matching_weights, load_resnet_weights, read_state_dict, under_prefix
+from sipe.models.weights import (
+    check_hub_reachable,
+    load_matching_weights,
+    load_resnet_weights,
+    read_state_dict,
+    under_prefix,
+)
 
 __all__ = [
     "CONTRACT_STRIDES",
@@ -192,6 +198,8 @@ def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[st
     timm = _import_timm(name)
     model_name = name[len(TIMM_PREFIX):]
     pretrained = weights is not None and str(weights) == TIMM_PRETRAINED
+    if pretrained:
+        check_hub_reachable(f"timm's pretrained weights of {model_name!r} (model.weights=timm)")
     try:
         body = timm.create_model(model_name, features_only=True, output_stride=output_stride, pretrained=pretrained,
                                  **dict(options))

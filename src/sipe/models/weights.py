@@ -17,6 +17,8 @@ from sipe.config.common import RESNETS
 
 __all__ = [
     "RESNETS",
+    "HUB_PROBE_TIMEOUT_S",
+    "check_hub_reachable",
     "check_resnet",
     "load_backbone_state_dict",
     "load_matching_weights",
@@ -26,6 +28,48 @@ __all__ = [
     "resnet_pretrained_state",
 ]
 
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # seconds one connection to the Hugging Face Hub may take before it counts as offline
+
+
+def check_hub_reachable(what: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`sipe.errors.InputError` at once when the Hugging Face Hub (``HF_ENDPOINT``, default
+    ``https://huggingface.co``), where timm fetches its pretrained weights, cannot be reached.
+
+    One TCP connection (name lookup included) bounded by ``timeout`` seconds, instead of the hub
+    client's own retries (about a minute offline). With ``HF_HUB_OFFLINE=1`` nothing is probed: the
+    hub client then reads its local cache and fails at once when the weights are not there.
+    ``what`` names the weights in the message.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err)
+
+    probe = threading.Thread(target=connect, daemon=True)  # a name lookup ignores socket timeouts
+    probe.start()
+    probe.join(timeout)
+    if not outcome or outcome[0] is not None:
+        why = f"{type(outcome[0]).__name__}: {outcome[0]}" if outcome else f"no answer within {timeout:g} s"
+        raise InputError(
+            f"{what} are downloaded from {endpoint}, which cannot be reached ({why}); this machine may be "
+            "offline: pass a local file as the weights (.pth/.safetensors), or set HF_HUB_OFFLINE=1 to take them "
+            "from the local Hugging Face cache"
+        )
 
 
 def check_resnet(name: str) -> None:

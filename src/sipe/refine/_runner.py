@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.classes_file import write_classes_file
 from sipe.data.image import ImageReadError
 from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.io import save_label_png
@@ -91,17 +92,23 @@ def run_label_job(
     overwrite: bool = False,
     desc: str = "images",
     indices: Iterable[int] | None = None,
+    ignore_name: str = "ignore",
 ) -> RunStats:
     """Apply ``job(item) -> (H, W) label map`` to every image and save ``out_dir/<name>.png``.
 
     Images whose PNG already exists are skipped (resume) unless ``overwrite``. Images that cannot
     be decoded are skipped by name and listed in ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv``
-    under torchrun). Under torchrun each
+    under torchrun), after those of ``dataset.skipped`` (images the dataset dropped before). Under torchrun each
     rank takes its own shard. ``num_workers`` processes (default: the available cores; 0 or 1 runs
     in this process) share the work; ``job`` and ``dataset`` must be picklable for that.
+    With the dataset's ``class_names``, ``out_dir/classes.json`` says which class each pixel value
+    is (:mod:`sipe.data.classes_file`; ``ignore_name``: the meaning of 255 in these maps).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    class_names = getattr(dataset, "class_names", None)
+    if class_names and rank_and_world()[0] == 0:
+        write_classes_file(out_dir, class_names, ignore_name=ignore_name)
     if indices is None:
         rank, world = rank_and_world()
         indices = shard_indices(len(dataset), rank, world)
@@ -140,5 +147,10 @@ def run_label_job(
         _STATE.clear()
     stats.bad.log(len(indices))
     rank, world = rank_and_world()
-    stats.bad.write_tsv(out_dir / (SKIPPED_FILE if world == 1 else f"skipped_rank{rank}.tsv"))
+    # The images the dataset itself dropped (no labels, skipped by an earlier stage) are listed by rank 0 only.
+    listed = SkipCounter("images")
+    if rank == 0 and isinstance(getattr(dataset, "skipped", None), SkipCounter):
+        listed.extend(dataset.skipped)
+    listed.extend(stats.bad)
+    listed.write_tsv(out_dir / (SKIPPED_FILE if world == 1 else f"skipped_rank{rank}.tsv"))
     return stats

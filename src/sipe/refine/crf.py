@@ -138,7 +138,7 @@ def make_confident_regions(
     """
     job = functools.partial(_regions_job, cam_dir=str(cam_dir), bg_scale=bg_scale)
     return run_label_job(dataset, job, out_dir, num_workers=num_workers, overwrite=overwrite,
-                         desc="confident regions")
+                         desc="confident regions", ignore_name="uncertain")
 
 
 def make_crf_labels(

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sipe.config.irn import IRNConfig
+from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.engine.distributed import rank_and_world, setup_distributed, shard_indices
 from sipe.models.checkpoint import read_checkpoint, write_checkpoint
 from sipe.models.layers import model_device
@@ -43,6 +44,31 @@ def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = No
     from sipe.models import build_backbone
 
     return IRN(build_backbone(backbone, weights, frozen_stages=4, freeze_bn=True, options=options))
+
+
+def usable_images(dataset: Any, label_dir: str | os.PathLike | None = None) -> Any:
+    """Drop, by name, the images IRN cannot train on, before any worker reads them; returns ``dataset``.
+
+    Unreadable images and those smaller than the backbone's stride (decoded once, cached:
+    :meth:`sipe.data.SegDataset.drop_small`) and, with ``label_dir``, those the confident-region step
+    skipped (its ``skipped.tsv``) are recorded in ``dataset.skipped``. An image with neither a label
+    nor such a record is an error naming how many and the fix. Datasets without these methods (not
+    :mod:`sipe.data`) are returned as they are.
+    """
+    from sipe.config import STRIDE as BACKBONE_STRIDE
+
+    if hasattr(dataset, "drop_small"):
+        dataset.drop_small(BACKBONE_STRIDE)
+    if label_dir is not None and hasattr(dataset, "drop_skipped_earlier"):
+        dataset.drop_skipped_earlier(label_dir)
+        absent = [n for n in dataset.names if not (Path(label_dir) / f"{n}.png").is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"{len(absent)} of {len(dataset)} training images have no confident-region label in {label_dir} "
+                f"(e.g. {', '.join(absent[:3])}); run `sipe refine crf-regions` for this split first or pass the "
+                "right --label-dir"
+            )
+    return dataset
 
 
 def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
@@ -190,6 +216,8 @@ def train_irn(
     Writes the engine's checkpoints/TensorBoard logs under ``out_dir`` and the final model with
     its mean shift (estimated over ``mean_set``, default ``train_set``) as ``out_dir/irn.pt``.
     Resumes an interrupted run. Under torchrun: DDP with the same result as one process.
+    Images that cannot be used are left out by name first (:func:`usable_images`, which changes
+    ``train_set`` / ``mean_set`` in place) and listed in ``out_dir/skipped.tsv``.
 
     Args:
         train_set: dataset of dicts with ``image`` and ``name`` (``sipe.data``).
@@ -213,15 +241,26 @@ def train_irn(
             logger.info("IRN already trained with this config: %s (engine.resume=false retrains)", done)
             return load_irn(done).to(setup_distributed(cfg.engine.device).device)
         logger.info("%s was trained with another config; training again", done)
+    pair_paths(cfg.radius)  # validates the radius early
+    usable_images(train_set, label_dir)  # data errors before the (slow) model build
+    if mean_set is not None:
+        usable_images(mean_set)
     if model is None:
         model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
-    pair_paths(cfg.radius)  # validates the radius early
     data = IRNTrainSet(train_set, label_dir, cfg)
     step = functools.partial(irn_step, radius=cfg.radius)
     # config.yaml and run_info.json are written by fit once the rerun check passed.
     run_key = {"label_dir": str(Path(label_dir).resolve()), "backbone": cfg.backbone}
+
+    def write_skipped() -> None:  # by fit on rank 0, once the rerun check passed
+        listed = SkipCounter("images")
+        for images in (train_set, mean_set):
+            if images is not None and hasattr(images, "skipped"):
+                listed.extend(images.skipped, new_only=True)  # an image of both splits is listed once
+        listed.write_tsv(out_dir / SKIPPED_FILE)
+
     model = fit(model, data, step, model.param_groups(cfg.dp_lr_mult), cfg.engine, out_dir,
-                meta=irn_meta(cfg), run_config=cfg, run_key=run_key)
+                meta=irn_meta(cfg), run_config=cfg, run_key=run_key, on_start=write_skipped)
     shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set, crop_size=cfg.crop_size,
                                 batch_size=cfg.mean_batch_size, num_workers=cfg.engine.num_workers)
     model.mean_shift.copy_(shift)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sipe.data.classes_file import write_classes_file
 from sipe.io import save_label_png
 from sipe.metrics import ConfusionMatrix
 from sipe.seg.dense_crf import DenseCRFParams, crf_refine_probs
@@ -52,7 +53,7 @@ def evaluate_seg(
             (:func:`sipe.seg.dense_crf.crf_refine_probs`; ``crf_params``, default deeplab-pytorch's).
         num_workers: DataLoader workers decoding images while the network runs.
         save_dir: also write each evaluated prediction as ``save_dir/<name>.png`` (VOC palette),
-            e.g. for ``sipe report``'s image grid.
+            e.g. for ``sipe report``'s image grid, with ``save_dir/classes.json``.
 
     Returns:
         :meth:`sipe.metrics.ConfusionMatrix.report` plus ``kind`` ("seg"), ``scales``, ``flip``,
@@ -62,6 +63,8 @@ def evaluate_seg(
     if not class_names:
         raise ValueError("the dataset has no `class_names`; it is needed to size the confusion matrix")
     cm = ConfusionMatrix(len(class_names))
+    if save_dir is not None:
+        write_classes_file(save_dir, class_names)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity)
     evaluated = skipped = 0
     for item in tqdm(loader, total=len(dataset), desc="eval seg", unit="img", disable=not progress, leave=False):

@@ -153,9 +153,11 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
 
 
 def training_images(cfg: SegTrainConfig) -> Any:
-    """The training split of ``cfg.data``, its unreadable and tiny images dropped (skipped with a logged count)."""
+    """The training split of ``cfg.data``, its unreadable and tiny images dropped (skipped with a logged count),
+    and those that ``sipe refine`` skipped (they have no pseudo label by design)."""
     base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
     base.drop_small(cfg.data.min_size)
+    base.drop_skipped_earlier(cfg.pseudo_label_dir())
     return base
 
 

@@ -1,0 +1,50 @@
+"""model.weights=timm without a network: refused in seconds (one bounded probe of the Hugging Face Hub),
+not after the hub client's minute of retries."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import free_port
+from sipe.errors import InputError
+from sipe.models.weights import check_hub_reachable
+
+pytest.importorskip("timm")
+
+
+def test_timm_weights_are_refused_within_seconds_when_the_hub_cannot_be_reached(monkeypatch):
+    from sipe.models.registry import build_backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(ValueError) as err:  # BackboneError: the command line's exit status 1
+        build_backbone("timm:convnext_atto", "timm")
+    assert time.monotonic() - start < 5.0
+    message = str(err.value)
+    assert "timm's pretrained weights of 'convnext_atto' (model.weights=timm)" in message
+    assert "cannot be reached (ConnectionRefusedError" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_a_lookup_that_hangs_counts_as_offline_after_the_timeout(monkeypatch):
+    import socket
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(10))
+    start = time.monotonic()
+    with pytest.raises(InputError, match="no answer within 0.2 s"):
+        check_hub_reachable("the weights", timeout=0.2)
+    assert time.monotonic() - start < 1.0
+
+
+def test_hf_hub_offline_skips_the_probe(monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("probed although HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_hub_reachable("the weights")
