@@ -103,7 +103,10 @@ def prepare_for_inference(
 
 @torch.no_grad()
 def fuse_scales(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Per-scale IS-CAMs (K, h_s, w_s) -> (K, H, W): bilinear resize, sum, per-channel max-normalise."""
+    """Per-scale IS-CAMs (K, h_s, w_s) -> (K, H, W): bilinear resize, sum, per-channel max-normalise.
+    K may be 0 (the plain CAMs of a negative: no class), giving an empty (0, H, W)."""
+    if maps and maps[0].shape[0] == 0:
+        return maps[0].new_zeros((0, *size), dtype=torch.float32)
     total = None
     for m in maps:
         up = F.interpolate(m[None].float(), size, mode="bilinear", align_corners=False)[0]
