@@ -246,3 +246,53 @@ def test_sipe_train_warns_when_no_image_can_be_contrasted(binary, tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="sipe.train"):
         training_data(cfg)
     assert [r.getMessage() for r in caplog.records if "nothing to contrast" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------- the whole pipeline, one class
+
+
+@pytest.mark.slow
+def test_single_class_pipeline_with_negatives(tmp_path, capsys):
+    """train -> cam -> eval -> crf-regions -> train-irn -> labels -> seg train -> predict on a
+    background + defect set, half negatives, at tiny size: every stage covers every image."""
+    root = tmp_path / "data"
+    csv = write_binary_set(root, n=4, size=(64, 64))
+    data = ["--dataset", "custom", "--root", str(root), "--split", str(csv)]
+    tiny = ["engine.num_workers=0", "engine.progress=false", "engine.device=cpu", "engine.epochs=1",
+            "engine.batch_size=2"]
+    assert main(["train", "--out", str(tmp_path / "sipe"), "data.kind=custom", f"data.root={root}",
+                 f"data.split={csv}", "data.val_split=null", "model.backbone=resnet18", "model.weights=null",
+                 "aug.resize_long=[64,80]", "aug.crop_size=64", *tiny]) == 0
+    sipe_ckpt = tmp_path / "sipe" / "checkpoints" / "final.pt"
+    assert torch.load(sipe_ckpt, weights_only=False)["step"] == 2  # all 4 images trained on, batch 2
+    assert main(["cam", "--checkpoint", str(sipe_ckpt), *data, "--out", str(tmp_path / "cams"), "--scales", "1.0",
+                 "--workers", "0", "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "cams" / "is_cam").glob("*.npz"))) == 4
+    assert main(["eval", *data, "--mask-dir", str(root / "masks"), "--pred", str(tmp_path / "cams" / "is_cam"),
+                 "--kind", "is_cam", "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["num_images"] == 4 and report["negatives"]["images"] == 2
+    cams = str(tmp_path / "cams" / "is_cam")
+    assert main(["refine", "crf-regions", *data, "--cam-dir", cams, "--out", str(tmp_path / "ir"),
+                 "--workers", "0"]) == 0
+    assert main(["refine", "train-irn", *data, "--label-dir", str(tmp_path / "ir"), "--out", str(tmp_path / "irn"),
+                 "backbone=resnet18", "weights=null", "crop_size=64", "radius=5", "mean_batch_size=2", *tiny]) == 0
+    assert main(["refine", "labels", *data, "--irn", str(tmp_path / "irn" / "irn.pt"), "--cam-dir", cams,
+                 "--out", str(tmp_path / "pseudo"), "--device", "cpu"]) == 0
+    for i in range(4):
+        regions = np.asarray(Image.open(tmp_path / "ir" / f"im{i}.png"))
+        pseudo = np.asarray(Image.open(tmp_path / "pseudo" / f"im{i}.png"))
+        if i % 2:  # a negative: background (or uncertain) only
+            assert set(np.unique(regions).tolist()) <= {0, 255} and not pseudo.any()
+    assert main(["seg", "train", "--out", str(tmp_path / "seg"), f"pseudo_labels={tmp_path / 'pseudo'}",
+                 "data.kind=custom", f"data.root={root}", f"data.split={csv}", "model.backbone=resnet18",
+                 "model.weights=null", "aug.crop_size=32", *tiny]) == 0
+    seg_ckpt = tmp_path / "seg" / "checkpoints" / "final.pt"
+    for ckpt in (seg_ckpt, sipe_ckpt):
+        out = tmp_path / f"pred_{ckpt.parent.parent.name}"
+        assert main(["predict", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--scales", "1.0",
+                     "--no-overlay", "--device", "cpu"]) == 0
+        predictor = Predictor.from_checkpoint(ckpt, device="cpu", scales=(1.0,))
+        assert predictor.class_names == BINARY
+        for i in range(4):
+            assert np.array_equal(np.asarray(Image.open(out / f"im{i}.png")), predictor.predict(root / f"im{i}.png").mask)
