@@ -140,6 +140,18 @@ def test_sipe_predictor_decides_presence_from_the_classifier(sipe_ckpt, binary):
         below.predict(image, labels=["scratch"])
 
 
+def test_the_score_threshold_comes_from_the_checkpoint_unless_given(sipe_ckpt, tmp_path):
+    _, model = sipe_ckpt
+    path = tmp_path / "t.pt"
+    meta = {"class_names": BINARY, "sipe_config": {"method": {"score_threshold": 0.8}}}
+    sio.save_torch({"model": model.state_dict(), "meta": meta}, path)
+    assert Predictor.from_checkpoint(path, device="cpu").score_threshold == 0.8
+    assert Predictor.from_checkpoint(path, device="cpu", score_threshold=0.2).score_threshold == 0.2
+    assert Predictor.from_checkpoint(sipe_ckpt[0], device="cpu").score_threshold == 0.5  # none stored: 0.5
+    with pytest.raises(UsageError, match=r"must be in \[0, 1\)"):
+        Predictor.from_checkpoint(path, device="cpu", score_threshold=1.5)
+
+
 def test_predictor_reads_paths_and_pil_images_upright_as_the_cli_does(sipe_ckpt, tmp_path):
     path, _ = sipe_ckpt
     rng = np.random.default_rng(0)
@@ -295,4 +307,5 @@ def test_single_class_pipeline_with_negatives(tmp_path, capsys):
         predictor = Predictor.from_checkpoint(ckpt, device="cpu", scales=(1.0,))
         assert predictor.class_names == BINARY
         for i in range(4):
-            assert np.array_equal(np.asarray(Image.open(out / f"im{i}.png")), predictor.predict(root / f"im{i}.png").mask)
+            written = np.asarray(Image.open(out / f"im{i}.png"))
+            assert np.array_equal(written, predictor.predict(root / f"im{i}.png").mask)
