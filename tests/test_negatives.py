@@ -209,6 +209,8 @@ def test_sipe_predict_labels_file_and_unknown_classes(sipe_ckpt, binary, tmp_pat
         assert main([*base, "--out", str(tmp_path / "b"), *given]) == 2
         err = capsys.readouterr().err.strip()
         assert "unknown class 'scratch'; the model knows: defect" in err and len(err.splitlines()) == 1
+    assert main([*base, "--out", str(tmp_path / "c"), "--labels", "defect", "--score-threshold", "0.5"]) == 2
+    assert "--score-threshold decides the classes when no labels are given" in capsys.readouterr().err
     labels.write_text("image,labels\nim0.png,defect\n")
     assert main([*base, "--out", str(tmp_path / "c"), "--labels-file", str(labels)]) == 1
     assert "1 inputs have no row in" in capsys.readouterr().err

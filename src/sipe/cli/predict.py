@@ -71,6 +71,8 @@ def handler(args: argparse.Namespace) -> int:
     # Checked before torch loads, so that a wrong path is reported at once.
     sio.checkpoint_file(args.checkpoint, made_by="sipe train' or 'sipe seg train")
     files = collect_images(args.inputs)
+    if args.score_threshold is not None and (args.labels is not None or args.labels_file is not None):
+        raise UsageError("--score-threshold decides the classes when no labels are given; drop it or the labels")
     labels: list[str] | dict[str, list[str]] | None = None
     if args.labels is not None:
         labels = [c for c in args.labels.split(",") if c.strip()]
