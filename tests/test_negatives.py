@@ -247,6 +247,20 @@ def test_sipe_cam_writes_background_only_maps_for_negatives(sipe_ckpt, binary, t
     assert main([*common, "--out", str(tmp_path / "x"), "--score-threshold", "0.5"]) == 2
 
 
+def test_sipe_cam_runs_networks_trained_with_batch_norm_statistics(tmp_path):
+    # model.freeze_bn=false keeps plain batch norms, which cannot be folded: the maps come unfolded.
+    from sipe.cams.multiscale import multiscale_is_cam, prepare_for_inference
+
+    torch.manual_seed(0)
+    model = build_sipe("resnet18", num_classes=2, weights=None, freeze_bn=False).eval()
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    prepared = prepare_for_inference(model)
+    assert not getattr(prepared.encoder, "bn_folded", False)
+    np.testing.assert_allclose(multiscale_is_cam(prepared, image, np.ones(1, np.float32), scales=(1.0,))[1],
+                               multiscale_is_cam(model, image, np.ones(1, np.float32), scales=(1.0,))[1],
+                               atol=1e-4)  # channels-last: float rounding only
+
+
 def test_sipe_train_warns_when_no_image_can_be_contrasted(binary, tmp_path, caplog):
     root, _ = binary
     (root / "same.csv").write_text("image,labels\nim0.png,defect\nim2.png,defect\n")
