@@ -109,3 +109,24 @@ USER_MODULE = textwrap.dedent('''
     def wrong_channels():
         return Net(declared=(8, 16, 16, 64))
 ''')
+
+
+def write_binary_set(root: Path, n: int = 8, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    """A one-class inspection-style data set in the custom layout: ``root/im<i>.png`` (synthetic
+    objects of class ``defect``, every odd image a negative: no object, an empty labels cell),
+    ``root/masks/im<i>.png`` ground truth and ``root/labels.csv``. Returns the labels file."""
+    from PIL import Image
+
+    from sipe.data.synthetic import draw_synthetic_image
+
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rows = ["image,labels"]
+    for i in range(n):
+        objects = 1 if i % 2 == 0 else 0
+        image, mask, _ = draw_synthetic_image(np.random.default_rng((seed, i)), *size, num_classes=1,
+                                              max_objects=objects, min_objects=objects)
+        Image.fromarray(image).save(root / f"im{i}.png")
+        sio.save_label_png(root / "masks" / f"im{i}.png", mask)
+        rows.append(f"im{i}.png,{'defect' if objects else ''}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

@@ -296,13 +296,13 @@ def custom_root(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("fname", ["labels.csv", "labels.json"])
 def test_custom_csv_and_json(custom_root: Path, fname: str) -> None:
-    ds = D.CustomDataset(custom_root, custom_root / fname)
+    ds = D.CustomDataset(custom_root, custom_root / fname, skip_unlabeled=True)
     assert ds.class_names == ["background", "cat", "dog", "potted plant"]  # inferred, sorted
-    assert ds.names == ["a", "sub/b"]  # c has no labels: skipped and counted
+    assert ds.names == ["a", "sub/b"]  # c has no labels: skipped on request and counted
     assert ds.skipped.summary() == "skipped 1 images: 1 no labels"
     assert ds.label_matrix.tolist() == [[1, 0, 1], [0, 1, 0]]
     assert ds[1]["image"].shape == (8, 8, 3) and ds[1]["mask"] is None
-    keep = D.CustomDataset(custom_root, custom_root / fname, skip_unlabeled=False)
+    keep = D.CustomDataset(custom_root, custom_root / fname)  # the default: c is a negative
     assert keep.names == ["a", "sub/b", "c"] and keep.get_labels(2).sum() == 0
 
 
@@ -315,9 +315,9 @@ def test_custom_given_classes_and_masks(custom_root: Path, tmp_path: Path) -> No
         custom_root, custom_root / "labels.csv", class_names=["dog", "potted plant", "cat", "bird"], mask_dir=masks
     )
     assert ds.class_names == ["background", "dog", "potted plant", "cat", "bird"]
-    assert ds.label_matrix.tolist() == [[0, 1, 1, 0], [1, 0, 0, 0]]
+    assert ds.label_matrix.tolist() == [[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]  # c: a negative
     np.testing.assert_array_equal(ds[0]["mask"], m)
-    assert ds[1]["mask"] is None and ds.missing_masks() == ["sub/b"]
+    assert ds[1]["mask"] is None and ds.missing_masks() == ["sub/b", "c"]
     with pytest.raises(D.MissingMaskError, match=r"sub/b.*Add <name>\.png"):
         ds.require_masks()
 
@@ -326,7 +326,7 @@ def test_build_dataset_factory(voc_root: Path, coco_root, custom_root: Path, tmp
     assert isinstance(D.build_dataset("voc", voc_root, voc_root / "split.txt", cache_dir=tmp_path / "c"), D.VOCDataset)
     assert isinstance(D.build_dataset("COCO", coco_root[0], "val", cache_dir=tmp_path / "c"), D.COCODataset)
     custom = D.build_dataset("custom", custom_root, "labels.csv")  # relative to the root
-    assert isinstance(custom, D.CustomDataset) and len(custom) == 2
+    assert isinstance(custom, D.CustomDataset) and len(custom) == 3
     syn = D.generate_synthetic(tmp_path / "syn", seed=1, n_train=3, n_val=2, image_size=64, progress=False)
     s = D.build_dataset("synthetic", syn, "val")
     assert isinstance(s, D.SyntheticDataset) and len(s) == 2

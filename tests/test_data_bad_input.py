@@ -276,13 +276,13 @@ def test_images_without_labels(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(_png_ok())
     (tmp_path / "b.png").write_bytes(_png_ok())
     (tmp_path / "l.csv").write_text("image,labels\na.png,\nb.png,cat\n")
-    ds = D.CustomDataset(tmp_path, tmp_path / "l.csv")
+    ds = D.CustomDataset(tmp_path, tmp_path / "l.csv", skip_unlabeled=True)
     assert ds.names == ["b"] and ds.skipped.by_reason() == {"no labels": 1}
     (tmp_path / "none.csv").write_text("image,labels\na.png,\n")
     with pytest.raises(D.DatasetError, match=r"none\.csv names no class at all"):
         D.CustomDataset(tmp_path, tmp_path / "none.csv")
     with pytest.raises(D.EmptySplitError, match=r"all 1 images of labels file .*none\.csv have no labels"):
-        D.CustomDataset(tmp_path, tmp_path / "none.csv", class_names=["cat"])
+        D.CustomDataset(tmp_path, tmp_path / "none.csv", class_names=["cat"], skip_unlabeled=True)
 
 
 def test_unknown_classes_name_file_and_row(tmp_path: Path) -> None:
@@ -317,8 +317,8 @@ def test_voc_unknown_class_and_missing_annotation(tmp_path: Path) -> None:
         D.VOCDataset(root, root / "s2.txt", cache_dir=tmp_path / "c")
     (root / "Annotations" / "x2.xml").write_text("<annotation><filename>x2.jpg</filename></annotation>")
     with pytest.raises(D.EmptySplitError, match=r"all 1 images of VOC split .*s2\.txt have no labels"):
-        D.VOCDataset(root, root / "s2.txt", cache_dir=tmp_path / "c")
-    ds = D.VOCDataset(root, root / "s2.txt", cache_dir=tmp_path / "c", skip_unlabeled=False)
+        D.VOCDataset(root, root / "s2.txt", cache_dir=tmp_path / "c", skip_unlabeled=True)
+    ds = D.VOCDataset(root, root / "s2.txt", cache_dir=tmp_path / "c")  # kept by default: a negative
     assert len(ds) == 1 and ds[0]["labels"].sum() == 0
     (root / "s3.txt").write_text("x1\nx9\n")
     with pytest.raises(D.DatasetError, match=r"1 images of .*s3\.txt are missing from .*JPEGImages: x9"):

@@ -169,14 +169,16 @@ class PredictResult:
 
 
 def write_label_maps(
-    label_fn: Callable[[np.ndarray], np.ndarray],
+    label_fn: Callable[..., np.ndarray],
     paths: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     overlay: bool = True,
     alpha: float = 0.5,
     min_size: int = 1,
+    pass_path: bool = False,
 ) -> PredictResult:
-    """Run ``label_fn`` ((H, W, 3) uint8 RGB -> (H, W) class indices) on image files and write the masks.
+    """Run ``label_fn`` ((H, W, 3) uint8 RGB -> (H, W) class indices; with ``pass_path`` it also gets
+    the image's file ``Path``, e.g. to look up its labels) on image files and write the masks.
 
     Writes ``out_dir/<stem>.png`` (palette PNG, pixel value = class index) and, with ``overlay``,
     ``out_dir/overlay/<stem>.jpg`` (the colours blended over the photo with weight ``alpha``).
@@ -203,7 +205,7 @@ def write_label_maps(
             reason = "too small" if isinstance(e, ImageTooSmallError) else "unreadable"
             result.skipped.add(f.name, reason, str(e), path=f)
             continue
-        label = label_fn(image)
+        label = label_fn(image, f) if pass_path else label_fn(image)
         target = out_dir / f"{f.stem}.png"
         sio.save_label_png(target, label)
         result.labels.append(target)

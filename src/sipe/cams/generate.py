@@ -28,6 +28,7 @@ from sipe.cams.multiscale import (
     release_memory,
     scale_batch,
 )
+from sipe.cams.presence import labels_from_scores, scores_of_batch
 from sipe.config import STRIDE
 from sipe.core.sipe_net import SIPENet
 from sipe.data.base import SKIPPED_FILE, SkipCounter
@@ -52,10 +53,16 @@ class CamConfig:
     channels_last: bool = False
     fold_bn: bool = True  # fold frozen batch norms into the convolutions (same maps within ~1e-6, faster)
     num_workers: int = 2
+    # Whose image-level labels select the IS-CAM channels: the dataset's, or the classifier's (its sigmoid
+    # score above score_threshold), as for new images whose tags nobody knows.
+    labels_from: str = "dataset"
+    score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.format not in ("npz", "npy"):
             raise ValueError(f"format must be 'npz' or 'npy', got {self.format!r}")
+        if self.labels_from not in ("dataset", "classifier"):
+            raise ValueError(f"labels_from must be 'dataset' or 'classifier', got {self.labels_from!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         self.scales = tuple(float(s) for s in self.scales)
@@ -105,7 +112,10 @@ def generate_cams(
     """Write the multi-scale IS-CAM of every image of ``dataset`` this rank owns (every
     ``world_size``-th image from ``rank``), skipping images whose output already exists.
 
-    ``dataset`` is a :class:`sipe.data.base.SegDataset`. Images that cannot be decoded or are
+    ``dataset`` is a :class:`sipe.data.base.SegDataset`. An image without labels (a negative) gets an
+    all-background IS-CAM (the background channel alone) and an empty CAM file. With
+    ``cfg.labels_from="classifier"`` the network's own scores choose the channels instead of the
+    dataset's labels. Images that cannot be decoded or are
     smaller than the network stride are skipped and listed, with the dataset's own skips, in
     ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv`` under torchrun). Returns a summary dict
     (``written``, ``existing``, ``skipped``, ``skipped_names``).
@@ -133,8 +143,13 @@ def generate_cams(
         if "error" in item:
             skipped.add(item["name"], item["reason"], item["error"], path=item["path"])
             continue
+        labels = item["labels"]
+        if cfg.labels_from == "classifier":
+            at_one = [x for s, x in zip(cfg.scales, item["inputs"], strict=True) if s == 1.0]
+            x = at_one[0] if at_one else scale_batch(item["image"], 1.0, cfg.flip)
+            labels = labels_from_scores(scores_of_batch(model, x), cfg.score_threshold)
         keys, is_cam, cam = fused_maps(
-            model, item["image"], item["labels"], item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
+            model, item["image"], labels, item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
         )
         is_cam = is_cam.cpu().numpy()
         write_cam_file(output_path(out_dir, item["name"], cfg.format), keys, is_cam, "is_cam")

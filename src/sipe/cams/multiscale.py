@@ -14,7 +14,7 @@ from sipe._memory import release_memory
 from sipe.config import IS_CAM_SCALES
 from sipe.core.sipe_net import SIPENet
 from sipe.data.transforms import normalize
-from sipe.models.layers import model_device
+from sipe.models.layers import FrozenBatchNorm2d, model_device
 
 __all__ = [
     "DEFAULT_SCALES",
@@ -79,7 +79,8 @@ def prepare_for_inference(
     batch norm folded into the convolutions.
 
     ``fold_bn``: ``None`` folds when the backbone supports it (``fold_bn()``, as
-    :class:`~sipe.models.backbone.ResNetBackbone` does), ``True`` requires it, ``False`` keeps the
+    :class:`~sipe.models.backbone.ResNetBackbone` does) and its batch norms are frozen (a
+    ``model.freeze_bn=false`` network is left unfolded), ``True`` requires it, ``False`` keeps the
     batch norms. Outputs equal the original model's up to float rounding (~1e-6 relative). The
     prepared model cannot be trained.
     """
@@ -89,6 +90,12 @@ def prepare_for_inference(
             f"fold_bn=True but the backbone {type(model.encoder).__name__} has no fold_bn() method; "
             "pass fold_bn=None or False"
         )
+    # A network trained with model.freeze_bn=false keeps plain batch norms, which fold_bn() refuses:
+    # by default such a backbone runs unfolded (same maps, a little slower).
+    trained_bn = any(isinstance(m, torch.nn.BatchNorm2d) and not isinstance(m, FrozenBatchNorm2d)
+                     for m in model.encoder.modules())
+    if fold_bn is None and trained_bn:
+        supports = False
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -103,7 +110,10 @@ def prepare_for_inference(
 
 @torch.no_grad()
 def fuse_scales(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Per-scale IS-CAMs (K, h_s, w_s) -> (K, H, W): bilinear resize, sum, per-channel max-normalise."""
+    """Per-scale IS-CAMs (K, h_s, w_s) -> (K, H, W): bilinear resize, sum, per-channel max-normalise.
+    K may be 0 (the plain CAMs of a negative: no class), giving an empty (0, H, W)."""
+    if maps and maps[0].shape[0] == 0:
+        return maps[0].new_zeros((0, *size), dtype=torch.float32)
     total = None
     for m in maps:
         up = F.interpolate(m[None].float(), size, mode="bilinear", align_corners=False)[0]

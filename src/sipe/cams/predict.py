@@ -1,4 +1,8 @@
-"""Masks for image files from SIPE's multi-scale IS-CAM, when the image-level labels are known."""
+"""Masks for image files from SIPE's multi-scale IS-CAM, when the image-level labels are known.
+
+(:class:`sipe.Predictor` also decides the labels from the classifier; ``labels_from_names`` now lives in
+:mod:`sipe.cams.presence` and is re-exported here.)
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ import numpy as np
 from torch import nn
 
 from sipe.cams.multiscale import DEFAULT_SCALES, multiscale_is_cam
+from sipe.cams.presence import labels_from_names
 from sipe.config import STRIDE
 from sipe.data.cam_format import is_cam_to_label
 from sipe.vis import PredictResult, write_label_maps
+
+__all__ = ["is_cam_label", "labels_from_names", "predict_paths_is_cam"]
 
 
 def is_cam_label(
@@ -27,22 +34,6 @@ def is_cam_label(
         model, image, labels, scales=DEFAULT_SCALES if scales is None else scales, flip=flip
     )
     return is_cam_to_label(np.asarray(keys), maps)
-
-
-def labels_from_names(names: Iterable[str], class_names: Sequence[str]) -> np.ndarray:
-    """(K-1,) float32 multi-hot over the foreground classes of ``class_names`` from class names."""
-    fg = list(class_names[1:])
-    out = np.zeros(len(fg), dtype=np.float32)
-    for n in names:
-        n = n.strip()
-        if not n:
-            continue
-        if n not in fg:
-            raise ValueError(f"unknown class {n!r}; the model knows: {', '.join(fg)}")
-        out[fg.index(n)] = 1.0
-    if not out.any():
-        raise ValueError("give at least one foreground class name (e.g. --labels cat,sofa)")
-    return out
 
 
 def predict_paths_is_cam(

@@ -7,6 +7,7 @@ import json
 
 from sipe.cli._common import (
     InputError,
+    UsageError,
     add_dataset_args,
     add_device_arg,
     add_scales_arg,
@@ -31,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", action="store_true", help="write a heat-map PNG per image and class")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="autocast precision of the backbone (IPE stays float32)")
+    p.add_argument("--labels-from", default="dataset", choices=("dataset", "classifier"),
+                   help="which classes each IS-CAM keeps: the split's image-level labels (default), or those "
+                   "the network's classifier finds (for images whose tags are unknown)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="--labels-from classifier: a class is present when its sigmoid score exceeds this "
+                   "(default: the checkpoint's method.score_threshold, 0.5)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
     add_device_arg(p)
@@ -43,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     check_dataset_args(args)
+    if args.score_threshold is not None and args.labels_from != "classifier":
+        raise UsageError("--score-threshold applies to --labels-from classifier only")
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
+        raise UsageError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
     # Checked before torch loads, so that a wrong path or dataset is reported at once.
     sio.checkpoint_file(args.checkpoint, made_by="sipe train")
     dataset = build_dataset_from_args(args, with_masks=False)
@@ -70,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         channels_last=args.channels_last,
         num_workers=args.workers,
+        labels_from=args.labels_from,
+        score_threshold=method.score_threshold if args.score_threshold is None else args.score_threshold,
     )
     summary = generate_cams(model, dataset, args.out, cfg, rank=info.rank, world_size=info.world_size)
     if info.distributed:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 from typing import Any
 
 from sipe.cli._common import InputError, UsageError, add_device_arg, add_scales_arg, resolve_device, setup_logging
@@ -15,14 +15,25 @@ def register(subparsers: Any) -> None:
         help="segment new images (palette PNGs + overlays)",
         description=(
             "Segment image files and folders of images. With a 'sipe seg train' checkpoint the segmentation "
-            "network predicts every class; with a SIPE checkpoint ('sipe train', or the authors') and --labels, "
-            "the mask is the argmax of the multi-scale IS-CAM over the background and the named classes. "
+            "network predicts every class; with a SIPE checkpoint ('sipe train', or the authors') the mask is "
+            "the argmax of the multi-scale IS-CAM over the background and the image's classes: those named by "
+            "--labels or --labels-file, else those the classifier finds (sigmoid score above --score-threshold); "
+            "an image with none is all background. The same code as sipe.Predictor. "
             "Writes OUT/<stem>.png (palette PNG, pixel value = class index) and OUT/overlay/<stem>.jpg."
         ),
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--checkpoint", required=True, help="segmentation or SIPE checkpoint")
-    p.add_argument("--labels", default=None, help="SIPE checkpoints: the image-level classes, e.g. cat,sofa")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--labels", default=None,
+                       help="SIPE checkpoints: the image-level classes of every input, e.g. cat,sofa "
+                       "(default: decided by the classifier)")
+    given.add_argument("--labels-file", default=None,
+                       help="SIPE checkpoints: a CSV (image,labels; classes separated by ';', an empty cell: "
+                       "none) or JSON file with the classes of each input, matched by file name")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="SIPE checkpoints without --labels: a class is present when its classifier score "
+                   "(sigmoid) exceeds this (default: the checkpoint's method.score_threshold, 0.5)")
     p.add_argument(
         "--class-names",
         default=None,
@@ -40,27 +51,17 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=handler)
 
 
-def _sipe_class_names(meta: dict, num_classes: int, given: str | None) -> list[str]:
-    from sipe.data import VOC_CLASSES
+def read_labels_by_file_name(path: str) -> dict[str, list[str]]:
+    """``--labels-file``: ``{file name: class names}`` from a CSV / JSON labels file (sipe's custom format)."""
+    from sipe.data.custom import read_labels_file
 
-    if given:
-        names = [c.strip() for c in given.split(",") if c.strip()]
-        if names and names[0] != "background":
-            names = ["background", *names]
-    elif meta.get("class_names") or (meta.get("meta") or {}).get("class_names"):
-        # sipe checkpoints keep them in the engine's "meta" entry; older layouts at the top level.
-        names = list(meta.get("class_names") or meta["meta"]["class_names"])
-    elif num_classes == len(VOC_CLASSES):
-        print("note: the checkpoint stores no class names; using the 20 VOC classes", file=sys.stderr)
-        names = list(VOC_CLASSES)
-    else:
-        raise InputError(
-            f"the checkpoint stores no class names and has {num_classes} classes; pass --class-names a,b,c "
-            f"({num_classes - 1} foreground classes in training order)"
-        )
-    if len(names) != num_classes:
-        raise UsageError(f"{len(names)} class names (with background) for a {num_classes}-class checkpoint")
-    return names
+    out: dict[str, list[str]] = {}
+    for image, classes, where in read_labels_file(path):
+        name = Path(image).name
+        if name in out:
+            raise InputError(f"{where}: {name} is listed twice in {path}; inputs are matched by file name")
+        out[name] = classes
+    return out
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -69,48 +70,38 @@ def handler(args: argparse.Namespace) -> int:
 
     # Checked before torch loads, so that a wrong path is reported at once.
     sio.checkpoint_file(args.checkpoint, made_by="sipe train' or 'sipe seg train")
-    collect_images(args.inputs)
-    from sipe.cams.predict import labels_from_names, predict_paths_is_cam
-    from sipe.config import MethodConfig
+    files = collect_images(args.inputs)
+    if args.score_threshold is not None and (args.labels is not None or args.labels_file is not None):
+        raise UsageError("--score-threshold decides the classes when no labels are given; drop it or the labels")
+    labels: list[str] | dict[str, list[str]] | None = None
+    if args.labels is not None:
+        labels = [c for c in args.labels.split(",") if c.strip()]
+        if not labels:
+            raise UsageError("--labels names no class; give e.g. --labels cat,sofa (or leave it out: the "
+                             "classifier decides)")
+    elif args.labels_file is not None:
+        labels = read_labels_by_file_name(args.labels_file)
+        missing = [f.name for f in files if f.name not in labels]
+        if missing:
+            raise InputError(f"{len(missing)} inputs have no row in {args.labels_file}, e.g. {missing[:3]}; add "
+                             "one per image (an empty labels cell: none of the classes)")
     from sipe.data.classes_file import write_classes_file
-    from sipe.models.checkpoint import checkpoint_kind, read_checkpoint, sipe_model_from_checkpoint
-    from sipe.seg.model import seg_model_from_checkpoint
-    from sipe.seg.predict import predict_paths
+    from sipe.predictor import Predictor
 
     setup_logging()
-    flip, overlay = not args.no_flip, not args.no_overlay
-    device = resolve_device(args.device)
-    ckpt = read_checkpoint(args.checkpoint, made_by="sipe train' or 'sipe seg train")
-    if checkpoint_kind(ckpt) == "seg":
-        if args.labels is not None:
-            raise UsageError(
-                "--labels selects IS-CAM masks and needs a SIPE checkpoint; this is a segmentation "
-                "checkpoint, which predicts every class by itself (drop --labels)"
-            )
-        model, spec = seg_model_from_checkpoint(ckpt, str(args.checkpoint))
-        names = (ckpt.get("meta") or {}).get("class_names") or spec.class_names
-        del ckpt
-        result = predict_paths(
-            model.to(device), args.inputs, args.out, scales=args.scales or (1.0,), flip=flip,
-            overlay=overlay, alpha=args.alpha,
+    class_names = args.class_names.split(",") if args.class_names else None
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, resolve_device(args.device), scales=args.scales, flip=not args.no_flip,
+        score_threshold=args.score_threshold, class_names=class_names,
+    )
+    if predictor.kind == "seg" and labels is not None:
+        raise UsageError(
+            f"--labels{'-file' if args.labels is None else ''} selects IS-CAM masks and needs a SIPE checkpoint; "
+            "this is a segmentation checkpoint, which predicts every class by itself (drop it)"
         )
-    else:
-        if args.labels is None:
-            raise UsageError(
-                f"{args.checkpoint} is a SIPE checkpoint: pass the image-level classes with --labels cat,sofa "
-                "(or use a segmentation checkpoint from 'sipe seg train')"
-            )
-        model, meta = sipe_model_from_checkpoint(ckpt, f"checkpoint {args.checkpoint}")
-        del ckpt
-        method = MethodConfig.from_checkpoint(meta)
-        names = _sipe_class_names(meta, model.num_classes, args.class_names)
-        labels = labels_from_names(args.labels.split(","), names)
-        result = predict_paths_is_cam(
-            model.to(device), args.inputs, labels, args.out, scales=args.scales or method.cam_scales, flip=flip,
-            overlay=overlay, alpha=args.alpha,
-        )
-    if names:
-        write_classes_file(args.out, names)
+    result = predictor.predict_files(args.inputs, args.out, labels, overlay=not args.no_overlay, alpha=args.alpha)
+    if result.labels:
+        write_classes_file(args.out, predictor.class_names)  # pixel value -> class name and colour
     if not result.labels:
         raise InputError(f"no mask written to {args.out}: {result.skipped.summary()} (listed in "
                          f"{args.out}/skipped.tsv)")

@@ -91,7 +91,9 @@ class DataConfig:
     mask_dir: str | None = None  # custom: folder of ground-truth masks for validation
     cache_dir: str | None = None  # label / mask caches (default: inside the dataset root, else ~/.cache)
     min_size: int = STRIDE  # images with a shorter side are skipped (logged with a count)
-    skip_unlabeled: bool = True  # false: images without labels are kept as background-only images
+    # Images without labels are negatives (all background), kept by default; true drops them. null: the
+    # kind's default (kept, except coco: the official COCO list leaves its ~1% unannotated images out).
+    skip_unlabeled: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
@@ -162,12 +164,17 @@ class MethodConfig:
     train_structure: Structure = "backbone"  # seed structure features in training (official: the last stage)
     infer_structure: Structure = "hierarchical"  # seed structure features at inference (official: hierarchical)
     cam_scales: tuple[float, ...] = IS_CAM_SCALES  # IS-CAM fusion scales of `sipe cam` / `sipe predict`
+    # Presence without given labels (`sipe predict`, `sipe cam --labels-from classifier`, sipe.Predictor): a
+    # class is present when the sigmoid of its classifier score exceeds this (not in the official code).
+    score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.gsc_weight < 0:
             raise ValueError(f"method.gsc_weight must be >= 0, got {self.gsc_weight}")
         if self.bg_scale < 0:
             raise ValueError(f"method.bg_scale must be >= 0, got {self.bg_scale}")
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise ValueError(f"method.score_threshold must be in [0, 1), got {self.score_threshold}")
         if not self.cam_scales or any(s <= 0 for s in self.cam_scales):
             raise ValueError(f"method.cam_scales must be positive numbers, got {list(self.cam_scales)}")
 

@@ -111,7 +111,9 @@ def dataset_from_config(data: DataConfig, split: str, *, with_masks: bool) -> Se
     """The :class:`sipe.data.SegDataset` for ``split`` of the dataset described by ``data``."""
     if not data.root:
         raise ValueError("data.root is empty; set it in the config or pass data.root=/path/to/dataset")
-    kwargs: dict[str, Any] = {"with_masks": with_masks, "skip_unlabeled": data.skip_unlabeled}
+    kwargs: dict[str, Any] = {"with_masks": with_masks}
+    if data.skip_unlabeled is not None:
+        kwargs["skip_unlabeled"] = data.skip_unlabeled
     if data.class_names is not None:
         if data.kind == "coco":
             raise ValueError("data.class_names is fixed for COCO (the 80 categories); remove it")

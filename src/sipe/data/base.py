@@ -273,7 +273,7 @@ class SegDataset:
         source: str,
         exif_transpose: bool,
         with_masks: bool = True,
-        skip_unlabeled: bool = True,
+        skip_unlabeled: bool = False,
         skipped: SkipCounter | None = None,
     ) -> None:
         self.class_names = normalize_class_names(class_names, source)
@@ -301,7 +301,7 @@ class SegDataset:
                 raise EmptySplitError(
                     f"all {len(names)} images of {source} have no labels, so nothing is left to train or "
                     "evaluate on. Check the annotations / labels file (or set data.skip_unlabeled=false, in Python "
-                    "skip_unlabeled=False, to keep them as background-only images)."
+                    "skip_unlabeled=False, to keep them as negatives: background-only images)."
                 )
         idx = np.flatnonzero(keep)
         self.names = [str(names[i]) for i in idx]

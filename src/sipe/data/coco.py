@@ -93,7 +93,8 @@ class COCODataset(SegDataset):
         cache_dir: where the label cache and generated masks go (default: see ``default_cache_dir``).
         with_masks: return masks (generated from the annotations on first use, then read from PNG).
         crowd: ``"class"`` (crowd regions get their category) or ``"ignore"`` (255).
-        skip_unlabeled: drop images without annotations (recorded in ``skipped``; ~1% of COCO).
+        skip_unlabeled: drop images without annotations (recorded in ``skipped``; ~1% of COCO). On by
+            default, unlike the other datasets: the official COCO training list leaves them out.
     """
 
     def __init__(

@@ -191,7 +191,8 @@ class CustomDataset(SegDataset):
             naming the file and row.
         mask_dir: optional folder of ``<name>.png`` index masks (for evaluation); images without one
             get ``mask=None`` (``missing_masks()`` lists them).
-        skip_unlabeled: drop images with no labels (recorded in ``skipped``).
+        skip_unlabeled: drop images with no labels (recorded in ``skipped``). Off by default: an image
+            without labels is a negative (all background), which the classifier needs to contrast with.
     """
 
     def __init__(
@@ -202,7 +203,7 @@ class CustomDataset(SegDataset):
         mask_dir: str | os.PathLike | None = None,
         *,
         with_masks: bool = True,
-        skip_unlabeled: bool = True,
+        skip_unlabeled: bool = False,
         exif_transpose: bool = True,
     ) -> None:
         self.root = check_root(

@@ -155,7 +155,8 @@ class VOCDataset(SegDataset):
         cache_dir: where the label cache goes (default: see ``default_cache_dir``).
         with_masks: read ground-truth masks (``SegmentationClass/``, else ``SegmentationClassAug/``);
             items of images with neither get ``mask=None``.
-        skip_unlabeled: drop images whose XML lists no object (recorded in ``skipped``).
+        skip_unlabeled: drop images whose XML lists no object (recorded in ``skipped``). Off by default:
+            such an image is a negative (all background); the official splits have none.
         exif_transpose: apply EXIF orientation (off: VOC masks are drawn on the stored pixels;
             official VOC JPEGs carry no orientation). An image whose mask fits only its EXIF-turned
             size (a phone photo labelled as displayed) is read turned all the same
@@ -173,7 +174,7 @@ class VOCDataset(SegDataset):
         class_names: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         with_masks: bool = True,
-        skip_unlabeled: bool = True,
+        skip_unlabeled: bool = False,
         exif_transpose: bool = False,
         image_ext: str = ".jpg",
     ) -> None:

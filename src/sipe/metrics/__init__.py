@@ -3,6 +3,7 @@
 from sipe.metrics.confusion import ConfusionMatrix
 from sipe.metrics.evaluate import (
     DEFAULT_THRESHOLDS,
+    NegativeStats,
     evaluate,
     evaluate_cam,
     evaluate_is_cam,
@@ -13,6 +14,7 @@ from sipe.metrics.report import format_report, write_report
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "ConfusionMatrix",
+    "NegativeStats",
     "evaluate",
     "evaluate_cam",
     "evaluate_is_cam",

@@ -3,7 +3,9 @@
 Every evaluator returns the report dict of :meth:`ConfusionMatrix.report` plus ``kind``,
 ``num_images``, ``skipped`` (images without a mask), ``missing`` (images without a prediction, when
 asked to skip them) and ``failed``: a list of ``{"name", "reason"}`` for the images that could not
-be evaluated (prediction missing, unreadable, of another size than the mask; mask unreadable). One
+be evaluated (prediction missing, unreadable, of another size than the mask; mask unreadable), and
+``negatives``: the false positives on the images whose ground truth has no foreground pixel
+(:class:`NegativeStats`). One
 bad file never stops the evaluation: the metrics are those of the images that could be read, and
 the caller (``sipe eval``) reports the failures at the end.
 """
@@ -28,6 +30,47 @@ logger = logging.getLogger(__name__)
 # Fine enough that the best threshold of a weak, low-valued CAM is not cut off at the first step
 # (the official sweep is 0.00-0.59 in steps of 0.01).
 DEFAULT_THRESHOLDS: np.ndarray = np.round(np.arange(96) / 100, 2)
+
+
+# ---------------------------------------------------------------------- negatives
+class NegativeStats:
+    """False positives on negatives: images whose ground truth has no foreground pixel.
+
+    A model that marks part of every clean image as foreground can score a fair mIoU on the
+    positives; these counts show it. Pixels that are 255 in the ground truth (or, for label PNGs,
+    in the prediction) are not counted.
+    """
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.pixels = 0
+        self.fp_pixels = 0
+        self.images_with_fp = 0
+
+    @staticmethod
+    def is_negative(mask: np.ndarray) -> bool:
+        """Whether an (H, W) ground-truth mask (255 = ignore) has no foreground pixel."""
+        return not bool(((mask != 0) & (mask != 255)).any())
+
+    def add(self, pred: np.ndarray, mask: np.ndarray) -> None:
+        """Count one image's (H, W) prediction (class indices, 255 = not counted) if ``mask`` is a negative."""
+        if not self.is_negative(mask):
+            return
+        valid = (mask != 255) & (pred != 255)
+        self.add_counts(int(valid.sum()), int(((pred != 0) & valid).sum()))
+
+    def add_counts(self, pixels: int, fp_pixels: int) -> None:
+        """Count one negative image of ``pixels`` evaluated pixels, ``fp_pixels`` of them called foreground."""
+        self.images += 1
+        self.pixels += pixels
+        self.fp_pixels += fp_pixels
+        self.images_with_fp += int(fp_pixels > 0)
+
+    def report(self) -> dict[str, Any]:
+        """``{"images", "pixels", "fp_pixels", "fp_pixel_rate", "images_with_fp"}`` (rate None without negatives)."""
+        rate = self.fp_pixels / self.pixels if self.pixels else None
+        return {"images": self.images, "pixels": self.pixels, "fp_pixels": self.fp_pixels,
+                "fp_pixel_rate": None if rate is None else round(rate, 6), "images_with_fp": self.images_with_fp}
 
 
 # ---------------------------------------------------------------------- dataset iteration
@@ -170,17 +213,20 @@ def evaluate_is_cam(
     """
     k, class_names = _num_classes(dataset)
     cm = ConfusionMatrix(k)
+    negatives = NegativeStats()
 
     def add(mask: np.ndarray, path: Path) -> None:
         f = read_cam_file(path)
         if f.kind != "is_cam":
             raise ValueError(f"{path} holds plain CAMs (kind 'cam'); evaluate them with kind 'cam' (--kind cam)")
         _check_shape(f.maps.shape[1:], mask, path)
-        cm.update(is_cam_to_label(f.keys, f.maps), mask)
+        pred = is_cam_to_label(f.keys, f.maps)
+        cm.update(pred, mask)
+        negatives.add(pred, mask)
 
     stats = _evaluate_files(dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}",
                             missing, "is_cam", add)
-    return {"kind": "is_cam", **stats, **cm.report(class_names)}
+    return {"kind": "is_cam", **stats, **cm.report(class_names), "negatives": negatives.report()}
 
 
 def evaluate_cam(
@@ -210,6 +256,8 @@ def evaluate_cam(
     t_n = thr.size
     k, class_names = _num_classes(dataset)
     hist = np.zeros((t_n + 1) * k * k, dtype=np.int64)
+    # Negatives: (pixels, highest bucket, per-bucket pixel counts) of each, for the best threshold's counts.
+    neg_images: list[tuple[int, int, np.ndarray]] = []
 
     def add(mask: np.ndarray, path: Path) -> None:
         nonlocal hist
@@ -234,6 +282,9 @@ def evaluate_cam(
             cls = np.zeros_like(gt)
             bucket = np.zeros_like(gt)
         hist += np.bincount((bucket * k + gt) * k + cls, minlength=(t_n + 1) * k * k)
+        if NegativeStats.is_negative(mask):
+            top_bucket = int(bucket.max()) if bucket.size else 0
+            neg_images.append((int(gt.size), top_bucket, np.bincount(bucket, minlength=t_n + 1)))
 
     stats = _evaluate_files(dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}",
                             missing, "cam", add)
@@ -250,12 +301,17 @@ def evaluate_cam(
     best = 0 if np.all(np.isnan(mious)) else int(np.nanargmax(mious))
     best_cm = matrices[best]
     sweep = [{"threshold": round(float(t), 6), "miou": clean_float(m)} for t, m in zip(thr, mious, strict=True)]
+    negatives = NegativeStats()
+    j = int(np.argsort(order)[best])  # the best threshold's index among the sorted ones
+    for pixels, top_bucket, counts in neg_images:
+        negatives.add_counts(pixels, int(counts[j + 1:].sum()) if top_bucket > j else 0)
     return {
         "kind": "cam",
         "threshold": round(float(thr[best]), 6),
         "sweep": sweep,
         **stats,
         **best_cm.report(class_names),
+        "negatives": negatives.report(),
     }
 
 
@@ -285,9 +341,11 @@ def evaluate_label_dir(
             cm.update(pred, mask)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
+        negatives.add(pred, mask)
 
+    negatives = NegativeStats()
     stats = _evaluate_files(dataset, names, find, f"label PNG in {pred_dir}", missing, "labels", add)
-    return {"kind": "labels", **stats, **cm.report(class_names)}
+    return {"kind": "labels", **stats, **cm.report(class_names), "negatives": negatives.report()}
 
 
 def evaluate(kind: str, pred_dir: str | os.PathLike, dataset: Any, **kw: Any) -> dict[str, Any]:

@@ -49,6 +49,13 @@ def format_report(report: dict[str, Any]) -> str:
         extra.append(f"{report['skipped_earlier']} skipped by an earlier stage (its skipped.tsv)")
     if extra:
         lines.append(", ".join(extra))
+    neg = report.get("negatives")
+    if neg and neg.get("images"):
+        lines.append(
+            f"negatives (no foreground in the ground truth): {neg['images']} images, "
+            f"{pct(neg['fp_pixel_rate']).strip()}% of their pixels called foreground, "
+            f"{neg['images_with_fp']} with any"
+        )
     return "\n".join(lines)
 
 
