@@ -263,10 +263,8 @@ class _RunStages:
         metrics["checkpoints"] = {"sipe": results["train"], "seg": results["seg_train"],
                                   **({"onnx": results["export"]} if "export" in results else {})}
         train = self.data.train
-        counts = np.zeros(train.num_classes, np.int64)
-        for i in range(len(train)):
-            counts[np.asarray(train.get_labels(i), dtype=np.int64)] += 1
-        metrics["train_images_per_class"] = {n: int(c) for n, c in zip(train.class_names[1:], counts[1:], strict=True)}
+        counts = sum((train.get_labels(i) > 0 for i in range(len(train))), np.zeros(train.num_classes - 1, np.int64))
+        metrics["train_images_per_class"] = {n: int(c) for n, c in zip(train.class_names[1:], counts, strict=True)}
         metrics["num_train_images"] = len(train)
         if self.data.eval is not None:
             metrics["num_val_images"] = len(self.data.eval)
