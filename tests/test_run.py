@@ -118,10 +118,13 @@ def test_finished_run_reruns_in_seconds_and_says_so(tiny_run, caplog):
 def test_rerun_with_other_data_is_refused_in_one_line_and_the_folder_is_unchanged(tiny_run, tmp_path, capsys):
     from sipe.cli import main
 
+    import shutil
+
     root, out, args, _ = tiny_run
     (root / "few.csv").write_text("image,labels\n" + "".join(f"p{i}.jpg,disc\n" for i in range(4)))
+    other = shutil.copytree(root, tmp_path / "other")  # the same photos under another root
     before = stamps(out)
-    for change in ("data.split=few.csv", f"data.root={tmp_path}"):
+    for change in ("data.split=few.csv", f"data.root={other}"):
         assert main(["run", "--out", str(out), *args, change]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1, err
@@ -145,7 +148,11 @@ def test_until_stops_and_from_redoes_a_late_stage_with_its_changed_config(tiny_r
     kept = [p for p in before if any(part in p.parts for part in ("train", "cams_train", "irn", "pseudo_train"))]
     assert kept and all(after[p] == before[p] for p in kept)
     assert after[copy / "eval_seg.json"] != before[copy / "eval_seg.json"]
-    assert after[copy / "metrics.json"] == before[copy / "metrics.json"]  # the report stage was not reached
+    assert not (copy / "metrics.json").exists()  # the report is redone too, but --until stopped before it
+    assert main(["run", "--out", str(copy), *args, "seg.engine.lr=0.02"]) == 0  # goes on from export
+    seg = json.loads((copy / "eval_seg.json").read_text())["miou"]
+    assert json.loads((copy / "metrics.json").read_text())["seg_miou"] == seg
+    assert stamps(copy)[copy / "eval_seg.json"] == after[copy / "eval_seg.json"]
 
 
 def test_print_config_of_the_voc_recipe_is_a_resnet101_deeplabv2(capsys):
@@ -190,3 +197,22 @@ def test_sigkill_during_training_then_rerun_finishes(tmp_path):
     assert "interrupted: resumes" in done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["seg_miou"] <= 1.0
+
+
+@pytest.mark.parametrize(("change", "status", "message"), [
+    ("train.model.backbone=resnet19", 2, "unknown backbone 'resnet19'"),
+    ("refine.method=rw", 2, "refine.method"),
+    ("data.split=nope.csv", 1, "nope.csv does not exist"),
+    ("train.engine.batch_size=100", 2, "fewer than one global batch (100)"),
+])  # fmt: skip
+def test_config_and_data_errors_come_before_torch_loads(change, status, message, tmp_path):
+    from test_cli_errors import _NO_TORCH
+
+    root = photo_folder(tmp_path / "photos", n=2)
+    argv = ["run", "--out", str(tmp_path / "run"), *tiny_run_args(root), change]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == status, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "torch imported: False" in proc.stdout
+    assert not (tmp_path / "run").exists()
