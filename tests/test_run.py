@@ -83,8 +83,14 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
         assert metrics["seconds"][stage] >= 0, stage
     assert metrics["train_images_per_class"] == {"disc": 8, "square": 4}
     assert (out / "export" / "model.onnx").stat().st_size > 1000
+    import html as html_lib
+
+    from sipe.report.collect import collect_run
+    from sipe.report.flags import degenerate_flags
+
     html = (out / "report.html").read_text()
     assert "segmentation" in html and "IS-CAM" in html
+    assert all(html_lib.escape(f, quote=False) in html for f in degenerate_flags(collect_run(out)))
     # Each stage in its own folder; the evaluation images are the training images (no duplicate CAMs).
     assert {p.name for p in out.iterdir() if p.is_dir()} >= {"train", "cams_train", "regions_train", "irn",
                                                                "pseudo_train", "seg", "seg_val", "export"}
@@ -180,7 +186,7 @@ def test_sigkill_during_training_then_rerun_finishes(tmp_path):
     root = photo_folder(tmp_path / "photos")
     out = tmp_path / "run"
     # Long enough SIPE training that the kill lands inside it; a checkpoint every step to resume from.
-    args = [*tiny_run_args(root), "train.engine.epochs=30", "train.engine.ckpt_every=1", "export.onnx=false"]
+    args = [*tiny_run_args(root), "train.engine.epochs=8", "train.engine.ckpt_every=1", "export.onnx=false"]
     cmd = [sys.executable, "-m", "sipe", "run", "--out", str(out), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
