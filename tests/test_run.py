@@ -122,9 +122,9 @@ def test_finished_run_reruns_in_seconds_and_says_so(tiny_run, caplog):
 
 
 def test_rerun_with_other_data_is_refused_in_one_line_and_the_folder_is_unchanged(tiny_run, tmp_path, capsys):
-    from sipe.cli import main
-
     import shutil
+
+    from sipe.cli import main
 
     root, out, args, _ = tiny_run
     (root / "few.csv").write_text("image,labels\n" + "".join(f"p{i}.jpg,disc\n" for i in range(4)))
