@@ -45,7 +45,8 @@ class RunData:
     def __init__(self, cfg: RunConfig) -> None:
         from sipe.train.inputs import training_data
 
-        self.train = training_data(cfg.train).train  # checks classes and batch size
+        self.training = training_data(cfg.train)  # checks classes and batch size; SIPE's validation split
+        self.train = self.training.train
         split, seg_split = eval_splits(cfg)
         self.eval = self._masked(cfg, split) if split is not None else None
         self.seg_eval = None
@@ -112,22 +113,14 @@ class _RunStages:
 
     def train(self) -> str:
         from sipe.train import train_sipe
-        from sipe.train.inputs import TrainingData
 
-        val = None
-        if self.cfg.train.data.val_split is not None:
-            from sipe.train.inputs import training_data
-
-            val = training_data(self.cfg.train).val
-        data = TrainingData(self.data.train, val, self.data.train.num_classes)
-        return str(train_sipe(self.cfg.train, self.out / "train", data))
+        return str(train_sipe(self.cfg.train, self.out / "train", self.data.training))
 
     def _sipe_model(self) -> Any:
         from sipe.models.checkpoint import load_checkpoint
 
         if self._model is None:
-            self._model, meta = load_checkpoint(self._result("train"))
-            self._method = meta
+            self._model, self._meta = load_checkpoint(self._result("train"))
         return self._model
 
     def _cams(self, dataset: Any, out: Path) -> int:
@@ -137,7 +130,7 @@ class _RunStages:
 
         model = self._sipe_model()
         c = self.cfg.cam
-        scales = c.scales if c.scales is not None else MethodConfig.from_checkpoint(self._method).cam_scales
+        scales = c.scales if c.scales is not None else MethodConfig.from_checkpoint(self._meta).cam_scales
         model.to(resolve_device(self.cfg.train.engine.device))
         cam_cfg = CamConfig(scales=scales, flip=c.flip, save_cam=self.data.eval is not None, precision=c.precision,
                             channels_last=c.channels_last, num_workers=c.num_workers)
