@@ -82,16 +82,18 @@ class Pipeline:
     """Runs ``stages`` in order into ``out``, each at most once per configuration (see the module docstring).
 
     ``config``: the resolved configuration as plain data (``sipe.config.to_dict``), plus any data
-    fingerprint under its own key; a stage's record key hashes the significant values of its sections and
+    fingerprint under its own key (``derived`` names such keys, and copies of other keys, by prefix); a stage's record key hashes the significant values of its sections and
     of the stages before it, so that ``--from`` a late stage keeps the records of the early ones.
     """
 
-    def __init__(self, out: str | Path, stages: Sequence[Stage], config: Mapping[str, Any], command: str = "sipe run"):
+    def __init__(self, out: str | Path, stages: Sequence[Stage], config: Mapping[str, Any], command: str = "sipe run",
+                 derived: tuple[str, ...] = ()):
         self.out = Path(out)
         self.dir = self.out / RECORDS
         self.stages = list(stages)
         self.config = significant(config)
         self.command = command
+        self.derived = derived  # key prefixes copied or computed from other keys: named last when they differ
         self.timings: dict[str, float] = {}
         self.results: dict[str, Any] = {}  # stage -> result, as the stages finish (later stages read it)
         names = [s.name for s in self.stages]
@@ -160,7 +162,8 @@ class Pipeline:
         stored = self._stored_config()
         if stored is None:
             return
-        changed = sorted(k for k in set(stored) | set(self.config) if stored.get(k) != self.config.get(k))
+        changed = sorted((k for k in set(stored) | set(self.config) if stored.get(k) != self.config.get(k)),
+                         key=lambda k: (k.startswith(self.derived) if self.derived else False, k))
         if not changed:
             return
         first = self._first_affected({k.split(".", 1)[0] for k in changed})

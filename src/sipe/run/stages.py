@@ -65,14 +65,16 @@ class RunData:
         return ds
 
     def fingerprint(self) -> dict[str, str]:
-        """What identifies the data: the count and a hash of the image names of each split (and, for a
-        labels file, of its contents)."""
+        """What identifies the data: per split, the image count and a hash of the image names, their
+        image-level labels and the class list (a rerun on other data is refused by it)."""
         out = {}
         for key, ds in (("train", self.train), ("eval", self.eval), ("seg_eval", self.seg_eval)):
             if ds is None:
                 continue
             h = hashlib.sha1("\n".join(ds.names).encode())
             h.update(",".join(ds.class_names).encode())
+            for i in range(len(ds)):
+                h.update(np.asarray(ds.get_labels(i), np.uint8).tobytes())
             out[key] = f"{len(ds)} images {h.hexdigest()[:16]}"
         return out
 
@@ -305,7 +307,7 @@ def build_run_pipeline(cfg: RunConfig, out: str | os.PathLike, data: RunData | N
         Stage("report", s.report, ("eval",), ("metrics.json", "report.html")),
     ]
     config = {**to_dict(cfg), "dataset": data.fingerprint()}
-    pipe = Pipeline(out, stages, config, command="sipe run")
+    pipe = Pipeline(out, stages, config, command="sipe run", derived=("dataset.", "train.data.", "seg.data.", "seg.pseudo_labels"))
     s.pipe = pipe
     return pipe
 
