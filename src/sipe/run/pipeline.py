@@ -82,8 +82,9 @@ class Pipeline:
     """Runs ``stages`` in order into ``out``, each at most once per configuration (see the module docstring).
 
     ``config``: the resolved configuration as plain data (``sipe.config.to_dict``), plus any data
-    fingerprint under its own key (``derived`` names such keys, and copies of other keys, by prefix); a stage's record key hashes the significant values of its sections and
-    of the stages before it, so that ``--from`` a late stage keeps the records of the early ones.
+    fingerprint under its own key (``derived`` names such keys, and copies of other keys, by prefix).
+    A stage's record key hashes the significant values of its sections and of the stages before it, so
+    that ``--from`` a late stage keeps the records of the early ones.
     """
 
     def __init__(self, out: str | Path, stages: Sequence[Stage], config: Mapping[str, Any], command: str = "sipe run",

@@ -307,7 +307,8 @@ def build_run_pipeline(cfg: RunConfig, out: str | os.PathLike, data: RunData | N
         Stage("report", s.report, ("eval",), ("metrics.json", "report.html")),
     ]
     config = {**to_dict(cfg), "dataset": data.fingerprint()}
-    pipe = Pipeline(out, stages, config, command="sipe run", derived=("dataset.", "train.data.", "seg.data.", "seg.pseudo_labels"))
+    derived = ("dataset.", "train.data.", "seg.data.", "seg.pseudo_labels")  # copies of data, its fingerprint
+    pipe = Pipeline(out, stages, config, command="sipe run", derived=derived)
     s.pipe = pipe
     return pipe
 
