@@ -285,3 +285,31 @@ def test_browser_check_catches_a_script_error_and_a_missing_image(tmp_path):
     page.write_text(html)
     probe, _, _ = browser_check(page, tmp_path / "again")
     assert probe["broken"] == 1 and "failed to load IMG" in probe["errors"]
+
+
+def test_degenerate_results_are_flagged_in_words(tmp_path):
+    """All-background masks, a class never predicted, too few training images, and a segmentation network
+    that loses to its own pseudo labels (which output to use, by how much, per class)."""
+    from sipe.report.collect import RunContents
+    from sipe.report.flags import degenerate_flags
+
+    def rep(ious, pred, split="val"):
+        classes = [{"name": n, "iou": i, "pred_pixels": p, "gt_pixels": 10}
+                   for n, i, p in zip(["background", "cat", "dog"], ious, pred, strict=True)]
+        return {"miou": sum(ious) / 3, "classes": classes, "split": split, "num_images": 4}
+
+    contents = RunContents(run_dir=tmp_path, metrics={"train_images_per_class": {"cat": 12, "dog": 3}}, evals={
+        "is_cam": rep([0.5, 0.0, 0.0], [100, 0, 0]),
+        "pseudo_labels": rep([0.8, 0.6, 0.5], [50, 30, 20]),
+        "seg": rep([0.8, 0.3, 0.0], [80, 20, 0]),
+    })
+    flags = degenerate_flags(contents)
+    assert flags[0].startswith("IS-CAM: every pixel of every evaluated image is background")
+    assert flags[1] == "segmentation: never predicts dog (1 of 2 classes), although the ground truth has them."
+    assert flags[2].startswith("Fewer than 5 training images for dog (3)")
+    assert "worse than its own pseudo labels" in flags[3] and "mIoU 36.7 vs 63.3 (-26.7 points)" in flags[3]
+    assert "use the pseudo masks" in flags[3] and "cat 30.0 vs 60.0 (-30.0); dog 0.0 vs 50.0 (-50.0)" in flags[3]
+    assert len(flags) == 4
+    # Evaluated on other images, the two are not compared.
+    contents.evals["seg"]["split"] = "test"
+    assert not any("pseudo labels" in f for f in degenerate_flags(contents))

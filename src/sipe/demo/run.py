@@ -16,65 +16,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sipe import io
 from sipe.config import DataConfig, ModelConfig
+from sipe.config.train import SIPETrainConfig
 from sipe.demo.config import DemoConfig
-from sipe.train import SIPETrainConfig
+from sipe.engine.run_info import save_run_info
+from sipe.run.pipeline import Pipeline, Stage
 
 logger = logging.getLogger("sipe.demo")
-
-
-class _Stages:
-    """Completion records of the demo's stages: ``out/.stages/<stage>.json``, written atomically
-    once a stage's outputs are all written, with its result (JSON) and its time.
-
-    A rerun skips every stage recorded under the same demo config and reuses its result, so a
-    finished demo is not retrained, re-evaluated or rewritten; a stage recorded under another
-    config runs again (the training stages then resume or refuse through their own checks).
-    """
-
-    def __init__(self, out: Path, cfg: DemoConfig) -> None:
-        from sipe.config import to_dict
-
-        self.dir = out / ".stages"
-        self.key = hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()
-        self.timings: dict[str, float] = {}
-
-    def done(self, name: str) -> Any | None:
-        """The recorded result of stage ``name``, or ``None`` when it has not finished under this config."""
-        path = self.dir / f"{name}.json"
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        if rec.get("config") != self.key:
-            return None
-        self.timings[name] = rec["seconds"]
-        return rec
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        """``fn()``'s result (plain JSON data), run only when stage ``name`` has not finished before."""
-        rec = self.done(name)
-        if rec is not None:
-            logger.info("%s: finished before (%s); skipped", name, self.dir / f"{name}.json")
-            return rec["result"]
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = round(time.perf_counter() - t0, 1)
-        self.timings[name] = seconds
-        logger.info("%s done in %.1f s", name, seconds)
-        record = {"config": self.key, "seconds": seconds, "result": result}
-        io.write_text(self.dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
-        return result
 
 
 def _resolved(cfg: DemoConfig) -> DemoConfig:
@@ -86,155 +41,217 @@ def _resolved(cfg: DemoConfig) -> DemoConfig:
     return cfg
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, start: str | None = None,
+             until: str | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the metrics written to ``out_dir/metrics.json``.
 
-    Resumable: every stage records its completion in ``out_dir/.stages/`` and a rerun with the same
-    config skips the finished ones (a finished demo returns its metrics and writes nothing).
+    The stages run through :class:`sipe.run.Pipeline`, the orchestrator of ``sipe run``: each records its
+    completion in ``out_dir/.stages/`` and a rerun with the same config skips the finished ones (a
+    finished demo returns its metrics and writes nothing); ``start``/``until`` redo from / stop after a
+    stage (then the returned metrics are those recorded, or ``{}`` before the metrics stage).
     """
     import torch
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = _resolved(cfg)
-    stages = _Stages(out, cfg)
-    finished = stages.done("metrics")
-    if finished is not None:
-        logger.info("the demo in %s is complete (%s); nothing to do", out, stages.dir)
-        return finished["result"]
+    pipe = demo_pipeline(cfg, out)
     threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
+
+    def setup() -> None:
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        save_run_info(out, cfg)  # after the thread count is set: run_info.json records it
+        torch.manual_seed(cfg.seed)
+
     try:
-        return _run_stages(cfg, out, stages)
+        results = pipe.run(start, until, setup=setup)
     finally:
         torch.set_num_threads(threads)  # the caller's setting back (tests run many demos in one process)
+    return results.get("metrics", {})
 
 
-def _run_stages(cfg: DemoConfig, out: Path, stages: _Stages) -> dict[str, Any]:
-    """The stages of :func:`run_demo`, each skipped when recorded as finished."""
-    import torch
+def demo_pipeline(cfg: DemoConfig, out: Path) -> Pipeline:
+    """The demo's stages (``cfg`` as :func:`_resolved` gives it) as a :class:`sipe.run.Pipeline` on ``out``."""
+    from sipe.config import to_dict
 
-    from sipe.cams.generate import CamConfig, generate_cams
-    from sipe.data import SyntheticBackgrounds, build_dataset, generate_synthetic
-    from sipe.demo.pictures import save_demo_overlays
-    from sipe.engine.run_info import save_run_info
-    from sipe.metrics import evaluate_cam, evaluate_is_cam, write_report
-    from sipe.models.checkpoint import load_checkpoint
-    from sipe.report import write_report_html
-    from sipe.train import train_sipe
-    from sipe.train.pretrain import pretrain_classifier
+    state = _DemoStages(cfg, out)
+    stages = [
+        Stage("data", state.data, outputs=("data",)),
+        Stage("pretrain", state.pretrain, outputs=("pretrain",)),
+        Stage("sipe_train", state.sipe_train, outputs=("sipe",)),
+        Stage("is_cam_val", state.is_cam_val, outputs=("cams_val",)),
+        Stage("evaluate_cams", state.evaluate_cams, outputs=("eval_cam.json", "eval_is_cam.json", "overlays")),
+    ]
+    if cfg.refine:
+        stages += [
+            Stage("is_cam_train", state.is_cam_train, outputs=("cams_train",)),
+            Stage("confident_regions", state.confident_regions, outputs=("regions_train",)),
+            Stage("irn_train", state.irn_train, outputs=("irn",)),
+            Stage("pseudo_labels", state.pseudo_labels,
+                  outputs=("pseudo_val", "pseudo_train", "eval_pseudo_labels.json")),
+            Stage("seg_train", state.seg_train, outputs=("seg",)),
+            Stage("seg_eval", state.seg_eval, outputs=("seg_val", "eval_seg.json")),
+        ]
+    stages.append(Stage("metrics", state.metrics, outputs=("metrics.json", "report.html")))
+    pipe = Pipeline(out, stages, to_dict(cfg), command="sipe demo")
+    state.pipe = pipe
+    return pipe
 
-    save_run_info(out, cfg)  # after the thread count is set: run_info.json records it
-    torch.manual_seed(cfg.seed)
 
-    data_root = Path(stages.run("data", lambda: str(generate_synthetic(
-        out / "data", seed=cfg.seed, n_train=cfg.data.n_train, n_val=cfg.data.n_val,
-        image_size=cfg.data.image_size, num_classes=cfg.data.num_classes, max_objects=cfg.data.max_objects,
-        body_radius=cfg.data.body_radius,
-    ))))
-    train_set = build_dataset("synthetic", data_root, "train")
-    val_set = build_dataset("synthetic", data_root, "val")
+class _DemoStages:
+    """The work of each demo stage; later stages read the earlier ones' results from ``pipe.results``."""
 
-    def pretrain() -> str:
+    def __init__(self, cfg: DemoConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.pipe: Pipeline | None = None
+        self._model: Any = None
+        self._sets: dict[str, Any] = {}
+        self.cams = {name: out / f"cams_{name}" for name in ("train", "val")}
+
+    def _result(self, stage: str) -> Any:
+        assert self.pipe is not None
+        return self.pipe.results[stage]
+
+    def _set(self, split: str) -> Any:
+        from sipe.data import build_dataset
+
+        if split not in self._sets:
+            self._sets[split] = build_dataset("synthetic", Path(self._result("data")), split)
+        return self._sets[split]
+
+    def _model_(self) -> Any:  # loaded only when a CAM stage has work to do
+        from sipe.models.checkpoint import load_checkpoint
+
+        if self._model is None:
+            self._model = load_checkpoint(self._result("sipe_train"))[0]
+        return self._model
+
+    def _cam_cfg(self, save_cam: bool) -> Any:
+        from sipe.cams.generate import CamConfig
+
+        return CamConfig(scales=self.cfg.scales, save_cam=save_cam, num_workers=1)
+
+    def data(self) -> str:
+        from sipe.data import generate_synthetic
+
+        cfg = self.cfg
+        return str(generate_synthetic(
+            self.out / "data", seed=cfg.seed, n_train=cfg.data.n_train, n_val=cfg.data.n_val,
+            image_size=cfg.data.image_size, num_classes=cfg.data.num_classes, max_objects=cfg.data.max_objects,
+            body_radius=cfg.data.body_radius,
+        ))
+
+    def pretrain(self) -> str:
+        from sipe.data import SyntheticBackgrounds
+        from sipe.train.pretrain import pretrain_classifier
+
+        cfg = self.cfg
         negatives = None
         if cfg.background_images > 0:
             negatives = SyntheticBackgrounds(cfg.background_images, cfg.data.num_classes, seed=cfg.seed,
                                              image_size=cfg.data.image_size)
-        return str(pretrain_classifier(train_set, out / "pretrain", cfg.pretrain, negatives=negatives))
+        return str(pretrain_classifier(self._set("train"), self.out / "pretrain", cfg.pretrain, negatives=negatives))
 
-    weights = Path(stages.run("pretrain", pretrain))
-    sipe_cfg = SIPETrainConfig(
-        data=DataConfig(kind="synthetic", root=str(data_root), split="train", val_split=None),
-        aug=cfg.aug,
-        model=ModelConfig(backbone=cfg.backbone, weights=str(weights)),
-        engine=cfg.engine,
-    )
-    ckpt = stages.run("sipe_train", lambda: str(train_sipe(sipe_cfg, out / "sipe")))
+    def sipe_train(self) -> str:
+        from sipe.train import train_sipe
 
-    model_cache: list[Any] = []
+        cfg = self.cfg
+        sipe_cfg = SIPETrainConfig(
+            data=DataConfig(kind="synthetic", root=str(self._result("data")), split="train", val_split=None),
+            aug=cfg.aug,
+            model=ModelConfig(backbone=cfg.backbone, weights=str(self._result("pretrain"))),
+            engine=cfg.engine,
+        )
+        return str(train_sipe(sipe_cfg, self.out / "sipe"))
 
-    def model() -> Any:  # loaded only when a CAM stage has work to do
-        if not model_cache:
-            model_cache.append(load_checkpoint(ckpt)[0])
-        return model_cache[0]
+    def is_cam_val(self) -> int:
+        from sipe.cams.generate import generate_cams
 
-    cam_cfg = CamConfig(scales=cfg.scales, save_cam=True, num_workers=1)
-    cams = {name: out / f"cams_{name}" for name in ("train", "val")}
-    stages.run("is_cam_val", lambda: generate_cams(model(), val_set, cams["val"], cam_cfg)["written"])
+        return generate_cams(self._model_(), self._set("val"), self.cams["val"], self._cam_cfg(True))["written"]
 
-    def evaluate_cams() -> dict[str, Any]:
-        cam_report = evaluate_cam(cams["val"] / "cam", val_set)
-        is_cam_report = evaluate_is_cam(cams["val"] / "is_cam", val_set)
+    def evaluate_cams(self) -> dict[str, Any]:
+        from sipe.demo.pictures import save_demo_overlays
+        from sipe.metrics import evaluate_cam, evaluate_is_cam, write_report
+
+        val_set, out = self._set("val"), self.out
+        cam_report = evaluate_cam(self.cams["val"] / "cam", val_set)
+        is_cam_report = evaluate_is_cam(self.cams["val"] / "is_cam", val_set)
         write_report(out / "eval_cam.json", cam_report)
         write_report(out / "eval_is_cam.json", is_cam_report)
-        save_demo_overlays(out, val_set, cams["val"], cfg.num_overlays)
+        save_demo_overlays(out, val_set, self.cams["val"], self.cfg.num_overlays)
         return {"cam_miou": cam_report["miou"], "cam_threshold": cam_report["threshold"],
                 "is_cam_miou": is_cam_report["miou"]}
 
-    metrics: dict[str, Any] = {"seed": cfg.seed, **stages.run("evaluate_cams", evaluate_cams)}
-    if cfg.refine:
-        train_cam_cfg = dataclasses.replace(cam_cfg, save_cam=False)
-        stages.run("is_cam_train", lambda: generate_cams(model(), train_set, cams["train"], train_cam_cfg)["written"])
-        metrics.update(_refine_and_segment(cfg, out, weights, train_set, val_set, cams, stages))
-    metrics["num_val_images"] = len(val_set)
-    # Stage times as first measured, also for stages a rerun skipped; total = their sum.
-    metrics["seconds"] = {**stages.timings, "total": round(sum(stages.timings.values()), 1)}
-    io.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_report_html(out, out / "report.html", dataset=val_set)  # reads metrics.json
-    stages.run("metrics", lambda: metrics)
-    return metrics
+    def is_cam_train(self) -> int:
+        from sipe.cams.generate import generate_cams
 
+        return generate_cams(self._model_(), self._set("train"), self.cams["train"], self._cam_cfg(False))["written"]
 
-def _refine_and_segment(
-    cfg: DemoConfig, out: Path, weights: Path, train_set: Any, val_set: Any, cams: dict[str, Path], stages: _Stages,
-) -> dict[str, Any]:
-    """Stages 5-6: confident regions -> IRN -> pseudo labels -> DeepLabV3; their metrics."""
-    from sipe.config.seg import SegDataConfig, SegTrainConfig
-    from sipe.metrics import evaluate_label_dir, write_report
-    from sipe.refine.crf import make_confident_regions
-    from sipe.refine.pseudo import make_pseudo_labels
-    from sipe.refine.train_irn import load_irn, train_irn
-    from sipe.seg.evaluate import evaluate_seg
-    from sipe.seg.model import load_seg_checkpoint
-    from sipe.seg.train import train_seg
+    def confident_regions(self) -> int:
+        from sipe.refine.crf import make_confident_regions
 
-    stages.run("confident_regions", lambda: make_confident_regions(
-        train_set, cams["train"] / "is_cam", out / "regions_train").written)
-    irn_cfg = dataclasses.replace(cfg.irn, weights=str(weights))
-    irn_path = out / "irn" / "irn.pt"
+        return make_confident_regions(self._set("train"), self.cams["train"] / "is_cam",
+                                      self.out / "regions_train").written
 
-    def irn_train() -> str:
-        train_irn(train_set, out / "regions_train", out / "irn", irn_cfg)
-        return str(irn_path)
+    def irn_train(self) -> str:
+        from sipe.refine.train_irn import train_irn
 
-    stages.run("irn_train", irn_train)
+        irn_cfg = dataclasses.replace(self.cfg.irn, weights=str(self._result("pretrain")))
+        train_irn(self._set("train"), self.out / "regions_train", self.out / "irn", irn_cfg)
+        return str(self.out / "irn" / "irn.pt")
 
-    def pseudo_labels() -> dict[str, Any]:
-        irn = load_irn(irn_path)
-        for name, dataset in (("val", val_set), ("train", train_set)):
-            make_pseudo_labels(irn, dataset, cams[name] / "is_cam", out / f"pseudo_{name}",
-                               exp_times=cfg.rw_exp_times)
-        pseudo_report = evaluate_label_dir(out / "pseudo_val", val_set)
-        pseudo_train_report = evaluate_label_dir(out / "pseudo_train", train_set)
+    def pseudo_labels(self) -> dict[str, Any]:
+        from sipe.metrics import evaluate_label_dir, write_report
+        from sipe.refine.pseudo import make_pseudo_labels
+        from sipe.refine.train_irn import load_irn
+
+        out = self.out
+        irn = load_irn(self._result("irn_train"))
+        for name in ("val", "train"):
+            make_pseudo_labels(irn, self._set(name), self.cams[name] / "is_cam", out / f"pseudo_{name}",
+                               exp_times=self.cfg.rw_exp_times)
+        pseudo_report = evaluate_label_dir(out / "pseudo_val", self._set("val"))
+        pseudo_train_report = evaluate_label_dir(out / "pseudo_train", self._set("train"))
         write_report(out / "eval_pseudo_labels.json", pseudo_report)
         return {"pseudo_label_miou": pseudo_report["miou"], "pseudo_label_train_miou": pseudo_train_report["miou"]}
 
-    result = dict(stages.run("pseudo_labels", pseudo_labels))
-    seg_cfg = SegTrainConfig(
-        pseudo_labels=str(out / "pseudo_train"),
-        data=SegDataConfig(kind="synthetic", root=str(out / "data"), split="train"),
-        model=dataclasses.replace(cfg.seg_model, weights=str(weights)),
-        aug=cfg.seg_aug,
-        engine=cfg.seg_engine,
-    )
-    seg_ckpt = stages.run("seg_train", lambda: str(train_seg(seg_cfg, out / "seg")))
+    def seg_train(self) -> str:
+        from sipe.config.seg import SegDataConfig, SegTrainConfig
+        from sipe.seg.train import train_seg
 
-    def seg_eval() -> float:
-        seg_model, _ = load_seg_checkpoint(seg_ckpt)
-        seg_report = evaluate_seg(seg_model, val_set, save_dir=out / "seg_val")  # predictions for the report
-        write_report(out / "eval_seg.json", seg_report)
+        cfg, out = self.cfg, self.out
+        seg_cfg = SegTrainConfig(
+            pseudo_labels=str(out / "pseudo_train"),
+            data=SegDataConfig(kind="synthetic", root=str(out / "data"), split="train"),
+            model=dataclasses.replace(cfg.seg_model, weights=str(self._result("pretrain"))),
+            aug=cfg.seg_aug,
+            engine=cfg.seg_engine,
+        )
+        return str(train_seg(seg_cfg, out / "seg"))
+
+    def seg_eval(self) -> float:
+        from sipe.metrics import write_report
+        from sipe.seg.evaluate import evaluate_seg
+        from sipe.seg.model import load_seg_checkpoint
+
+        seg_model, _ = load_seg_checkpoint(self._result("seg_train"))
+        seg_report = evaluate_seg(seg_model, self._set("val"), save_dir=self.out / "seg_val")  # for the report
+        write_report(self.out / "eval_seg.json", seg_report)
         return seg_report["miou"]
 
-    result["seg_miou"] = stages.run("seg_eval", seg_eval)
-    return result
+    def metrics(self) -> dict[str, Any]:
+        from sipe.report import write_report_html
+
+        assert self.pipe is not None
+        results = self.pipe.results
+        metrics: dict[str, Any] = {"seed": self.cfg.seed, **results["evaluate_cams"]}
+        if self.cfg.refine:
+            metrics.update(results["pseudo_labels"])
+            metrics["seg_miou"] = results["seg_eval"]
+        metrics["num_val_images"] = len(self._set("val"))
+        # Stage times as first measured, also for stages a rerun skipped; total = their sum.
+        timings = self.pipe.timings
+        metrics["seconds"] = {**timings, "total": round(sum(timings.values()), 1)}
+        io.write_text(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_report_html(self.out, self.out / "report.html", dataset=self._set("val"))  # reads metrics.json
+        return metrics

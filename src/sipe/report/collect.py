@@ -45,6 +45,7 @@ STAGES: tuple[Stage, ...] = (
 TRAINING_TITLES = {
     "pretrain": "classifier pretraining",
     "sipe": "SIPE training",
+    "train": "SIPE training",  # sipe run's folder
     ".": "training",
     "irn": "IRN",
     "seg": "DeepLabV3",

@@ -1,0 +1,58 @@
+"""``sipe run``: a folder of tagged photos to a tested model, an ONNX file and a results page, in one
+resumable command (SIPE -> IS-CAM -> evaluation -> refinement -> segmentation -> evaluation -> ONNX -> report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EPILOG = """\
+examples:
+  sipe run --config configs/run_photos.yaml --out runs/mine data.root=photos data.split=photos/labels.csv
+  sipe run --config configs/run_voc_paper.yaml --out runs/voc data.root=/data/VOCdevkit/VOC2012
+  sipe run --config configs/demo.yaml --out demo_out      (the same as `sipe demo --out demo_out`)
+
+Sections: data (shared by every stage), train (as `sipe train --print-config`), cam, refine
+(method: irn | crf | none), irn (as `sipe refine train-irn --print-config`), seg (as `sipe seg train
+--print-config`), eval, export. Rerun the same command to resume: finished stages are skipped, an
+interrupted one resumes; --from STAGE redoes a stage and the later ones, --until STAGE stops after one.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole method in one resumable command: photos to model, ONNX and report",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (one subfolder per stage; rerun to resume)")
+    p.add_argument("--config", default=None, help="YAML of RunConfig settings (configs/run_*.yaml), or "
+                   "configs/demo.yaml for the demo")
+    p.add_argument("--from", dest="start", default=None, metavar="STAGE",
+                   help="redo this stage and every later one (its outputs are removed first)")
+    p.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.engine.epochs=1 seg.model.arch=deeplabv2")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Config and datasets are checked before torch loads, so that their errors come in a second.
+    from sipe.cli._common import print_config, setup_logging
+    from sipe.config import load_config
+    from sipe.run.config import RunConfig, is_demo_config, resolve
+
+    if is_demo_config(args.config):
+        from sipe.cli.demo import run_demo_config
+
+        return run_demo_config(args.config, args.overrides, args.out, args.print_config, args.start, args.until)
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(resolve(cfg, args.out))
+    setup_logging()
+    from sipe.run.stages import run_data, run_pipeline
+
+    data = run_data(resolve(cfg, args.out))
+    metrics = run_pipeline(cfg, args.out, args.start, args.until, data=data)
+    if metrics:
+        print(json.dumps({k: v for k, v in metrics.items() if k.endswith("miou")}, indent=2))
+        print(f"results page: {args.out}/report.html; metrics: {args.out}/metrics.json")
+    return 0

@@ -1,0 +1,267 @@
+"""One resumable orchestrator of named stages, shared by ``sipe run`` and ``sipe demo``.
+
+A run folder holds one subfolder (or file) per stage and ``.stages/``: ``<stage>.json`` (written atomically
+once the stage's outputs are all written: its result as JSON, its seconds by the clock and the key of the
+config it ran under) and ``config.json`` (the configuration the folder belongs to). A rerun skips every
+recorded stage and reuses its result; an interrupted stage resumes by its own means (training stages from
+``checkpoints/last.pt``, per-image stages by skipping the images whose output exists). A rerun under
+another configuration stops before writing anything when a stage already started depends on what
+changed, unless ``--from`` that stage (or an earlier one) redoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sipe import io
+from sipe.errors import UsageError
+
+__all__ = ["Pipeline", "RunConfigChanged", "Stage", "flatten", "significant"]
+
+logger = logging.getLogger("sipe.run")
+
+RECORDS = ".stages"
+# Settings that change how fast or how loudly a stage runs, not what it writes: a rerun may change them.
+_INCIDENTAL = ("num_workers", "progress", "log_every", "device", "resume", "ckpt_minutes", "ckpt_every",
+               "stop_after")
+
+
+class RunConfigChanged(UsageError):
+    """A rerun whose configuration or data differs from the one its run folder was made with."""
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline.
+
+    fn: does the work and returns plain JSON data (recorded; a rerun returns it without running ``fn``).
+    sections: top-level config keys the stage's outputs depend on besides those of the stages before it
+        (empty: every key).
+    outputs: paths inside the run folder the stage writes (removed when ``--from`` redoes the stage).
+    enabled: false for a stage this configuration does not run (``why`` says why; listed, never run).
+    """
+
+    name: str
+    fn: Callable[[], Any]
+    sections: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    enabled: bool = True
+    why: str = ""
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def significant(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened ``config`` without the settings that do not change a stage's outputs (workers, logging)."""
+    return {k: v for k, v in flatten(config).items() if k.rsplit(".", 1)[-1] not in _INCIDENTAL}
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Pipeline:
+    """Runs ``stages`` in order into ``out``, each at most once per configuration (see the module docstring).
+
+    ``config``: the resolved configuration as plain data (``sipe.config.to_dict``), plus any data
+    fingerprint under its own key (``derived`` names such keys, and copies of other keys, by prefix).
+    A stage's record key hashes the significant values of its sections and of the stages before it, so
+    that ``--from`` a late stage keeps the records of the early ones.
+    """
+
+    def __init__(self, out: str | Path, stages: Sequence[Stage], config: Mapping[str, Any], command: str = "sipe run",
+                 derived: tuple[str, ...] = ()):
+        self.out = Path(out)
+        self.dir = self.out / RECORDS
+        self.stages = list(stages)
+        self.config = significant(config)
+        self.command = command
+        self.derived = derived  # key prefixes copied or computed from other keys: named last when they differ
+        self.timings: dict[str, float] = {}
+        self.results: dict[str, Any] = {}  # stage -> result, as the stages finish (later stages read it)
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        self.keys: dict[str, str] = {}
+        seen: set[str] = set()
+        for stage in self.stages:
+            seen |= set(stage.sections) if stage.sections else {"*"}
+            wanted = self.config if "*" in seen else {
+                k: v for k, v in self.config.items() if k.split(".", 1)[0] in seen}
+            self.keys[stage.name] = _digest(wanted)
+
+    # ------------------------------------------------------------------ records
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise UsageError(f"unknown stage {name!r}; the stages are: {', '.join(self.names())}")
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        """The completion record of stage ``name`` under this configuration, or ``None``."""
+        try:
+            rec = json.loads((self.dir / f"{name}.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return rec if rec.get("config") == self.keys[name] else None
+
+    def started(self, stage: Stage) -> bool:
+        """Whether ``stage`` left anything in the run folder (a record or one of its outputs)."""
+        return (self.dir / f"{stage.name}.json").exists() or any((self.out / o).exists() for o in stage.outputs)
+
+    def status(self) -> list[tuple[str, str]]:
+        """(stage, state) per stage: ``done (S s)``, ``interrupted`` (outputs but no record), ``to do`` or
+        ``off: why``."""
+        rows = []
+        for s in self.stages:
+            rec = self.record(s.name)
+            if not s.enabled:
+                state = f"off: {s.why}"
+            elif rec is not None:
+                state = f"done ({rec['seconds']} s)"
+            elif self.started(s):
+                state = "interrupted: resumes"
+            else:
+                state = "to do"
+            rows.append((s.name, state))
+        return rows
+
+    # ------------------------------------------------------------------ configuration check
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.dir / "config.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def check_config(self, start: str | None = None) -> None:
+        """Raise :class:`RunConfigChanged` (one line, before anything is written) when the folder's stored
+        configuration differs in a key that a stage already started depends on and ``start`` (``--from``)
+        does not redo that stage."""
+        stored = self._stored_config()
+        if stored is None:
+            return
+        changed = sorted((k for k in set(stored) | set(self.config) if stored.get(k) != self.config.get(k)),
+                         key=lambda k: (k.startswith(self.derived) if self.derived else False, k))
+        if not changed:
+            return
+        first = self._first_affected({k.split(".", 1)[0] for k in changed})
+        if first is None or not any(self.started(s) for s in self.stages[first:]):
+            return
+        start_at = self.names().index(start) if start is not None else None
+        if start_at is not None and start_at <= first:
+            return
+        key = changed[0]
+        what = f"{key}: {stored.get(key)!r} -> {self.config.get(key)!r}"
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise RunConfigChanged(
+            f"{self.out} was made with another configuration or data ({what}{more}); use another --out or "
+            f"--from {self.stages[first].name}"
+        )
+
+    def _first_affected(self, sections: set[str]) -> int | None:
+        seen: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            seen |= set(stage.sections) if stage.sections else {"*"}
+            if "*" in seen or seen & sections:
+                return i
+        return None
+
+    # ------------------------------------------------------------------ running
+
+    def complete(self) -> bool:
+        """Every enabled stage recorded as done under this configuration."""
+        return all(self.record(s.name) is not None for s in self.stages if s.enabled)
+
+    def log_status(self) -> None:
+        width = max(len(n) for n in self.names())
+        lines = [f"  {i + 1:2d}. {name:<{width}}  {state}" for i, (name, state) in enumerate(self.status())]
+        logger.info("%s stages in %s:\n%s", self.command, self.out, "\n".join(lines))
+
+    def redo_from(self, start: str) -> None:
+        """Forget the records and remove the outputs of stage ``start`` and every later one."""
+        at = self.names().index(self.stage(start).name)
+        for stage in self.stages[at:]:
+            (self.dir / f"{stage.name}.json").unlink(missing_ok=True)
+            for rel in stage.outputs:
+                path = self.out / rel
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+
+    def run(self, start: str | None = None, until: str | None = None,
+            setup: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Run the stages (from ``start`` when given, redoing it and every later one; up to ``until``
+        included); returns ``{stage: result}`` of every stage done so far.
+
+        Checks the configuration first (:meth:`check_config`); a folder that is complete says so and
+        writes nothing. ``setup`` runs once the checks passed, before the first stage (run metadata, seeds).
+        """
+        for name in (start, until):
+            if name is not None:
+                self.stage(name)
+        self.check_config(start)
+        if start is None and self.complete():
+            for stage in self.stages:
+                rec = self.record(stage.name)
+                if stage.enabled and rec is not None:
+                    self.results[stage.name], self.timings[stage.name] = rec["result"], rec["seconds"]
+            logger.info("%s is complete: every stage is done (%s); nothing to do. Use --from STAGE to redo one.",
+                        self.out, self.dir)
+            return dict(self.results)
+        if start is not None:
+            self.redo_from(start)
+        self.log_status()
+        self.out.mkdir(parents=True, exist_ok=True)
+        io.write_text(self.dir / "config.json", json.dumps(self.config, indent=1, sort_keys=True, default=str) + "\n")
+        if setup is not None:
+            setup()
+        enabled = [s for s in self.stages if s.enabled]
+        for i, stage in enumerate(enabled):
+            self.run_stage(stage, f"[{i + 1}/{len(enabled)}]")
+            if stage.name == until:
+                logger.info("stopped after %s (--until); rerun without --until to go on", until)
+                break
+        return dict(self.results)
+
+    def run_stage(self, stage: Stage, tag: str = "") -> Any:
+        """``stage.fn()``'s result, run only when the stage has no record under this configuration."""
+        rec = self.record(stage.name)
+        if rec is not None:
+            self.timings[stage.name] = rec["seconds"]
+            self.results[stage.name] = rec["result"]
+            logger.info("%s %s: done before (%s); skipped", tag, stage.name, self.dir / f"{stage.name}.json")
+            return rec["result"]
+        logger.info("%s %s ...", tag, stage.name)
+        t0 = time.perf_counter()
+        result = stage.fn()
+        seconds = round(time.perf_counter() - t0, 1)
+        self.timings[stage.name] = seconds
+        self.results[stage.name] = result
+        logger.info("%s %s done in %.1f s", tag, stage.name, seconds)
+        record = {"config": self.keys[stage.name], "seconds": seconds, "result": result}
+        io.write_text(self.dir / f"{stage.name}.json", json.dumps(record, indent=1, default=str) + "\n")
+        return result

@@ -1,0 +1,224 @@
+"""``sipe run`` end to end on a tiny custom folder with masks: outputs, rerun, refusal, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photo_folder(root: Path, n: int = 8, size: tuple[int, int] = (64, 80)) -> Path:
+    """``n`` JPEGs of a red disc and/or a blue square on noise, ``labels.csv`` and index masks in ``masks/``."""
+    rng = np.random.default_rng(0)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rows = ["image,labels"]
+    for i in range(n):
+        img = rng.integers(90, 140, (*size, 3)).astype(np.uint8)
+        mask = np.zeros(size, np.uint8)
+        present = ["disc", "square"][: 1 + i % 2]
+        y, x = 8 + 3 * (i % 4), 8 + 4 * (i % 3)
+        yy, xx = np.mgrid[: size[0], : size[1]]
+        disc = (yy - y - 12) ** 2 + (xx - x - 12) ** 2 <= 144
+        img[disc], mask[disc] = (230, 40, 40), 1
+        if "square" in present:
+            img[34:58, 44:70], mask[34:58, 44:70] = (30, 30, 220), 2
+        Image.fromarray(img).save(root / f"p{i}.jpg", quality=95)
+        Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+        rows.append(f"p{i}.jpg,{';'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def tiny_run_args(root: Path) -> list[str]:
+    """Overrides that shrink every stage of ``sipe run`` to seconds on a CPU (random weights)."""
+    return [
+        "data.kind=custom", f"data.root={root}", "data.split=labels.csv", f"data.mask_dir={root / 'masks'}",
+        "data.class_names=[disc,square]",
+        "train.model.backbone=resnet18", "train.model.weights=null", "train.aug.resize_long=[64,80]",
+        "train.aug.crop_size=64", "train.engine.batch_size=2", "train.engine.epochs=1",
+        "train.engine.num_workers=0", "train.engine.progress=false",
+        "cam.scales=[1.0]", "cam.num_workers=0", "refine.num_workers=1", "refine.exp_times=2",
+        "irn.backbone=resnet18", "irn.weights=null", "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1",
+        "irn.engine.batch_size=2", "irn.engine.num_workers=0", "irn.engine.progress=false",
+        "seg.model.backbone=resnet18", "seg.model.weights=null", "seg.aug.crop_size=48", "seg.engine.epochs=1",
+        "seg.engine.batch_size=2", "seg.engine.num_workers=0", "seg.engine.progress=false",
+        "eval.num_workers=0", "eval.num_images=2", "num_threads=1",
+    ]  # fmt: skip
+
+
+def stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``sipe run`` on the tiny folder, once per module: (photo folder, run folder, overrides, seconds)."""
+    from sipe.cli import main
+
+    root = photo_folder(tmp_path_factory.mktemp("photos"))
+    out = tmp_path_factory.mktemp("run") / "run"
+    args = tiny_run_args(root)
+    t0 = time.perf_counter()
+    assert main(["run", "--out", str(out), *args]) == 0
+    return root, out, args, time.perf_counter() - t0
+
+
+def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
+    _, out, _, _ = tiny_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("cam_miou", "is_cam_miou", "pseudo_label_miou", "seg_miou"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    for stage in ("train", "cam_train", "eval_cams", "regions", "irn_train", "pseudo_labels", "seg_train",
+                  "seg_eval", "export"):
+        assert metrics["seconds"][stage] >= 0, stage
+    assert metrics["train_images_per_class"] == {"disc": 8, "square": 4}
+    assert (out / "export" / "model.onnx").stat().st_size > 1000
+    import markupsafe
+
+    from sipe.report.collect import collect_run
+    from sipe.report.flags import degenerate_flags
+
+    html = (out / "report.html").read_text()
+    assert "segmentation" in html and "IS-CAM" in html
+    assert all(str(markupsafe.escape(f)) in html for f in degenerate_flags(collect_run(out)))
+    # Each stage in its own folder; the evaluation images are the training images (no duplicate CAMs).
+    assert {p.name for p in out.iterdir() if p.is_dir()} >= {"train", "cams_train", "regions_train", "irn",
+                                                               "pseudo_train", "seg", "seg_val", "export"}
+    assert not (out / "cams_val").exists()
+    assert len(list((out / "pseudo_train").glob("*.png"))) == 8
+
+
+def test_run_seg_checkpoint_predicts_with_sipe_predict(tiny_run, tmp_path):
+    from sipe.cli import main
+
+    root, out, _, _ = tiny_run
+    ckpt = json.loads((out / "metrics.json").read_text())["checkpoints"]["seg"]
+    assert main(["predict", "--checkpoint", ckpt, "--out", str(tmp_path / "pred"), str(root / "p0.jpg")]) == 0
+    pred = np.asarray(Image.open(next((tmp_path / "pred").rglob("p0*.png"))))
+    assert pred.shape[:2] == (64, 80)
+
+
+def test_finished_run_reruns_in_seconds_and_says_so(tiny_run, caplog):
+    from sipe.cli import main
+
+    _, out, args, _ = tiny_run
+    before = stamps(out)
+    t0 = time.perf_counter()
+    with caplog.at_level("INFO", logger="sipe.run"):
+        assert main(["run", "--out", str(out), *args]) == 0
+    assert time.perf_counter() - t0 < 5.0
+    assert "is complete" in caplog.text and "nothing to do" in caplog.text
+    assert stamps(out) == before
+
+
+def test_rerun_with_other_data_is_refused_in_one_line_and_the_folder_is_unchanged(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from sipe.cli import main
+
+    root, out, args, _ = tiny_run
+    (root / "few.csv").write_text("image,labels\n" + "".join(f"p{i}.jpg,disc\n" for i in range(4)))
+    other = shutil.copytree(root, tmp_path / "other")  # the same photos under another root
+    before = stamps(out)
+    for change in ("data.split=few.csv", f"data.root={other}"):
+        assert main(["run", "--out", str(out), *args, change]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "another configuration" in err and "use another --out or --from train" in err
+        assert stamps(out) == before
+
+
+def test_until_stops_and_from_redoes_a_late_stage_with_its_changed_config(tiny_run, tmp_path):
+    """--from seg_train with a changed seg setting keeps the earlier stages' outputs."""
+    import shutil
+
+    from sipe.cli import main
+
+    _, out, args, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = stamps(copy)
+    assert main(["run", "--out", str(copy), *args, "seg.engine.lr=0.02", "--from", "seg_train",
+                 "--until", "seg_eval"]) == 0
+    after = stamps(copy)
+    kept = [p for p in before if any(part in p.parts for part in ("train", "cams_train", "irn", "pseudo_train"))]
+    assert kept and all(after[p] == before[p] for p in kept)
+    assert after[copy / "eval_seg.json"] != before[copy / "eval_seg.json"]
+    assert not (copy / "metrics.json").exists()  # the report is redone too, but --until stopped before it
+    assert main(["run", "--out", str(copy), *args, "seg.engine.lr=0.02"]) == 0  # goes on from export
+    seg = json.loads((copy / "eval_seg.json").read_text())["miou"]
+    assert json.loads((copy / "metrics.json").read_text())["seg_miou"] == seg
+    assert stamps(copy)[copy / "eval_seg.json"] == after[copy / "eval_seg.json"]
+
+
+def test_print_config_of_the_voc_recipe_is_a_resnet101_deeplabv2(capsys):
+    import yaml
+
+    from sipe.cli import main
+
+    assert main(["run", "--config", str(ROOT / "configs" / "run_voc_paper.yaml"), "--out", "unused",
+                 "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["seg"]["model"]["arch"], cfg["seg"]["model"]["backbone"]) == ("deeplabv2", "resnet101")
+    assert cfg["train"]["model"]["backbone"] == "resnet50" and cfg["refine"]["method"] == "irn"
+    assert cfg["train"]["data"]["split"] == cfg["seg"]["data"]["split"] == "train_aug"
+
+
+@pytest.mark.parametrize("recipe", ["run_coco_paper.yaml", "run_photos.yaml"])
+def test_recipes_load(recipe, capsys):
+    from sipe.cli import main
+
+    assert main(["run", "--config", str(ROOT / "configs" / recipe), "--out", "unused", "--print-config"]) == 0
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_rerun_finishes(tmp_path):
+    root = photo_folder(tmp_path / "photos")
+    out = tmp_path / "run"
+    # Long enough SIPE training that the kill lands inside it; a checkpoint every step to resume from.
+    args = [*tiny_run_args(root), "train.engine.epochs=8", "train.engine.ckpt_every=1", "export.onnx=false"]
+    cmd = [sys.executable, "-m", "sipe", "run", "--out", str(out), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "train" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (out / ".stages" / "train.json").exists()
+    done = subprocess.run([*cmd[:-1], *cmd[-1:]], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "interrupted: resumes" in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["seg_miou"] <= 1.0
+
+
+@pytest.mark.parametrize(("change", "status", "message"), [
+    ("train.model.backbone=resnet19", 2, "unknown backbone 'resnet19'"),
+    ("refine.method=rw", 2, "refine.method"),
+    ("data.split=nope.csv", 1, "nope.csv does not exist"),
+    ("train.engine.batch_size=100", 2, "fewer than one global batch (100)"),
+])  # fmt: skip
+def test_config_and_data_errors_come_before_torch_loads(change, status, message, tmp_path):
+    from test_cli_errors import _NO_TORCH
+
+    root = photo_folder(tmp_path / "photos", n=2)
+    argv = ["run", "--out", str(tmp_path / "run"), *tiny_run_args(root), change]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == status, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "torch imported: False" in proc.stdout
+    assert not (tmp_path / "run").exists()
