@@ -313,3 +313,18 @@ def test_degenerate_results_are_flagged_in_words(tmp_path):
     # Evaluated on other images, the two are not compared.
     contents.evals["seg"]["split"] = "test"
     assert not any("pseudo labels" in f for f in degenerate_flags(contents))
+
+
+def test_summary_shows_false_positives_on_negatives(tmp_path):
+    """With negatives among the evaluated images, each stage's row says how much foreground it put on them."""
+    from sipe.report.builder import _summary
+    from sipe.report.collect import RunContents
+
+    classes = [{"name": n, "iou": 0.5, "pred_pixels": 5, "gt_pixels": 10} for n in ("background", "defect")]
+    with_neg = {"miou": 0.5, "classes": classes, "num_images": 6,
+                "negatives": {"images": 3, "pixels": 300, "fp_pixels": 6, "fp_pixel_rate": 0.02, "images_with_fp": 1}}
+    without = {"miou": 0.5, "classes": classes, "num_images": 3,
+               "negatives": {"images": 0, "pixels": 0, "fp_pixels": 0, "fp_pixel_rate": None, "images_with_fp": 0}}
+    rows = _summary(RunContents(run_dir=tmp_path, evals={"is_cam": with_neg, "seg": without}))
+    assert rows[0]["negatives"] == "2.00 % of pixels; 1 of 3 images with any"
+    assert rows[1]["negatives"] is None

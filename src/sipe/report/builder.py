@@ -46,8 +46,17 @@ def _summary(contents: RunContents) -> list[dict[str, Any]]:
             "key": stage.key, "title": title, "miou_raw": repr(rep["miou"]), "miou": _pct(rep["miou"]),
             "pixel_accuracy": _pct(rep.get("pixel_accuracy")), "mean_precision": _pct(rep.get("mean_precision")),
             "mean_recall": _pct(rep.get("mean_recall")), "num_images": rep.get("num_images", "–"),
+            "negatives": _negatives_cell(rep.get("negatives")),
         })
     return rows
+
+
+def _negatives_cell(neg: dict[str, Any] | None) -> str | None:
+    """The false positives on negatives (images whose ground truth is all background), or None without any."""
+    if not neg or not neg.get("images"):
+        return None
+    return (f"{_pct(neg.get('fp_pixel_rate'))} % of pixels; {neg.get('images_with_fp', 0)} of {neg['images']} "
+            "images with any")
 
 
 def _best_stage(contents: RunContents) -> str | None:
@@ -183,6 +192,7 @@ def render_report(
         "masks_given": bool(contents.evals) or has_gt_cell,
         "flags": degenerate_flags(contents),
         "summary": _summary(contents),
+        "has_negatives": any(r["negatives"] is not None for r in _summary(contents)),
         "best_stage": best,
         "times": times,
         "times_note": times_note,
