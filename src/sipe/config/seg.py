@@ -20,13 +20,21 @@ class SegEngineConfig(TrainConfig):
     """The engine settings with DeepLab defaults (``SegTrainConfig.engine``).
 
     Textbook SGD (momentum 0.9, unlike the SIPE stage's reproduced 1e-4 quirk), lr 0.01, no gradient
-    clipping, 30 epochs of batch 16.
+    clipping, 30 epochs of batch 16, and at least ``min_steps`` steps however small the folder.
     """
 
     epochs: int = 30
     lr: float = 0.01
     momentum: float = 0.9
     clip_grad_norm: float | None = None
+    # A small folder trains for at least this many steps (more epochs than `epochs`): a DeepLab fine-tuned
+    # for a few hundred steps underfits even perfect labels (docs/demo.md). VOC's 30 epochs are ~20k steps,
+    # so the rule leaves it alone; null = `epochs` only; a set max_steps wins over both.
+    min_steps: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ValueError(f"engine.min_steps must be >= 1 or null, got {self.min_steps}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ preparation for both architectures are read together; none is used by another st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from sipe.config import save_run_info, to_dict
 from sipe.config.common import backbone_kind
-from sipe.config.seg import SegTrainConfig, pseudo_label_folder
+from sipe.config.seg import SegEngineConfig, SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.image import read_mask
@@ -206,6 +207,22 @@ def _sync_batchnorm(module: nn.Module) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
+def planned_engine(engine: SegEngineConfig, num_samples: int) -> SegEngineConfig:
+    """``engine`` with ``max_steps`` raised to ``engine.min_steps`` when its epochs over ``num_samples``
+    training images give fewer steps (a small folder); unchanged when ``max_steps`` is set."""
+    if engine.max_steps is not None or engine.min_steps is None:
+        return engine
+    planned = (num_samples // engine.batch_size) * engine.epochs
+    if planned >= engine.min_steps:
+        return engine
+    log.info(
+        "%d epochs of %d images are %d steps; training engine.min_steps=%d steps instead (~%.0f epochs)",
+        engine.epochs, num_samples, planned, engine.min_steps,
+        engine.min_steps / max(num_samples // engine.batch_size, 1),
+    )
+    return dataclasses.replace(engine, max_steps=engine.min_steps)
+
+
 def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     """Train a segmentation network on pseudo masks; returns the path of the final checkpoint
     (``out_dir/checkpoints/final.pt``, or ``last.pt`` when stopped early by ``engine.stop_after``).
@@ -283,7 +300,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         train_set,
         step_fn,
         groups,
-        cfg.engine,
+        planned_engine(cfg.engine, len(train_set)),
         out_dir,
         val_fn=val_fn,
         val_name="validation segmentation mIoU",
