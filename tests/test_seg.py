@@ -397,7 +397,11 @@ def test_seg_config_defaults_survive_partial_sections():
     cfg = from_dict(SegTrainConfig, {"engine": {"batch_size": 8}, "data": {"root": "somewhere"}})
     # DeepLab's SGD, not the SIPE stage's momentum quirk; no validation unless asked for.
     assert cfg.engine.momentum == 0.9 and cfg.engine.lr == 0.01 and cfg.engine.clip_grad_norm is None
-    assert cfg.engine.min_steps == 1000
+    assert cfg.engine.min_steps == 500
+    # Batch norm: frozen when the body starts from weights (the default), trained from scratch, or as set.
+    assert cfg.model.freeze_bn is None and cfg.model.frozen_bn()
+    assert not from_dict(SegTrainConfig, {"model": {"weights": None}}).model.frozen_bn()
+    assert not from_dict(SegTrainConfig, {"model": {"freeze_bn": False}}).model.frozen_bn()
     assert cfg.data.val_split is None and cfg.data.split == "train_aug"
     with pytest.raises(ValueError, match="scale_range"):
         from_dict(SegTrainConfig, {"aug": {"scale_range": [2.0, 0.5]}})

@@ -172,7 +172,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             num_classes, backbone=m.backbone, weights_backbone=m.weights, aux=m.aux, output_stride=m.output_stride,
             backbone_options=m.backbone_options,
         )
-    if m.freeze_bn:
+    if m.frozen_bn():
         freeze_backbone_batchnorm(model)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
     synced = False
@@ -181,7 +181,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             # Frozen layers are left alone: only the modules that still learn are synchronised.
             for name in ("backbone", "classifier", "aux_classifier"):
                 sub = getattr(model, name, None)
-                if sub is not None and not (name == "backbone" and m.freeze_bn):
+                if sub is not None and not (name == "backbone" and m.frozen_bn()):
                     setattr(model, name, _sync_batchnorm(sub))
             synced = True
         else:
