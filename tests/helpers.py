@@ -69,8 +69,9 @@ TINY_DEMO = [
     "aug.resize_long=[64,96]", "aug.crop_size=64", "engine.epochs=1", "engine.batch_size=4",
     "engine.num_workers=0", "engine.progress=false",
     "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1", "irn.engine.batch_size=4", "irn.engine.num_workers=0",
-    "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.batch_size=4",
-    "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2", "background_images=4",
+    "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.min_steps=null",
+    "seg_engine.batch_size=4", "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2",
+    "background_images=4",
 ]
 
 

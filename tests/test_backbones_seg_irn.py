@@ -133,7 +133,7 @@ def _seg_train(run: Path, synthetic: Path, name: str, *extra: str) -> Path:
     assert main([
         "seg", "train", "--out", str(run), f"pseudo_labels={synthetic / 'SegmentationClass'}", "data.kind=synthetic",
         f"data.root={synthetic}", "data.split=train", f"model.backbone={name}", "model.weights=null",
-        "aug.crop_size=64", "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=0",
+        "aug.crop_size=64", "engine.batch_size=2", "engine.epochs=1", "engine.min_steps=null", "engine.num_workers=0",
         "engine.progress=false", "engine.device=cpu", *extra,
     ]) == 0  # fmt: skip
     return run / "checkpoints" / "final.pt"

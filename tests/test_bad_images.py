@@ -126,7 +126,7 @@ def test_sipe_seg_train_skips_bad_images_and_lists_them(tmp_path):
     assert main([
         "seg", "train", "--out", str(run), f"pseudo_labels={labels}", "missing_labels=skip", "data.kind=custom",
         f"data.root={root}", "data.split=labels.csv", "model.backbone=resnet18", "model.weights=null",
-        "aug.crop_size=32", "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=1",
+        "aug.crop_size=32", "engine.batch_size=2", "engine.epochs=1", "engine.min_steps=null", "engine.num_workers=1",
         "engine.progress=false", "engine.device=cpu",
     ]) == 0  # fmt: skip
     import torch

@@ -26,6 +26,7 @@ from sipe.seg.train import (
     PseudoLabelDataset,
     SegTrainConfig,
     make_step_fn,
+    planned_engine,
     prepare_model,
     seg_loss,
     train_seg,
@@ -220,6 +221,27 @@ def test_training_lowers_loss_and_resume_matches(synth, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_small_folders_train_for_min_steps_and_large_ones_for_their_epochs(synth, tmp_path, monkeypatch):
+    from sipe.config.seg import SegEngineConfig
+
+    engine = SegEngineConfig(epochs=3, batch_size=8, min_steps=500)
+    assert planned_engine(engine, 400).max_steps == 500  # 3 x 50 = 150 steps: too few
+    assert planned_engine(engine, 2000).max_steps is None  # 3 x 250 = 750 steps: the epochs decide
+    assert planned_engine(SegEngineConfig(epochs=3, batch_size=8, min_steps=None), 400).max_steps is None
+    # An explicit max_steps (the paper recipes' iteration count) wins over the rule.
+    assert planned_engine(SegEngineConfig(batch_size=8, min_steps=500, max_steps=20), 400).max_steps == 20
+    with pytest.raises(ValueError, match="engine.min_steps must be >= 1"):
+        from_dict(SegTrainConfig, {"engine": {"min_steps": 0}})
+    # train_seg hands the planned length to the engine: 8 images of batch 4, 1 epoch = 2 steps -> 3.
+    import sipe.seg.train as seg_train
+
+    seen = {}
+    monkeypatch.setattr(seg_train, "fit", lambda model, data, step, groups, cfg, *a, **k: seen.update(cfg=cfg))
+    cfg = _cfg(synth, synth / "SegmentationClass", epochs=1, min_steps=3)
+    train_seg(cfg, tmp_path / "run")
+    assert seen["cfg"].max_steps == 3 and cfg.engine.max_steps is None
+
+
 def test_train_seg_needs_pseudo_labels(synth):
     cfg = _cfg(synth, synth / "SegmentationClass")
     cfg.pseudo_labels = ""
@@ -362,6 +384,11 @@ def test_seg_config_defaults_survive_partial_sections():
     cfg = from_dict(SegTrainConfig, {"engine": {"batch_size": 8}, "data": {"root": "somewhere"}})
     # DeepLab's SGD, not the SIPE stage's momentum quirk; no validation unless asked for.
     assert cfg.engine.momentum == 0.9 and cfg.engine.lr == 0.01 and cfg.engine.clip_grad_norm is None
+    assert cfg.engine.min_steps == 500
+    # Batch norm: frozen when the body starts from weights (the default), trained from scratch, or as set.
+    assert cfg.model.freeze_bn is None and cfg.model.frozen_bn()
+    assert not from_dict(SegTrainConfig, {"model": {"weights": None}}).model.frozen_bn()
+    assert not from_dict(SegTrainConfig, {"model": {"freeze_bn": False}}).model.frozen_bn()
     assert cfg.data.val_split is None and cfg.data.split == "train_aug"
     with pytest.raises(ValueError, match="scale_range"):
         from_dict(SegTrainConfig, {"aug": {"scale_range": [2.0, 0.5]}})

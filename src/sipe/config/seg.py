@@ -38,13 +38,21 @@ class SegEngineConfig(TrainConfig):
     """The engine settings with DeepLab defaults (``SegTrainConfig.engine``).
 
     Textbook SGD (momentum 0.9, unlike the SIPE stage's reproduced 1e-4 quirk), lr 0.01, no gradient
-    clipping, 30 epochs of batch 16.
+    clipping, 30 epochs of batch 16, and at least ``min_steps`` (500) steps however small the folder.
     """
 
     epochs: int = 30
     lr: float = 0.01
     momentum: float = 0.9
     clip_grad_norm: float | None = None
+    # A small folder trains for at least this many steps (more epochs than `epochs`): fine-tuned for 150
+    # steps, DeepLab underfits even ground-truth labels (docs/demo.md). VOC's 30 epochs are ~20k steps,
+    # so the rule leaves it alone; null = `epochs` only; a set max_steps wins over both.
+    min_steps: int | None = 500
+
+    def __post_init__(self) -> None:
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ValueError(f"engine.min_steps must be >= 1 or null, got {self.min_steps}")
 
 
 @dataclass
@@ -70,7 +78,9 @@ class SegModelConfig:
     # deeplabv2 input convention: auto = caffe (mean subtraction) for deeplab-pytorch weights, else imagenet
     normalization: Literal["auto", "imagenet", "caffe"] = "auto"
     aux: bool = False  # FCN auxiliary head on layer3
-    freeze_bn: bool = False  # backbone batch norm frozen at its pretrained statistics (small batches)
+    # Backbone batch norm frozen at its pretrained statistics: null = frozen when the body starts from
+    # weights (a few images per step estimate them worse than pretraining did; docs/demo.md), trained from null
+    freeze_bn: bool | None = None
     sync_bn: bool = True  # SyncBatchNorm across processes under torchrun (CUDA only)
 
     def __post_init__(self) -> None:
@@ -116,6 +126,10 @@ class SegModelConfig:
                 f"{without}: {fix}" + (f" ({rules.recipe} does)" if rules.recipe else "")
             )
         return stride
+
+    def frozen_bn(self) -> bool:
+        """Whether the backbone's batch norm is frozen: ``freeze_bn``, or when null, whether ``weights`` are set."""
+        return self.freeze_bn if self.freeze_bn is not None else self.weights is not None
 
 
 @dataclass

@@ -53,7 +53,8 @@ class DemoConfig:
     engine: TrainConfig = field(default_factory=_demo_sipe_engine)
     # Scales of the native images, so 2.0 is the training size (choice measured in docs/demo.md).
     scales: tuple[float, ...] = (1.0, 2.0)
-    # IRN and DeepLab epochs trimmed (3 -> 2, 4 -> 3) to keep the whole demo well under 10 minutes.
+    # IRN epochs trimmed (3 -> 2) to keep the whole demo under 10 minutes. DeepLab: 3 epochs of 50 steps,
+    # raised to seg_engine.min_steps (500, the default) because 150 steps underfit (docs/demo.md).
     irn: IRNConfig = field(default_factory=lambda: IRNConfig(
         crop_size=128, engine=IRNEngineConfig(epochs=2, num_workers=1, log_every=5, channels_last=True)))
     seg_model: SegModelConfig = field(default_factory=lambda: SegModelConfig(output_stride=16))

@@ -10,6 +10,7 @@ everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) from ``si
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sipe.config import to_dict
-from sipe.config.seg import SegTrainConfig, pseudo_label_folder
+from sipe.config.seg import SegEngineConfig, SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter, check_label_map
 from sipe.data.image import read_label_png
@@ -127,7 +128,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
     """Build the network and set up its batch norm for this run (frozen / synchronised)."""
     m = cfg.model
     model = architecture(m.arch).build(m, num_classes)
-    if m.freeze_bn:
+    if m.frozen_bn():
         freeze_backbone_batchnorm(model)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
     synced = False
@@ -136,7 +137,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             # Frozen layers are left alone: only the modules that still learn are synchronised.
             for name in ("backbone", "classifier", "aux_classifier"):
                 sub = getattr(model, name, None)
-                if sub is not None and not (name == "backbone" and m.freeze_bn):
+                if sub is not None and not (name == "backbone" and m.frozen_bn()):
                     setattr(model, name, sync_batchnorm(sub))
             synced = True
         else:
@@ -212,6 +213,22 @@ def _write_skipped(out_dir: Path, *counters: SkipCounter) -> None:
     skipped.write_tsv(out_dir / SKIPPED_FILE)
 
 
+def planned_engine(engine: SegEngineConfig, num_samples: int) -> SegEngineConfig:
+    """``engine`` with ``max_steps`` raised to ``engine.min_steps`` when its epochs over ``num_samples``
+    training images give fewer steps (a small folder); unchanged when ``max_steps`` is set."""
+    if engine.max_steps is not None or engine.min_steps is None:
+        return engine
+    planned = (num_samples // engine.batch_size) * engine.epochs
+    if planned >= engine.min_steps:
+        return engine
+    log.info(
+        "%d epochs of %d images are %d steps; training engine.min_steps=%d steps instead (~%.0f epochs)",
+        engine.epochs, num_samples, planned, engine.min_steps,
+        engine.min_steps / max(num_samples // engine.batch_size, 1),
+    )
+    return dataclasses.replace(engine, max_steps=engine.min_steps)
+
+
 def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     """Train a segmentation network on pseudo masks; returns the path of the final checkpoint
     (``out_dir/checkpoints/final.pt``, or ``last.pt`` when stopped early by ``engine.stop_after``).
@@ -244,7 +261,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         )
     meta = {"model_spec": spec.to_dict(), "class_names": class_names, "seg_config": to_dict(cfg)}
     fit(
-        model, train_set, step_fn, groups, cfg.engine, out_dir, val_fn=val_fn,
+        model, train_set, step_fn, groups, planned_engine(cfg.engine, len(train_set)), out_dir, val_fn=val_fn,
         val_name="validation segmentation mIoU", meta=meta,
         # config.yaml, run_info.json and skipped.tsv: written by fit once the rerun check passed.
         run_config=cfg,
