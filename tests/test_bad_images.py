@@ -297,8 +297,8 @@ def test_every_stage_after_sipe_cam_skips_what_an_earlier_stage_skipped(tmp_path
     seg = tmp_path / "seg"
     assert main(["seg", "train", "--out", str(seg), f"pseudo_labels={pseudo}", "data.kind=custom",
                  f"data.root={root}", "data.split=labels.csv", "model.backbone=resnet18", "model.weights=null",
-                 "aug.crop_size=32", "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=0",
-                 "engine.progress=false", "engine.device=cpu"]) == 0, capsys.readouterr().err
+                 "aug.crop_size=32", "engine.batch_size=2", "engine.epochs=1", "engine.min_steps=null",
+                 "engine.num_workers=0", "engine.progress=false", "engine.device=cpu"]) == 0, capsys.readouterr().err
     assert {n: r["reason"] for n, r in _tsv(seg / "skipped.tsv").items()} == {
         **earlier, "g3": "skipped earlier (unreadable)"}
     from sipe.data.classes_file import read_classes_file

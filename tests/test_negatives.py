@@ -314,7 +314,7 @@ def test_single_class_pipeline_with_negatives(tmp_path, capsys):
             assert set(np.unique(regions).tolist()) <= {0, 255} and not pseudo.any()
     assert main(["seg", "train", "--out", str(tmp_path / "seg"), f"pseudo_labels={tmp_path / 'pseudo'}",
                  "data.kind=custom", f"data.root={root}", f"data.split={csv}", "model.backbone=resnet18",
-                 "model.weights=null", "aug.crop_size=32", *tiny]) == 0
+                 "model.weights=null", "aug.crop_size=32", "engine.min_steps=null", *tiny]) == 0
     seg_ckpt = tmp_path / "seg" / "checkpoints" / "final.pt"
     for ckpt in (seg_ckpt, sipe_ckpt):
         out = tmp_path / f"pred_{ckpt.parent.parent.name}"

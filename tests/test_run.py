@@ -51,6 +51,7 @@ def tiny_run_args(root: Path) -> list[str]:
         "irn.backbone=resnet18", "irn.weights=null", "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1",
         "irn.engine.batch_size=2", "irn.engine.num_workers=0", "irn.engine.progress=false",
         "seg.model.backbone=resnet18", "seg.model.weights=null", "seg.aug.crop_size=48", "seg.engine.epochs=1",
+        "seg.engine.min_steps=null",
         "seg.engine.batch_size=2", "seg.engine.num_workers=0", "seg.engine.progress=false",
         "eval.num_workers=0", "eval.num_images=2", "num_threads=1",
     ]  # fmt: skip

@@ -128,7 +128,7 @@ def _train(photos: Path, out: Path, classes: str, *overrides: str) -> list[str]:
     return ["train", "--config", str(REPO / "configs" / "photos.yaml"), "--out", str(out), f"data.root={photos}",
             f"data.split={photos / 'labels.csv'}", f"data.class_names=[{classes}]", "model.weights=null",
             "aug.crop_size=32", "aug.resize_long=[32,48]", "engine.batch_size=2", "engine.num_workers=0",
-            "engine.progress=false", *overrides]
+            "engine.progress=false", "engine.min_steps=null", *overrides]
 
 
 def test_sipe_train_rerun_on_other_data_keeps_the_run_folder(tmp_path, capsys):
@@ -159,7 +159,7 @@ def _seg(root: Path, out: Path, *overrides: str) -> list[str]:
     return ["seg", "train", "--out", str(out), f"pseudo_labels={root / 'SegmentationClass'}", "data.kind=synthetic",
             f"data.root={root}", "data.split=train", "model.backbone=resnet18", "model.weights=null",
             "model.output_stride=16", "aug.crop_size=32", "engine.batch_size=4", "engine.num_workers=0",
-            "engine.progress=false", *overrides]
+            "engine.progress=false", "engine.min_steps=null", *overrides]
 
 
 def test_seg_train_rerun_with_other_classes_keeps_the_run_folder(tmp_path, capsys):
