@@ -128,7 +128,7 @@ def _train(photos: Path, out: Path, classes: str, *overrides: str) -> list[str]:
     return ["train", "--config", str(REPO / "configs" / "photos.yaml"), "--out", str(out), f"data.root={photos}",
             f"data.split={photos / 'labels.csv'}", f"data.class_names=[{classes}]", "model.weights=null",
             "aug.crop_size=32", "aug.resize_long=[32,48]", "engine.batch_size=2", "engine.num_workers=0",
-            "engine.progress=false", "engine.min_steps=null", *overrides]
+            "engine.progress=false", *overrides]
 
 
 def test_sipe_train_rerun_on_other_data_keeps_the_run_folder(tmp_path, capsys):
