@@ -223,3 +223,15 @@ def test_config_and_data_errors_come_before_torch_loads(change, status, message,
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "torch imported: False" in proc.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_summary_prints_mious_only_when_there_are_masks(capsys):
+    from sipe.cli.run import print_summary
+
+    print_summary({"seconds": {"train": 1.0}, "num_train_images": 38}, "runs/mine")
+    assert capsys.readouterr().out == "results page: runs/mine/report.html; metrics: runs/mine/metrics.json\n"
+    print_summary({"is_cam_miou": 0.5, "seconds": {}}, "runs/mine")
+    out = capsys.readouterr().out
+    assert json.loads(out.split("results page")[0]) == {"is_cam_miou": 0.5}
+    print_summary({}, "runs/mine")
+    assert capsys.readouterr().out == ""

@@ -52,7 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
     data = run_data(resolve(cfg, args.out))
     metrics = run_pipeline(cfg, args.out, args.start, args.until, data=data)
-    if metrics:
-        print(json.dumps({k: v for k, v in metrics.items() if k.endswith("miou")}, indent=2))
-        print(f"results page: {args.out}/report.html; metrics: {args.out}/metrics.json")
+    print_summary(metrics, args.out)
     return 0
+
+
+def print_summary(metrics: dict, out: str) -> None:
+    """The mIoUs (when there were masks to score against) and where the page and metrics are."""
+    if not metrics:
+        return
+    mious = {k: v for k, v in metrics.items() if k.endswith("miou")}
+    if mious:
+        print(json.dumps(mious, indent=2))
+    print(f"results page: {out}/report.html; metrics: {out}/metrics.json")

@@ -14,6 +14,7 @@ Layout read (every part optional; the demo writes all of it)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,14 @@ def read_curves(tb_dir: Path) -> Curves:
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     acc = EventAccumulator(str(tb_dir), size_guidance={SCALARS: 0})  # 0 = keep every point
-    acc.Reload()
+    # The reader logs "No path found after <file>" at INFO for every event file it finishes: noise in a run's log.
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(max(level, logging.WARNING))
+    try:
+        acc.Reload()
+    finally:
+        tb_logger.setLevel(level)
     scalars: dict[str, tuple[list[int], list[float]]] = {}
     times: list[float] = []
     for tag in sorted(acc.Tags().get("scalars", [])):
