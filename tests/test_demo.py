@@ -104,3 +104,18 @@ def test_tiny_demo_pins_its_thread_count_so_the_callers_does_not_matter(tiny_dem
     numerics = json.loads((tmp_path / "demo" / "run_info.json").read_text())["numerics"]
     assert numerics["torch_threads"] == 2
     assert {"cpu_model", "cpu_isa_flags", "cpu_capability", "onednn_version", "mkl_version"} <= set(numerics)
+
+
+def test_a_changed_demo_key_is_redone_from_the_first_stage_that_uses_it(tmp_path):
+    """Every config key belongs to a stage, so `--from` can redo only what a change affects (a new
+    segmentation setting does not retrain SIPE) and no change goes unnoticed."""
+    from sipe.config import to_dict
+    from sipe.demo.run import _resolved, demo_pipeline
+
+    cfg = _resolved(DemoConfig())
+    pipe = demo_pipeline(cfg, tmp_path)
+    first = {key: pipe.names()[pipe._first_affected({key})] for key in to_dict(cfg)}
+    assert first["seg_engine"] == first["seg_aug"] == first["seg_model"] == "seg_train"
+    assert first["rw_exp_times"] == "pseudo_labels" and first["irn"] == "confident_regions"
+    assert first["engine"] == "sipe_train" and first["scales"] == "is_cam_val"
+    assert first["seed"] == first["num_threads"] == first["data"] == "data"

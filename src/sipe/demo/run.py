@@ -75,24 +75,27 @@ def demo_pipeline(cfg: DemoConfig, out: Path) -> Pipeline:
     from sipe.config import to_dict
 
     state = _DemoStages(cfg, out)
+    # Each stage names the config sections it adds (a changed key is redone from its first stage);
+    # seed and thread count change every number, so they belong to the first.
     stages = [
-        Stage("data", state.data, outputs=("data",)),
-        Stage("pretrain", state.pretrain, outputs=("pretrain",)),
-        Stage("sipe_train", state.sipe_train, outputs=("sipe",)),
-        Stage("is_cam_val", state.is_cam_val, outputs=("cams_val",)),
-        Stage("evaluate_cams", state.evaluate_cams, outputs=("eval_cam.json", "eval_is_cam.json", "overlays")),
+        Stage("data", state.data, ("seed", "num_threads", "data"), ("data",)),
+        Stage("pretrain", state.pretrain, ("backbone", "pretrain", "background_images"), ("pretrain",)),
+        Stage("sipe_train", state.sipe_train, ("aug", "engine"), ("sipe",)),
+        Stage("is_cam_val", state.is_cam_val, ("scales",), ("cams_val",)),
+        Stage("evaluate_cams", state.evaluate_cams, ("num_overlays",),
+              ("eval_cam.json", "eval_is_cam.json", "overlays")),
     ]
     if cfg.refine:
         stages += [
-            Stage("is_cam_train", state.is_cam_train, outputs=("cams_train",)),
-            Stage("confident_regions", state.confident_regions, outputs=("regions_train",)),
-            Stage("irn_train", state.irn_train, outputs=("irn",)),
-            Stage("pseudo_labels", state.pseudo_labels,
-                  outputs=("pseudo_val", "pseudo_train", "eval_pseudo_labels.json")),
-            Stage("seg_train", state.seg_train, outputs=("seg",)),
-            Stage("seg_eval", state.seg_eval, outputs=("seg_val", "eval_seg.json")),
+            Stage("is_cam_train", state.is_cam_train, ("refine",), ("cams_train",)),
+            Stage("confident_regions", state.confident_regions, ("irn",), ("regions_train",)),
+            Stage("irn_train", state.irn_train, ("irn",), ("irn",)),
+            Stage("pseudo_labels", state.pseudo_labels, ("rw_exp_times",),
+                  ("pseudo_val", "pseudo_train", "eval_pseudo_labels.json")),
+            Stage("seg_train", state.seg_train, ("seg_model", "seg_aug", "seg_engine"), ("seg",)),
+            Stage("seg_eval", state.seg_eval, ("seg_model",), ("seg_val", "eval_seg.json")),
         ]
-    stages.append(Stage("metrics", state.metrics, outputs=("metrics.json", "report.html")))
+    stages.append(Stage("metrics", state.metrics, ("refine",), ("metrics.json", "report.html")))
     pipe = Pipeline(out, stages, to_dict(cfg), command="sipe demo")
     state.pipe = pipe
     return pipe
