@@ -155,6 +155,7 @@ def test_report_without_masks_renders_and_says_so(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     html = out.read_text()
     assert 'id="no-masks"' in html and "No ground-truth masks were given." in html
+    assert "<code>data.mask_dir=...</code>" in html  # the way to add them in sipe run, too
     assert 'id="miou-table"' not in html and "ground truth</figcaption>" not in html
     names = re.findall(r'<div class="imgrow" data-name="(img_\d+)">', html)
     assert names == [f"img_{i:02d}" for i in range(12)]  # unranked: the first 12
