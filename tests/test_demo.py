@@ -117,5 +117,5 @@ def test_a_changed_demo_key_is_redone_from_the_first_stage_that_uses_it(tmp_path
     first = {key: pipe.names()[pipe._first_affected({key})] for key in to_dict(cfg)}
     assert first["seg_engine"] == first["seg_aug"] == first["seg_model"] == "seg_train"
     assert first["rw_exp_times"] == "pseudo_labels" and first["irn"] == "confident_regions"
-    assert first["engine"] == "sipe_train" and first["scales"] == "is_cam_val"
+    assert first["engine"] == "sipe_train" and first["scales"] == first["flip"] == "is_cam_val"
     assert first["seed"] == first["num_threads"] == first["data"] == "data"

@@ -316,6 +316,13 @@ def test_degenerate_results_are_flagged_in_words(tmp_path):
     assert "worse than its own pseudo labels" in flags[3] and "mIoU 36.7 vs 63.3 (-26.7 points)" in flags[3]
     assert "use the pseudo masks" in flags[3] and "cat 30.0 vs 60.0 (-30.0); dog 0.0 vs 50.0 (-50.0)" in flags[3]
     assert len(flags) == 4
+    # Less than a point below its labels is noise, not a decision: no flag.
+    seg_miou = contents.evals["seg"]["miou"]
+    contents.evals["seg"]["miou"] = contents.evals["pseudo_labels"]["miou"] - 0.009
+    assert not any("pseudo labels" in f for f in degenerate_flags(contents))
+    contents.evals["seg"]["miou"] = contents.evals["pseudo_labels"]["miou"] - 0.011
+    assert any("-1.1 points" in f for f in degenerate_flags(contents))
+    contents.evals["seg"]["miou"] = seg_miou
     # Evaluated on other images, the two are not compared.
     contents.evals["seg"]["split"] = "test"
     assert not any("pseudo labels" in f for f in degenerate_flags(contents))

@@ -53,6 +53,7 @@ class DemoConfig:
     engine: TrainConfig = field(default_factory=_demo_sipe_engine)
     # Scales of the native images, so 2.0 is the training size (choice measured in docs/demo.md).
     scales: tuple[float, ...] = (1.0, 2.0)
+    flip: bool = True  # IS-CAMs also of the mirrored image, fused (the official make_cam)
     # IRN epochs trimmed (3 -> 2) to keep the whole demo under 10 minutes. DeepLab: 3 epochs of 50 steps,
     # raised to seg_engine.min_steps (500, the default) because 150 steps underfit (docs/demo.md).
     irn: IRNConfig = field(default_factory=lambda: IRNConfig(

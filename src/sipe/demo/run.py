@@ -81,7 +81,7 @@ def demo_pipeline(cfg: DemoConfig, out: Path) -> Pipeline:
         Stage("data", state.data, ("seed", "num_threads", "data"), ("data",)),
         Stage("pretrain", state.pretrain, ("backbone", "pretrain", "background_images"), ("pretrain",)),
         Stage("sipe_train", state.sipe_train, ("aug", "engine"), ("sipe",)),
-        Stage("is_cam_val", state.is_cam_val, ("scales",), ("cams_val",)),
+        Stage("is_cam_val", state.is_cam_val, ("scales", "flip"), ("cams_val",)),
         Stage("evaluate_cams", state.evaluate_cams, ("num_overlays",),
               ("eval_cam.json", "eval_is_cam.json", "overlays")),
     ]
@@ -132,7 +132,7 @@ class _DemoStages:
     def _cam_cfg(self, save_cam: bool) -> Any:
         from sipe.cams.generate import CamConfig
 
-        return CamConfig(scales=self.cfg.scales, save_cam=save_cam, num_workers=1)
+        return CamConfig(scales=self.cfg.scales, flip=self.cfg.flip, save_cam=save_cam, num_workers=1)
 
     def data(self) -> str:
         from sipe.data import generate_synthetic

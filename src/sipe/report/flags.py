@@ -8,9 +8,12 @@ from typing import Any
 
 from sipe.report.collect import STAGES, RunContents
 
-__all__ = ["MIN_TRAIN_IMAGES", "degenerate_flags"]
+__all__ = ["MIN_TRAIN_IMAGES", "SEG_GAP_TOLERANCE", "degenerate_flags"]
 
 MIN_TRAIN_IMAGES = 5  # fewer training images of a class than this: its results say little
+# A segmentation network this much below its pseudo labels (mIoU) is not flagged: the demo's seeds scatter
+# by a few points either way, and a flag should be about a decision, not noise.
+SEG_GAP_TOLERANCE = 0.01
 
 
 def _pts(x: float) -> str:
@@ -57,7 +60,7 @@ def _seg_vs_pseudo(contents: RunContents) -> list[str]:
     if seg is None or pseudo is None or seg["miou"] is None or pseudo["miou"] is None or not _same_split(seg, pseudo):
         return []
     gap = pseudo["miou"] - seg["miou"]
-    if gap <= 0:
+    if gap <= SEG_GAP_TOLERANCE:
         return []
     losses = []
     for s, p in zip(seg["classes"], pseudo["classes"], strict=False):
