@@ -11,8 +11,9 @@ from sipe.report.collect import STAGES, RunContents
 __all__ = ["MIN_TRAIN_IMAGES", "SEG_GAP_TOLERANCE", "degenerate_flags"]
 
 MIN_TRAIN_IMAGES = 5  # fewer training images of a class than this: its results say little
-# A segmentation network this much below its pseudo labels (mIoU) is not flagged: the demo's seeds scatter
-# by a few points either way, and a flag should be about a decision, not noise.
+# A segmentation network at most this much below its pseudo labels (mIoU) is not flagged: a gap that small
+# is noise (the demo's seeds land up to 4 points either side of their labels with the same settings), and the
+# flag should ask for a decision only when there is one to make.
 SEG_GAP_TOLERANCE = 0.01
 
 
