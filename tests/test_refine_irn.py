@@ -140,13 +140,15 @@ def test_irn_losses_fall_and_model_saved_with_mean_shift(tmp_path) -> None:
     tr.irn_step = recording_step
     try:
         torch.manual_seed(0)
-        model = train_irn(items, tmp_path / "labels", tmp_path / "run", _cfg(epochs=8))
+        path = train_irn(items, tmp_path / "labels", tmp_path / "run", _cfg(epochs=8))
     finally:
         tr.irn_step = real_step
     assert len(losses) == 16
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
     assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
+    assert path == tmp_path / "run" / "irn.pt"
+    model = load_irn(path)
     # The stored mean shift is the mean raw displacement over the images (top-left crops).
     assert model.mean_shift.abs().sum() > 0
     raw = model.mean_shift.clone()

@@ -199,8 +199,7 @@ def test_irn_rerun_with_other_labels_or_backbone_keeps_the_run_folder(tmp_path):
     train_irn(items, tmp_path / "a", run, cfg(stop_after=1))
     before = _snapshot(run)
     assert {"config.yaml", "run_info.json", "checkpoints/last.pt"} <= set(before)
-    labels_differ = f"label_dir={tmp_path / 'a'}; this run has label_dir={tmp_path / 'b'}"
-    with pytest.raises(InputError, match=re.escape(labels_differ)):
+    with pytest.raises(InputError, match="labels=4 labels [0-9a-f]+; this run has labels=4 labels"):
         train_irn(items, tmp_path / "b", run, cfg())
     with pytest.raises(InputError, match="backbone=resnet18; this run has backbone=resnet34"):
         train_irn(items, tmp_path / "a", run, cfg("resnet34"))

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -216,3 +217,26 @@ def write_label_maps(
     result.skipped.log(len(files))
     result.skipped.write_tsv(out_dir / SKIPPED_FILE)
     return result
+
+
+def save_cam_overlays(out_dir: str | os.PathLike, dataset: Any, cam_dir: str | os.PathLike, n: int) -> None:
+    """``out_dir/<name>.png`` for the first ``n`` images of ``dataset``: CAM per labelled class (top row),
+    IS-CAM per labelled class (bottom row), ground truth on the right; ``cam_dir`` holds ``cam/`` and
+    ``is_cam/`` (``sipe cam --save-cam``)."""
+    from sipe.data.cam_format import read_cam_file
+
+    cam_dir = Path(cam_dir)
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        name = item["name"]
+        cam = read_cam_file(cam_dir / "cam" / f"{name}.npz")
+        is_cam = read_cam_file(cam_dir / "is_cam" / f"{name}.npz")
+        top = cam_grid(item["image"], cam.maps, cam.keys, dataset.class_names, title="CAM")
+        bottom = cam_grid(item["image"], is_cam.maps, is_cam.keys, dataset.class_names, title="IS-CAM")
+        width = max(top.shape[1], bottom.shape[1])
+        gt = colorize(item["mask"]) if item["mask"] is not None else np.zeros_like(item["image"])
+        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in (top, bottom)]
+        pic = np.concatenate(rows, axis=0)
+        gt_col = np.full((pic.shape[0], gt.shape[1] + 4, 3), 255, np.uint8)
+        gt_col[-gt.shape[0] - 4:-4, 4:] = gt
+        sio.save_image(Path(out_dir) / f"{name}.png", np.concatenate([pic, gt_col], axis=1))

@@ -12,7 +12,8 @@ examples:
   sipe run --config configs/run_voc_paper.yaml --out runs/voc data.root=/data/VOCdevkit/VOC2012
   sipe run --config configs/demo.yaml --out demo_out      (the same as `sipe demo --out demo_out`)
 
-Sections: data (shared by every stage), train (as `sipe train --print-config`), cam, refine
+Sections: data (shared by every stage), synthetic and pretrain (optional leading stages: the demo's
+generated data and stand-in pretraining), train (as `sipe train --print-config`), cam, refine
 (method: irn | crf | none), irn (as `sipe refine train-irn --print-config`), seg (as `sipe seg train
 --print-config`), eval, export. Rerun the same command to resume: finished stages are skipped, an
 interrupted one resumes; --from STAGE redoes a stage and the later ones, --until STAGE stops after one.
@@ -35,24 +36,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_config(args.config, args.overrides, args.out, args.print_config, args.start, args.until)
+
+
+def run_config(config: str | None, overrides: list[str], out: str, print_only: bool = False,
+               start: str | None = None, until: str | None = None) -> int:
+    """``sipe run`` (and ``sipe demo``, with the demo's config file): load, check, run, print the mIoUs."""
     # Config and datasets are checked before torch loads, so that their errors come in a second.
     from sipe.cli._common import print_config, setup_logging
     from sipe.config import load_config
-    from sipe.run.config import RunConfig, is_demo_config, resolve
+    from sipe.run.config import RunConfig, resolve
 
-    if is_demo_config(args.config):
-        from sipe.cli.demo import run_demo_config
-
-        return run_demo_config(args.config, args.overrides, args.out, args.print_config, args.start, args.until)
-    cfg = load_config(RunConfig, args.config, args.overrides)
-    if args.print_config:
-        return print_config(resolve(cfg, args.out))
+    cfg = load_config(RunConfig, config, overrides)
+    resolved = resolve(cfg, out)
+    if print_only:
+        return print_config(resolved)
     setup_logging()
-    from sipe.run.stages import run_data, run_pipeline
+    from sipe.run.data import run_data
+    from sipe.run.stages import run_pipeline
 
-    data = run_data(resolve(cfg, args.out))
-    metrics = run_pipeline(cfg, args.out, args.start, args.until, data=data)
-    print_summary(metrics, args.out)
+    data = run_data(resolved) if resolved.synthetic is None else None  # generated data: by its first stage
+    metrics = run_pipeline(cfg, out, start, until, data=data)
+    print_summary(metrics, out)
     return 0
 
 

@@ -218,8 +218,17 @@ def _parse_override(text: str, cls: type) -> tuple[list[str], Any]:
             raise ConfigError(
                 f"unknown config key '{key}' (command line); valid keys at {where}: {', '.join(types_)}"
             )
-        tp = types_[part]
+        tp = _section_type(types_[part])
     return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _section_type(tp: Any) -> Any:
+    """The dataclass of an optional section (``X | None`` -> ``X``), else ``tp``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(sections) == 1:
+            return sections[0]
+    return tp
 
 
 def load_config(

@@ -11,6 +11,7 @@ weight decay 1e-4, effective momentum 1e-4 (the official optimiser quirk, see
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from sipe.config.irn import IRNConfig
 from sipe.data.base import SKIPPED_FILE, SkipCounter
-from sipe.engine.distributed import rank_and_world, setup_distributed, shard_indices
+from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.models.checkpoint import read_checkpoint, write_checkpoint
 from sipe.models.layers import model_device
 from sipe.refine.affinity import affinity_labels, pair_paths
@@ -47,7 +48,8 @@ def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = No
 
 
 def usable_images(dataset: Any, label_dir: str | os.PathLike | None = None) -> Any:
-    """Drop, by name, the images IRN cannot train on, before any worker reads them; returns ``dataset``.
+    """A copy of ``dataset`` without the images IRN cannot train on, dropped by name before any worker reads
+    them (the caller's dataset and its skip list stay as they are).
 
     Unreadable images and those smaller than the backbone's stride (decoded once, cached:
     :meth:`sipe.data.SegDataset.drop_small`) and, with ``label_dir``, those the confident-region step
@@ -57,6 +59,10 @@ def usable_images(dataset: Any, label_dir: str | os.PathLike | None = None) -> A
     """
     from sipe.config import STRIDE as BACKBONE_STRIDE
 
+    if hasattr(dataset, "subset"):
+        skipped = copy.deepcopy(dataset.skipped)
+        dataset = dataset.subset(range(len(dataset)))
+        dataset.skipped = skipped  # the copy's own list: no stage changes what another reads
     if hasattr(dataset, "drop_small"):
         dataset.drop_small(BACKBONE_STRIDE)
     if label_dir is not None and hasattr(dataset, "drop_skipped_earlier"):
@@ -210,21 +216,21 @@ def train_irn(
     *,
     mean_set: Any | None = None,
     model: IRN | None = None,
-) -> IRN:
+) -> Path:
     """Train IRN on ``train_set`` with confident-region labels from ``label_dir``.
 
     Writes the engine's checkpoints/TensorBoard logs under ``out_dir`` and the final model with
     its mean shift (estimated over ``mean_set``, default ``train_set``) as ``out_dir/irn.pt``.
     Resumes an interrupted run. Under torchrun: DDP with the same result as one process.
-    Images that cannot be used are left out by name first (:func:`usable_images`, which changes
-    ``train_set`` / ``mean_set`` in place) and listed in ``out_dir/skipped.tsv``.
+    Images that cannot be used are left out by name first (:func:`usable_images`, on copies: the
+    caller's datasets stay as they are) and listed in ``out_dir/skipped.tsv``.
 
     Args:
         train_set: dataset of dicts with ``image`` and ``name`` (``sipe.data``).
         model: an IRN to train (default: built from ``cfg.backbone`` / ``cfg.weights``).
 
     Returns:
-        The trained IRN (on the training device), ``mean_shift`` set.
+        The path of the trained IRN, ``out_dir/irn.pt`` (:func:`load_irn` reads it).
     """
     from sipe.config import to_dict
     from sipe.engine import fit, is_main_process  # noqa: I001 (kept local: heavy import chain)
@@ -239,18 +245,19 @@ def train_irn(
             saved = {"backbone_options": None, **saved}  # written before the key existed
         if saved == to_dict(cfg):
             logger.info("IRN already trained with this config: %s (engine.resume=false retrains)", done)
-            return load_irn(done).to(setup_distributed(cfg.engine.device).device)
+            return done
         logger.info("%s was trained with another config; training again", done)
     pair_paths(cfg.radius)  # validates the radius early
-    usable_images(train_set, label_dir)  # data errors before the (slow) model build
+    train_set = usable_images(train_set, label_dir)  # data errors before the (slow) model build
     if mean_set is not None:
-        usable_images(mean_set)
+        mean_set = usable_images(mean_set)
     if model is None:
         model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
     data = IRNTrainSet(train_set, label_dir, cfg)
     step = functools.partial(irn_step, radius=cfg.radius)
     # config.yaml and run_info.json are written by fit once the rerun check passed.
-    run_key = {"label_dir": str(Path(label_dir).resolve()), "backbone": cfg.backbone}
+    names = train_set.names if hasattr(train_set, "names") else [item["name"] for item in train_set]
+    run_key = {"labels": label_fingerprint(label_dir, names), "backbone": cfg.backbone}
 
     def write_skipped() -> None:  # by fit on rank 0, once the rerun check passed
         listed = SkipCounter("images")
@@ -268,4 +275,17 @@ def train_irn(
         save_irn(model, out_dir / "irn.pt", cfg)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-    return model
+    return done
+
+
+def label_fingerprint(label_dir: str | os.PathLike, names: Any) -> str:
+    """What identifies the training labels of an IRN run wherever its folders lie: the image names and
+    the bytes of their label files (not the folder's path, so that a run folder can be moved)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in names:
+        path = Path(label_dir) / f"{name}.png"
+        h.update(f"{name}:".encode())
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    return f"{len(names)} labels {h.hexdigest()[:16]}"

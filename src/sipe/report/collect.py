@@ -42,11 +42,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("seg", "segmentation", "eval_seg.json", "seg_miou"),
 )
 
-# Readable names of the demo's training stages (folder holding tb/); others keep their folder name.
+# Readable names of a run's training stages (folder holding tb/); others keep their folder name.
 TRAINING_TITLES = {
     "pretrain": "classifier pretraining",
-    "sipe": "SIPE training",
-    "train": "SIPE training",  # sipe run's folder
+    "train": "SIPE training",
     ".": "training",
     "irn": "IRN",
     "seg": "DeepLabV3",
@@ -140,15 +139,21 @@ def _first_dir(run_dir: Path, given: str | os.PathLike | None, defaults: tuple[s
     return None
 
 
-def _demo_dataset(run_dir: Path, run_info: dict[str, Any] | None) -> Any:
-    """The held-out split of a ``sipe demo`` run (its synthetic data lives in ``RUN_DIR/data``)."""
-    # Written as sipe.demo.config.DemoConfig since the stage folders; older runs say sipe.demo.DemoConfig.
-    is_demo = (run_info or {}).get("config_class") in ("sipe.demo.config.DemoConfig", "sipe.demo.DemoConfig")
-    if not (is_demo and (run_dir / "data" / "class_names.txt").is_file()):
+def _demo_dataset(run_dir: Path) -> Any:
+    """The evaluation split of a run on generated data (the demo: a ``synthetic`` section; the data lives in
+    ``RUN_DIR/data``), or ``None``."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except yaml.YAMLError:
+        return None
+    if not (isinstance(cfg, dict) and cfg.get("synthetic") and (run_dir / "data" / "class_names.txt").is_file()):
         return None
     from sipe.data import build_dataset
 
-    return build_dataset("synthetic", run_dir / "data", "val")
+    return build_dataset("synthetic", run_dir / "data", (cfg.get("eval") or {}).get("split") or "val")
 
 
 def collect_run(
@@ -185,5 +190,5 @@ def collect_run(
     contents.cam_dir = _first_dir(run, cam_dir, CAM_DIRS, "CAM")
     contents.pseudo_dir = _first_dir(run, pseudo_dir, PSEUDO_DIRS, "pseudo-mask")
     contents.seg_dir = _first_dir(run, seg_dir, SEG_DIRS, "segmentation")
-    contents.dataset = dataset if dataset is not None else _demo_dataset(run, contents.run_info)
+    contents.dataset = dataset if dataset is not None else _demo_dataset(run)
     return contents

@@ -5,26 +5,61 @@ The sections are the existing commands' configurations under their own key names
 what ``sipe seg train --print-config`` prints. ``data`` is shared by every stage: :func:`resolve` copies it
 into ``train.data`` and ``seg.data`` (and the pseudo-label folder into ``seg.pseudo_labels``), so that the
 printed configuration shows what each stage really runs with.
+
+Two optional sections add leading stages (``configs/demo.yaml`` sets both): ``synthetic`` generates the
+synthetic dataset into ``OUT/data`` (``data.root``), and ``pretrain`` pretrains a plain classifier into
+``OUT/pretrain/backbone.pth``, which a stage takes by naming :data:`PRETRAINED` as its weights. ``seed``,
+when set, is copied into the seeds of the data, pretraining, IRN and segmentation stages (SIPE training
+keeps its own, the official 15).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from sipe.config.common import DataConfig
 from sipe.config.irn import IRNConfig
+from sipe.config.loader import ConfigError
 from sipe.config.seg import SegDataConfig, SegTrainConfig
-from sipe.config.train import SIPETrainConfig
+from sipe.config.train import PretrainConfig, SIPETrainConfig
 
-__all__ = ["CamSection", "EvalSection", "ExportSection", "RefineSection", "RunConfig", "eval_splits",
-           "is_demo_config", "resolve"]
+__all__ = ["DEMO_CONFIG", "PRETRAINED", "CamSection", "EvalSection", "ExportSection", "PretrainSection",
+           "RefineSection", "RunConfig", "SyntheticSection", "eval_splits", "resolve"]
+
+# The demo's configuration (configs/demo.yaml links to it): `sipe demo` runs this file.
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+# The weights value that means "the backbone of this run's pretraining stage" (OUT/pretrain/backbone.pth).
+PRETRAINED = "stage:pretrain"
+PRETRAINED_FILE = Path("pretrain") / "backbone.pth"
+SYNTHETIC_DIR = "data"
+
+
+@dataclass
+class SyntheticSection:
+    """The synthetic dataset the ``data`` stage generates (:func:`sipe.data.generate_synthetic`)."""
+
+    seed: int = 0
+    n_train: int = 400
+    n_val: int = 100
+    image_size: tuple[int, int] = (96, 160)
+    num_classes: int = 4  # foreground classes
+    max_objects: int = 2
+    # Objects a few stride-16 cells wide even at scale 1.0, so that image-specific prototypes have
+    # room to work (the paper's VOC objects span tens of cells).
+    body_radius: tuple[float, float] = (0.26, 0.36)
+
+
+@dataclass
+class PretrainSection(PretrainConfig):
+    """Plain-classifier pretraining (:func:`sipe.train.pretrain.pretrain_classifier`), the stand-in for
+    ImageNet weights offline; ``background_images`` object-free synthetic images join as negatives, so
+    that no class is learned as "none of the others" (its CAM would cover the background)."""
+
+    background_images: int = 0
 
 
 def _run_data() -> DataConfig:
@@ -70,6 +105,8 @@ class EvalSection:
     seg_crf: bool = False  # dense-CRF post-processing (deeplab-pytorch's parameters)
     num_workers: int = 2
     num_images: int = 12  # rows of the results page's image grid
+    # Pictures image | CAM | IS-CAM | ground truth of the first N evaluation images, in OUT/overlays/.
+    num_overlays: int = 0
 
 
 @dataclass
@@ -83,8 +120,11 @@ class ExportSection:
 @dataclass
 class RunConfig:
     """Everything ``sipe run`` does; YAML sections ``data``, ``train``, ``cam``, ``refine``, ``irn``,
-    ``seg``, ``eval``, ``export``."""
+    ``seg``, ``eval``, ``export``, and optionally ``seed``, ``synthetic`` and ``pretrain`` (see the module)."""
 
+    seed: int | None = None
+    synthetic: SyntheticSection | None = None
+    pretrain: PretrainSection | None = None
     data: DataConfig = field(default_factory=_run_data)
     train: SIPETrainConfig = field(default_factory=SIPETrainConfig)
     cam: CamSection = field(default_factory=CamSection)
@@ -98,27 +138,40 @@ class RunConfig:
 
 
 def resolve(cfg: RunConfig, out: str | os.PathLike | None = None) -> RunConfig:
-    """A copy whose stage sections carry the shared ``data`` section (``train.data``, ``seg.data``) and,
-    given the run folder, the pseudo-label folder the segmentation stage trains on."""
+    """A copy whose stage sections carry what they run with: the shared ``data`` section (``train.data``,
+    ``seg.data``), ``seed`` where it applies and, given the run folder, the paths inside it (the generated
+    data, the pretrained weights, the pseudo-label folder the segmentation stage trains on).
+
+    Raises :class:`ConfigError` for a ``synthetic`` section without ``data.kind=synthetic`` and for
+    :data:`PRETRAINED` weights without a ``pretrain`` section.
+    """
     cfg = copy.deepcopy(cfg)
+    run = Path(out).resolve() if out is not None else None
+    if cfg.synthetic is not None:
+        if cfg.data.kind != "synthetic":
+            raise ConfigError(f"the synthetic section generates synthetic data, but data.kind={cfg.data.kind}; "
+                              "set data.kind=synthetic or drop the synthetic section")
+        if run is not None:
+            cfg.data.root = str(run / SYNTHETIC_DIR)
+    if cfg.seed is not None:
+        for section in (cfg.synthetic, cfg.pretrain and cfg.pretrain.engine, cfg.irn.engine, cfg.seg.engine):
+            if section is not None:
+                section.seed = cfg.seed
+    weights = {"train.model.weights": cfg.train.model, "irn.weights": cfg.irn, "seg.model.weights": cfg.seg.model}
+    for key, section in weights.items():
+        if section.weights != PRETRAINED:
+            continue
+        if cfg.pretrain is None:
+            raise ConfigError(f"{key}={PRETRAINED} names the pretraining stage's weights, but the configuration "
+                              "has no pretrain section; add one or give other weights")
+        if run is not None:
+            section.weights = str(run / PRETRAINED_FILE)
     cfg.train.data = copy.deepcopy(cfg.data)
     seg_data = {k: getattr(cfg.data, k) for k in cfg.data.__dataclass_fields__}
     cfg.seg.data = SegDataConfig(**{**seg_data, "val_split": None})  # evaluated by the run's seg_eval stage
-    if out is not None:
-        cfg.seg.pseudo_labels = str(Path(out) / "pseudo_train")
+    if run is not None:
+        cfg.seg.pseudo_labels = str(run / "pseudo_train")
     return cfg
-
-
-def is_demo_config(path: str | os.PathLike | None) -> bool:
-    """Whether the YAML file at ``path`` is a ``sipe demo`` configuration (``configs/demo.yaml``: it has
-    the demo's own ``pretrain`` section), which ``sipe run`` runs as the demo."""
-    if path is None or not Path(path).is_file():
-        return False
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return False
-    return isinstance(data, Mapping) and "pretrain" in data and "train" not in data
 
 
 def eval_splits(cfg: RunConfig) -> tuple[str | None, str | None]:

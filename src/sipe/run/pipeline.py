@@ -2,7 +2,9 @@
 
 A run folder holds one subfolder (or file) per stage and ``.stages/``: ``<stage>.json`` (written atomically
 once the stage's outputs are all written: its result as JSON, its seconds by the clock and the key of the
-config it ran under) and ``config.json`` (the configuration the folder belongs to). A rerun skips every
+config it ran under) and ``config.json`` (the configuration the folder belongs to). Paths inside the run
+folder are recorded relative to it (results and configuration alike), so that a folder can be moved or
+copied and stays complete. A rerun skips every
 recorded stage and reuses its result; an interrupted stage resumes by its own means (training stages from
 ``checkpoints/last.pt``, per-image stages by skipping the images whose output exists). A rerun under
 another configuration stops before writing anything when a stage already started depends on what
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,11 +27,12 @@ from typing import Any
 from sipe import io
 from sipe.errors import UsageError
 
-__all__ = ["Pipeline", "RunConfigChanged", "Stage", "flatten", "significant"]
+__all__ = ["Pipeline", "RunConfigChanged", "Stage", "flatten", "in_run", "relative_to_run", "significant"]
 
 logger = logging.getLogger("sipe.run")
 
 RECORDS = ".stages"
+RUN_PREFIX = "<run>/"  # how records and keys write a path inside the run folder
 # Settings that change how fast or how loudly a stage runs, not what it writes: a rerun may change them.
 _INCIDENTAL = ("num_workers", "progress", "log_every", "device", "resume", "ckpt_minutes", "ckpt_every",
                "stop_after")
@@ -43,8 +47,8 @@ class Stage:
     """One step of a pipeline.
 
     fn: does the work and returns plain JSON data (recorded; a rerun returns it without running ``fn``).
-    sections: top-level config keys the stage's outputs depend on besides those of the stages before it
-        (empty: every key).
+    sections: config keys the stage's outputs depend on besides those of the stages before it: top-level
+        names or dotted prefixes such as ``dataset.eval`` (empty: every key).
     outputs: paths inside the run folder the stage writes (removed when ``--from`` redoes the stage).
     enabled: false for a stage this configuration does not run (``why`` says why; listed, never run).
     """
@@ -74,6 +78,37 @@ def significant(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flatten(config).items() if k.rsplit(".", 1)[-1] not in _INCIDENTAL}
 
 
+def relative_to_run(value: Any, out: Path) -> Any:
+    """``value`` with every string that is a path inside ``out`` written as ``<run>/rel/path`` (lists, dicts
+    recursed), so that records and keys do not depend on where the run folder lies."""
+    if isinstance(value, str):
+        root = str(out.resolve())
+        if value == root or value.startswith(root + os.sep):
+            return RUN_PREFIX + os.path.relpath(value, root)
+        return value
+    if isinstance(value, Mapping):
+        return {k: relative_to_run(v, out) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_to_run(v, out) for v in value]
+    return value
+
+
+def in_run(value: Any, out: Path) -> Any:
+    """The inverse of :func:`relative_to_run`: ``<run>/x`` strings -> paths under ``out`` (as strings)."""
+    if isinstance(value, str):
+        return str(out.resolve() / value[len(RUN_PREFIX):]) if value.startswith(RUN_PREFIX) else value
+    if isinstance(value, Mapping):
+        return {k: in_run(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [in_run(v, out) for v in value]
+    return value
+
+
+def _in_sections(key: str, sections: set[str]) -> bool:
+    """Whether flattened ``key`` belongs to one of ``sections`` (top-level names or dotted prefixes)."""
+    return "*" in sections or any(key == s or key.startswith(s + ".") for s in sections)
+
+
 def _digest(data: Any) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -92,10 +127,11 @@ class Pipeline:
         self.out = Path(out)
         self.dir = self.out / RECORDS
         self.stages = list(stages)
-        self.config = significant(config)
+        self.config = relative_to_run(significant(config), self.out)
         self.command = command
         self.derived = derived  # key prefixes copied or computed from other keys: named last when they differ
         self.timings: dict[str, float] = {}
+        self.ran: list[str] = []  # stages run (not skipped) by this invocation, in order
         self.results: dict[str, Any] = {}  # stage -> result, as the stages finish (later stages read it)
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
@@ -104,9 +140,7 @@ class Pipeline:
         seen: set[str] = set()
         for stage in self.stages:
             seen |= set(stage.sections) if stage.sections else {"*"}
-            wanted = self.config if "*" in seen else {
-                k: v for k, v in self.config.items() if k.split(".", 1)[0] in seen}
-            self.keys[stage.name] = _digest(wanted)
+            self.keys[stage.name] = _digest({k: v for k, v in self.config.items() if _in_sections(k, seen)})
 
     # ------------------------------------------------------------------ records
 
@@ -167,7 +201,7 @@ class Pipeline:
                          key=lambda k: (k.startswith(self.derived) if self.derived else False, k))
         if not changed:
             return
-        first = self._first_affected({k.split(".", 1)[0] for k in changed})
+        first = self._first_affected(changed)
         if first is None or not any(self.started(s) for s in self.stages[first:]):
             return
         start_at = self.names().index(start) if start is not None else None
@@ -181,11 +215,12 @@ class Pipeline:
             f"--from {self.stages[first].name}"
         )
 
-    def _first_affected(self, sections: set[str]) -> int | None:
+    def _first_affected(self, keys: Sequence[str]) -> int | None:
+        """Index of the first stage whose key covers one of the flattened ``keys``."""
         seen: set[str] = set()
         for i, stage in enumerate(self.stages):
             seen |= set(stage.sections) if stage.sections else {"*"}
-            if "*" in seen or seen & sections:
+            if any(_in_sections(k, seen) for k in keys):
                 return i
         return None
 
@@ -228,7 +263,8 @@ class Pipeline:
             for stage in self.stages:
                 rec = self.record(stage.name)
                 if stage.enabled and rec is not None:
-                    self.results[stage.name], self.timings[stage.name] = rec["result"], rec["seconds"]
+                    self.results[stage.name] = in_run(rec["result"], self.out)
+                    self.timings[stage.name] = rec["seconds"]
             logger.info("%s is complete: every stage is done (%s); nothing to do. Use --from STAGE to redo one.",
                         self.out, self.dir)
             return dict(self.results)
@@ -252,9 +288,9 @@ class Pipeline:
         rec = self.record(stage.name)
         if rec is not None:
             self.timings[stage.name] = rec["seconds"]
-            self.results[stage.name] = rec["result"]
+            self.results[stage.name] = in_run(rec["result"], self.out)
             logger.info("%s %s: done before (%s); skipped", tag, stage.name, self.dir / f"{stage.name}.json")
-            return rec["result"]
+            return self.results[stage.name]
         logger.info("%s %s ...", tag, stage.name)
         t0 = time.perf_counter()
         result = stage.fn()
@@ -262,6 +298,8 @@ class Pipeline:
         self.timings[stage.name] = seconds
         self.results[stage.name] = result
         logger.info("%s %s done in %.1f s", tag, stage.name, seconds)
-        record = {"config": self.keys[stage.name], "seconds": seconds, "result": result}
+        self.ran.append(stage.name)
+        record = {"config": self.keys[stage.name], "seconds": seconds,
+                  "result": relative_to_run(json.loads(json.dumps(result, default=str)), self.out)}
         io.write_text(self.dir / f"{stage.name}.json", json.dumps(record, indent=1, default=str) + "\n")
         return result

@@ -1,11 +1,16 @@
 """The stages of ``sipe run``: tagged photos -> SIPE -> IS-CAM -> refinement -> segmentation -> ONNX -> results page.
 
+Each stage calls the one library function of its step (the single commands wrap the same functions).
 Run folder layout (each stage its own subfolder; ``.stages/`` the completion records)::
 
+    data/, pretrain/       with a synthetic / pretrain section (the demo): the generated dataset, the
+                           stand-in classifier pretraining (pretrain/backbone.pth)
+    skipped.tsv            every image the run left out (unreadable, too small), once
     train/                 SIPE training (checkpoints/, tb/, config.yaml)
     cams_train/            IS-CAMs (and plain CAMs) of the training images: is_cam/, cam/
     cams_val/              the same for the evaluation split, when it is not part of the training split
     eval_cam.json, eval_is_cam.json, eval_pseudo_labels.json, eval_seg.json   (where masks exist)
+    overlays/              eval.num_overlays pictures image | CAM | IS-CAM | ground truth
     regions_train/, irn/   refine.method=irn: confident regions, IRN
     pseudo_train/, pseudo_val/   pseudo masks (palette PNGs)
     seg/                   the segmentation network (checkpoints/final.pt)
@@ -16,7 +21,6 @@ Run folder layout (each stage its own subfolder; ``.stages/`` the completion rec
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -27,89 +31,69 @@ from typing import Any
 import numpy as np
 
 from sipe import io
-from sipe.run.config import RunConfig, eval_splits, resolve
+from sipe.run.config import PRETRAINED_FILE, SYNTHETIC_DIR, RunConfig, eval_splits, resolve
+from sipe.run.data import RunData, run_data
 from sipe.run.pipeline import Pipeline, Stage
 
-__all__ = ["RunData", "build_run_pipeline", "run_data", "run_pipeline"]
+__all__ = ["build_run_pipeline", "run_pipeline"]
 
 logger = logging.getLogger("sipe.run")
 
 EXPORT_HINT = "pip install 'sipe[export]' for the ONNX export, then rerun"
-
-
-class RunData:
-    """The datasets of a run, read and checked without torch: the training split (images too small for
-    training dropped), the evaluation split of the CAMs / pseudo masks and that of the segmentation network
-    (``None`` where no masks exist)."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        from sipe.train.inputs import training_data
-
-        self.training = training_data(cfg.train)  # checks classes and batch size; SIPE's validation split
-        self.train = self.training.train
-        split, seg_split = eval_splits(cfg)
-        self.eval = self._masked(cfg, split) if split is not None else None
-        self.seg_eval = None
-        if seg_split is not None:
-            self.seg_eval = self.eval if seg_split == split else self._masked(cfg, seg_split)
-        train_names = set(self.train.names)
-        # Evaluation images that are training images already have their IS-CAMs and pseudo masks there.
-        self.eval_in_train = self.eval is not None and set(self.eval.names) <= train_names
-
-    @staticmethod
-    def _masked(cfg: RunConfig, split: str) -> Any:
-        from sipe.data import dataset_from_config
-
-        ds = dataset_from_config(cfg.data, split, with_masks=True)
-        ds.require_masks()
-        return ds
-
-    def fingerprint(self) -> dict[str, str]:
-        """What identifies the data: per split, the image count and a hash of the image names, their
-        image-level labels and the class list (a rerun on other data is refused by it)."""
-        out = {}
-        for key, ds in (("train", self.train), ("eval", self.eval), ("seg_eval", self.seg_eval)):
-            if ds is None:
-                continue
-            h = hashlib.sha1("\n".join(ds.names).encode())
-            h.update(",".join(ds.class_names).encode())
-            for i in range(len(ds)):
-                h.update(np.asarray(ds.get_labels(i), np.uint8).tobytes())
-            out[key] = f"{len(ds)} images {h.hexdigest()[:16]}"
-        return out
-
-
-def run_data(cfg: RunConfig) -> RunData:
-    """:class:`RunData` of ``cfg`` (raises the dataset errors: missing files, unknown classes, no masks)."""
-    data = RunData(cfg)
-    for ds in (data.eval, data.seg_eval):
-        if ds is not None and list(ds.class_names) != list(data.train.class_names):
-            raise ValueError(f"the evaluation split {ds.source} has classes {ds.class_names}, the training split "
-                             f"{data.train.class_names}; use the same class list (data.class_names)")
-    return data
-
-
-def _argmax_job(item: dict[str, Any], cam_dir: str) -> np.ndarray:
-    from sipe.cams.format import read_is_cam
-
-    keys, maps = read_is_cam(cam_dir, item["name"])
-    return np.asarray(keys, dtype=np.uint8)[np.argmax(maps, axis=0)]
+# Where the data sits, not what it is: replaced by the data's fingerprint in the run's keys (a moved
+# dataset or run folder is the same run; the fingerprint says whether the images and labels changed).
+_LOCATION_KEYS = ("root", "split", "mask_dir", "cache_dir")
 
 
 class _RunStages:
     """The work of each stage; later stages read earlier results from ``pipe.results``."""
 
-    def __init__(self, cfg: RunConfig, out: Path, data: RunData) -> None:
-        self.cfg, self.out, self.data = cfg, out, data
+    def __init__(self, cfg: RunConfig, out: Path, data: RunData | None) -> None:
+        self.cfg, self.out, self._data = cfg, out, data
         self.pipe: Pipeline | None = None
         self._model: Any = None
-        val = "train" if data.eval_in_train else "val"
+        split, _ = eval_splits(cfg)
+        in_train = data.eval_in_train if data is not None else split == cfg.data.split
+        val = "train" if in_train else "val"
         self.eval_cam_dir = out / f"cams_{val}"
         self.eval_pseudo_dir = out / f"pseudo_{val}"
+
+    @property
+    def data(self) -> RunData:
+        """The run's datasets; read when a stage first needs them (after the data stage, for the demo)."""
+        if self._data is None:
+            self._data = run_data(self.cfg)
+            self._data.write_skipped(self.out)
+        return self._data
 
     def _result(self, stage: str) -> Any:
         assert self.pipe is not None
         return self.pipe.results[stage]
+
+    # ---------------------------------------------------------------- the demo's leading stages
+
+    def make_data(self) -> str:
+        from sipe.data import generate_synthetic
+
+        s = self.cfg.synthetic
+        assert s is not None
+        return str(generate_synthetic(self.out / SYNTHETIC_DIR, seed=s.seed, n_train=s.n_train, n_val=s.n_val,
+                                      image_size=s.image_size, num_classes=s.num_classes,
+                                      max_objects=s.max_objects, body_radius=s.body_radius))
+
+    def pretrain(self) -> str:
+        from sipe.data import SyntheticBackgrounds
+        from sipe.train.pretrain import pretrain_classifier
+
+        p, s = self.cfg.pretrain, self.cfg.synthetic
+        assert p is not None
+        negatives = None
+        if p.background_images > 0:
+            assert s is not None  # checked by check_run_config
+            negatives = SyntheticBackgrounds(p.background_images, s.num_classes, seed=s.seed, image_size=s.image_size)
+        path = pretrain_classifier(self.data.train, self.out / PRETRAINED_FILE.parent, p, negatives=negatives)
+        assert Path(path).resolve() == (self.out / PRETRAINED_FILE).resolve(), path
+        return str(path)
 
     # ---------------------------------------------------------------- SIPE and IS-CAMs
 
@@ -137,8 +121,6 @@ class _RunStages:
         cam_cfg = CamConfig(scales=scales, flip=c.flip, save_cam=self.data.eval is not None, precision=c.precision,
                             channels_last=c.channels_last, num_workers=c.num_workers)
         summary = generate_cams(model, dataset, out, cam_cfg)
-        if not summary["written"] and not summary["existing"]:
-            raise ValueError(f"no IS-CAM written to {out}: every image was skipped (listed in {out}/skipped.tsv)")
         return int(summary["written"] + summary["existing"])
 
     def cam_train(self) -> int:
@@ -155,6 +137,10 @@ class _RunStages:
         is_cam = evaluate_is_cam(self.eval_cam_dir / "is_cam", ds)
         write_report(self.out / "eval_cam.json", {"split": ds.source, **cam})
         write_report(self.out / "eval_is_cam.json", {"split": ds.source, **is_cam})
+        if self.cfg.eval.num_overlays > 0:
+            from sipe.vis import save_cam_overlays
+
+            save_cam_overlays(self.out / "overlays", ds, self.eval_cam_dir, self.cfg.eval.num_overlays)
         return {"cam_miou": cam["miou"], "cam_threshold": cam["threshold"], "is_cam_miou": is_cam["miou"]}
 
     # ---------------------------------------------------------------- refinement
@@ -169,8 +155,7 @@ class _RunStages:
     def irn_train(self) -> str:
         from sipe.refine.train_irn import train_irn
 
-        train_irn(self.data.train, self.out / "regions_train", self.out / "irn", self.cfg.irn)
-        return str(self.out / "irn" / "irn.pt")
+        return str(train_irn(self.data.train, self.out / "regions_train", self.out / "irn", self.cfg.irn))
 
     def _label_sets(self) -> list[tuple[Any, Path, Path]]:
         sets = [(self.data.train, self.out / "cams_train" / "is_cam", self.out / "pseudo_train")]
@@ -179,32 +164,13 @@ class _RunStages:
         return sets
 
     def pseudo_labels(self) -> int:
-        import functools
-
-        from sipe.refine._runner import run_label_job
-        from sipe.refine.crf import make_crf_labels
+        from sipe.refine.labels import make_labels
 
         r = self.cfg.refine
-        written = 0
-        irn = None
-        if r.method == "irn":
-            from sipe.engine import resolve_device
-            from sipe.refine.train_irn import load_irn
-
-            irn = load_irn(self._result("irn_train")).to(resolve_device(self.cfg.irn.engine.device))
-        for dataset, cam_dir, out in self._label_sets():
-            if irn is not None:
-                from sipe.refine.pseudo import make_pseudo_labels
-
-                stats = make_pseudo_labels(irn, dataset, cam_dir, out, beta=r.beta, exp_times=r.exp_times,
-                                           radius=r.radius)
-            elif r.method == "crf":
-                stats = make_crf_labels(dataset, cam_dir, out, num_workers=r.num_workers)
-            else:
-                stats = run_label_job(dataset, functools.partial(_argmax_job, cam_dir=str(cam_dir)), out,
-                                      num_workers=r.num_workers, desc="IS-CAM argmax labels")
-            written += stats.total
-        return written
+        irn = self._result("irn_train") if r.method == "irn" else None
+        return sum(make_labels(r.method, dataset, cam_dir, out, irn=irn, device=self.cfg.irn.engine.device,
+                               beta=r.beta, exp_times=r.exp_times, radius=r.radius, num_workers=r.num_workers).total
+                   for dataset, cam_dir, out in self._label_sets())
 
     def eval_pseudo(self) -> dict[str, Any]:
         from sipe.metrics import evaluate_label_dir, write_report
@@ -212,14 +178,18 @@ class _RunStages:
         ds = self.data.eval
         report = evaluate_label_dir(self.eval_pseudo_dir, ds)
         write_report(self.out / "eval_pseudo_labels.json", {"split": ds.source, **report})
-        return {"pseudo_label_miou": report["miou"]}
+        out = {"pseudo_label_miou": report["miou"]}
+        train = self.data.masked_train() if not self.data.eval_in_train else None
+        if train is not None:  # what the segmentation network trains on, where the training images have masks
+            out["pseudo_label_train_miou"] = evaluate_label_dir(self.out / "pseudo_train", train)["miou"]
+        return out
 
     # ---------------------------------------------------------------- segmentation
 
     def seg_train(self) -> str:
         from sipe.seg.train import train_seg
 
-        return str(train_seg(self.cfg.seg, self.out / "seg"))
+        return str(train_seg(self.cfg.seg, self.out / "seg", images=self.data.train))
 
     def seg_eval(self) -> dict[str, Any]:
         from sipe.engine import resolve_device
@@ -252,11 +222,11 @@ class _RunStages:
 
         assert self.pipe is not None
         results = self.pipe.results
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = {} if self.cfg.seed is None else {"seed": self.cfg.seed}
         for stage in ("eval_cams", "eval_pseudo", "seg_eval"):
             metrics.update(results.get(stage) or {})
-        metrics["checkpoints"] = {"sipe": results["train"], "seg": results["seg_train"],
-                                  **({"onnx": results["export"]} if "export" in results else {})}
+        files = {"sipe": "train", "seg": "seg_train", "onnx": "export"}
+        metrics["checkpoints"] = {k: os.path.relpath(results[v], self.out) for k, v in files.items() if v in results}
         train = self.data.train
         counts = sum((train.get_labels(i) > 0 for i in range(len(train))), np.zeros(train.num_classes - 1, np.int64))
         metrics["train_images_per_class"] = {n: int(c) for n, c in zip(train.class_names[1:], counts, strict=True)}
@@ -276,23 +246,41 @@ class _RunStages:
 
 
 def build_run_pipeline(cfg: RunConfig, out: str | os.PathLike, data: RunData | None = None) -> Pipeline:
-    """The stages of ``sipe run`` for ``cfg`` (resolved with :func:`sipe.run.config.resolve`) on ``out``."""
+    """The stages of ``sipe run`` for ``cfg`` (resolved with :func:`sipe.run.config.resolve`) on ``out``.
+
+    The datasets are read here (their errors come before any work), except generated ones (a ``synthetic``
+    section), which the first stage writes."""
+    return _build(cfg, out, data)[0]
+
+
+def _build(cfg: RunConfig, out: str | os.PathLike, data: RunData | None) -> tuple[Pipeline, _RunStages]:
     from sipe.config import to_dict
 
     out = Path(out)
-    data = data if data is not None else run_data(cfg)
+    if data is None and cfg.synthetic is None:
+        data = run_data(cfg)
     s = _RunStages(cfg, out, data)
-    has_eval = data.eval is not None
+    split, seg_split = eval_splits(cfg)
+    has_eval = split is not None
+    in_train = data.eval_in_train if data is not None else split == cfg.data.split
+    has_seg_eval = data.seg_eval is not None if data is not None else seg_split is not None
     no_masks = "no masks to evaluate on (set data.mask_dir, data.val_split or eval.split)"
     method = cfg.refine.method
     onnx = importlib.util.find_spec("onnx") is not None
-    stages = [
-        Stage("train", s.train, ("dataset", "data", "train"), ("train",)),
+    stages = []
+    if cfg.synthetic is not None:
+        # seed and thread count change every number, so they belong to the first stage.
+        stages.append(Stage("data", s.make_data, ("seed", "num_threads", "synthetic", "data"), (SYNTHETIC_DIR,)))
+    if cfg.pretrain is not None:
+        stages.append(Stage("pretrain", s.pretrain, ("seed", "num_threads", "data", "dataset.train", "pretrain"),
+                            (str(PRETRAINED_FILE.parent),)))
+    stages += [
+        Stage("train", s.train, ("seed", "num_threads", "data", "dataset.train", "train"), ("train",)),
         Stage("cam_train", s.cam_train, ("cam",), ("cams_train",)),
-        Stage("cam_val", s.cam_val, ("eval",), ("cams_val",), enabled=has_eval and not data.eval_in_train,
+        Stage("cam_val", s.cam_val, ("eval.split", "dataset.eval"), ("cams_val",), enabled=has_eval and not in_train,
               why="the evaluation images are training images" if has_eval else no_masks),
-        Stage("eval_cams", s.eval_cams, ("eval",), ("eval_cam.json", "eval_is_cam.json"), enabled=has_eval,
-              why=no_masks),
+        Stage("eval_cams", s.eval_cams, ("eval",), ("eval_cam.json", "eval_is_cam.json", "overlays"),
+              enabled=has_eval, why=no_masks),
         Stage("regions", s.regions, ("refine",), ("regions_train",), enabled=method == "irn",
               why=f"refine.method={method}"),
         Stage("irn_train", s.irn_train, ("irn",), ("irn",), enabled=method == "irn", why=f"refine.method={method}"),
@@ -300,17 +288,23 @@ def build_run_pipeline(cfg: RunConfig, out: str | os.PathLike, data: RunData | N
         Stage("eval_pseudo", s.eval_pseudo, ("eval",), ("eval_pseudo_labels.json",), enabled=has_eval,
               why=no_masks),
         Stage("seg_train", s.seg_train, ("seg",), ("seg",)),
-        Stage("seg_eval", s.seg_eval, ("eval",), ("seg_val", "eval_seg.json"), enabled=data.seg_eval is not None,
-              why=no_masks),
+        Stage("seg_eval", s.seg_eval, ("eval", "dataset.seg_eval"), ("seg_val", "eval_seg.json"),
+              enabled=has_seg_eval, why=no_masks),
         Stage("export", s.export, ("export",), ("export",), enabled=cfg.export.onnx and onnx,
               why=EXPORT_HINT if cfg.export.onnx else "export.onnx=false"),
         Stage("report", s.report, ("eval",), ("metrics.json", "report.html")),
     ]
-    config = {**to_dict(cfg), "dataset": data.fingerprint()}
+    config = to_dict(cfg)
+    if data is not None:
+        # The data's fingerprint instead of where it lies (a generated dataset is fixed by its section).
+        config["dataset"] = data.fingerprint()
+        for section in (config["data"], config["train"]["data"], config["seg"]["data"]):
+            for key in _LOCATION_KEYS:
+                section.pop(key, None)
     derived = ("dataset.", "train.data.", "seg.data.", "seg.pseudo_labels")  # copies of data, its fingerprint
     pipe = Pipeline(out, stages, config, command="sipe run", derived=derived)
     s.pipe = pipe
-    return pipe
+    return pipe, s
 
 
 def run_pipeline(cfg: RunConfig, out: str | os.PathLike, start: str | None = None, until: str | None = None,
@@ -326,7 +320,7 @@ def run_pipeline(cfg: RunConfig, out: str | os.PathLike, start: str | None = Non
 
     out = Path(out)
     cfg = resolve(cfg, out)
-    pipe = build_run_pipeline(cfg, out, data)
+    pipe, work = _build(cfg, out, data)
     threads = torch.get_num_threads()
 
     def setup() -> None:
@@ -334,12 +328,16 @@ def run_pipeline(cfg: RunConfig, out: str | os.PathLike, start: str | None = Non
 
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        save_run_info(out, cfg)
+        save_run_info(out, cfg)  # after the thread count is set: run_info.json records it
+        if cfg.seed is not None:
+            torch.manual_seed(cfg.seed)
+        if work._data is not None:  # else written when the data stage's output is first read
+            work._data.write_skipped(out)
 
     if cfg.export.onnx and not pipe.stage("export").enabled:
         logger.info("ONNX export off: %s", EXPORT_HINT)
     try:
         results = pipe.run(start, until, setup=setup)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # the caller's setting back (tests run many runs in one process)
     return results.get("report", {})

@@ -10,6 +10,7 @@ everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) from ``si
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ from sipe.config import to_dict
 from sipe.config.seg import SegEngineConfig, SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
 from sipe.data.base import SKIPPED_FILE, SkipCounter, check_label_map
+from sipe.data.fingerprint import images_fingerprint
 from sipe.data.image import read_label_png
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
@@ -153,11 +155,15 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
     return model
 
 
-def training_images(cfg: SegTrainConfig) -> Any:
-    """The training split of ``cfg.data``, its unreadable and tiny images dropped (skipped with a logged count),
-    and those that ``sipe refine`` skipped (they have no pseudo label by design)."""
-    base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
-    base.drop_small(cfg.data.min_size)
+def training_images(cfg: SegTrainConfig, images: Any | None = None) -> Any:
+    """The training split of ``cfg.data`` (or a copy of ``images``), its unreadable and tiny images dropped
+    (skipped with a logged count), and those that ``sipe refine`` skipped (they have no pseudo label by design)."""
+    if images is None:
+        base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
+        base.drop_small(cfg.data.min_size)
+    else:
+        base = images.subset(range(len(images)))
+        base.skipped = copy.deepcopy(images.skipped)  # the copy's own list: the caller's stays as it is
     base.drop_skipped_earlier(cfg.pseudo_label_dir())
     return base
 
@@ -229,9 +235,12 @@ def planned_engine(engine: SegEngineConfig, num_samples: int) -> SegEngineConfig
     return dataclasses.replace(engine, max_steps=engine.min_steps)
 
 
-def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
+def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | None = None) -> Path:
     """Train a segmentation network on pseudo masks; returns the path of the final checkpoint
     (``out_dir/checkpoints/final.pt``, or ``last.pt`` when stopped early by ``engine.stop_after``).
+
+    ``images``: the training split when the caller loaded and checked it already (``sipe run``: unusable
+    images dropped once for every stage); read from ``cfg.data`` when ``None``. Not changed here.
 
     Every checkpoint holds ``"model"`` (state dict) and ``"meta"`` with ``model_spec``,
     ``class_names`` and the resolved ``seg_config``; :func:`sipe.seg.model.load_seg_checkpoint`
@@ -240,7 +249,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     cfg.pseudo_label_dir()  # set and present, before anything is loaded
     info = setup_distributed(cfg.engine.device)  # before any rank-dependent step below
-    base = training_images(cfg)
+    base = training_images(cfg, images)
     class_names = list(base.class_names)
     val_fn = validation_fn(cfg, class_names)
     arch = architecture(cfg.model.arch)
@@ -265,7 +274,7 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike) -> Path:
         val_name="validation segmentation mIoU", meta=meta,
         # config.yaml, run_info.json and skipped.tsv: written by fit once the rerun check passed.
         run_config=cfg,
-        run_key={"classes": class_names, "data.root": str(Path(cfg.data.root).resolve()),
+        run_key={"classes": class_names, "data": images_fingerprint(base),
                  "model.arch": cfg.model.arch, "model.backbone": cfg.model.backbone},
         on_start=lambda: _write_skipped(out_dir, base.skipped, train_set.skipped),
     )

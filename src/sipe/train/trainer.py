@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from sipe.config import STRIDE, AugConfig, to_dict
 from sipe.config.train import SIPETrainConfig
 from sipe.data import SKIPPED_FILE
+from sipe.data.fingerprint import images_fingerprint
 from sipe.engine import fit, is_main_process, setup_distributed
 from sipe.models.layers import model_device
 from sipe.train.inputs import TrainingData, training_data
@@ -224,7 +225,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
     }
     step = functools.partial(sipe_step, gsc_weight=cfg.method.gsc_weight)
     # Written by fit once the rerun check passed, so that a run folder keeps its history.
-    run_key = {"classes": list(train_base.class_names), "data.root": str(Path(cfg.data.root).resolve()),
+    run_key = {"classes": list(train_base.class_names), "data": images_fingerprint(train_base),
                "model.backbone": cfg.model.backbone}
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
         val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta, run_config=cfg, run_key=run_key,
