@@ -51,13 +51,13 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """The tiny demo (``helpers.TINY_DEMO``) run once per session: (the config passed, out dir, metrics)."""
-    from helpers import TINY_DEMO
+    from helpers import TINY_DEMO, run_demo
     from sipe.config import load_config
-    from sipe.demo import DemoConfig, run_demo
+    from sipe.run.config import DEMO_CONFIG, RunConfig
 
-    cfg = load_config(DemoConfig, None, TINY_DEMO)
+    cfg = load_config(RunConfig, DEMO_CONFIG, TINY_DEMO)
     out = tmp_path_factory.mktemp("tiny_demo") / "demo"
-    return cfg, out, run_demo(cfg, out)
+    return cfg, out, run_demo(out)
 
 
 @pytest.fixture(scope="module")

@@ -63,16 +63,25 @@ class TinyBackbone(nn.Module):
 
 # The demo shrunk to a few tiny images (tests/test_demo.py, the session's `tiny_demo` fixture).
 TINY_DEMO = [
-    "data.n_train=8", "data.n_val=3", "data.image_size=[48,64]",
+    "synthetic.n_train=8", "synthetic.n_val=3", "synthetic.image_size=[48,64]",
     "pretrain.resize_long=[64,96]", "pretrain.crop_size=64", "pretrain.engine.epochs=1",
     "pretrain.engine.batch_size=4", "pretrain.engine.num_workers=0", "pretrain.engine.progress=false",
-    "aug.resize_long=[64,96]", "aug.crop_size=64", "engine.epochs=1", "engine.batch_size=4",
-    "engine.num_workers=0", "engine.progress=false",
+    "train.aug.resize_long=[64,96]", "train.aug.crop_size=64", "train.engine.epochs=1", "train.engine.batch_size=4",
+    "train.engine.num_workers=0", "train.engine.progress=false", "cam.num_workers=0",
     "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1", "irn.engine.batch_size=4", "irn.engine.num_workers=0",
-    "irn.engine.progress=false", "seg_aug.crop_size=48", "seg_engine.epochs=1", "seg_engine.min_steps=null",
-    "seg_engine.batch_size=4", "seg_engine.num_workers=0", "seg_engine.progress=false", "num_overlays=2",
-    "background_images=4",
+    "irn.engine.progress=false", "seg.aug.crop_size=48", "seg.engine.epochs=1", "seg.engine.min_steps=null",
+    "seg.engine.batch_size=4", "seg.engine.num_workers=0", "seg.engine.progress=false", "eval.num_overlays=2",
+    "eval.num_workers=0", "pretrain.background_images=4", "export.onnx=false",
 ]
+
+
+def run_demo(out, overrides=TINY_DEMO, **kwargs):
+    """``sipe demo`` (``sipe run`` with the packaged configs/demo.yaml) into ``out``; returns its metrics."""
+    from sipe.config import load_config
+    from sipe.run import run_pipeline
+    from sipe.run.config import DEMO_CONFIG, RunConfig
+
+    return run_pipeline(load_config(RunConfig, DEMO_CONFIG, overrides), out, **kwargs)
 
 
 # A user's backbone module, written to the test's folder and imported by name (module:function).

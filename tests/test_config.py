@@ -190,37 +190,27 @@ def test_merged_values_are_validated_and_defaults_not_shared(tmp_path):
 
 def test_demo_config_partial_aug_keeps_the_demo_sizes(tmp_path):
     from sipe.config import AugConfig
-    from sipe.demo import DemoConfig
+    from sipe.run.config import DEMO_CONFIG, RunConfig
 
-    demo_aug = DemoConfig().aug
+    demo_aug = load_config(RunConfig, DEMO_CONFIG).train.aug
     assert (demo_aug.crop_size, demo_aug.resize_long) != (AugConfig().crop_size, AugConfig().resize_long)
-    for cfg in (load_config(DemoConfig, _yaml(tmp_path, "aug:\n  flip: false\n")),
-                load_config(DemoConfig, None, ["aug.flip=false"])):
-        assert cfg.aug == dataclasses.replace(demo_aug, flip=False)
-        assert cfg.aug.flip is False
+    cfg = load_config(RunConfig, DEMO_CONFIG, ["train.aug.flip=false"])
+    assert cfg.train.aug == dataclasses.replace(demo_aug, flip=False)
     # Two levels deep: a demo IRN engine setting keeps the demo's other engine values.
-    irn = DemoConfig().irn
-    cfg = load_config(DemoConfig, None, ["irn.engine.lr=0.05"])
+    irn = load_config(RunConfig, DEMO_CONFIG).irn
+    cfg = load_config(RunConfig, DEMO_CONFIG, ["irn.engine.lr=0.05"])
     assert cfg.irn == dataclasses.replace(irn, engine=dataclasses.replace(irn.engine, lr=0.05))
-
-
-def test_configs_demo_yaml_holds_the_demo_defaults():
-    from sipe.demo import DemoConfig
-
-    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    cfg = load_config(DemoConfig, path)
-    assert cfg == DemoConfig()
-    # Spelled out in full, so a changed default must be changed there too.
-    assert yaml.safe_load(path.read_text()) == to_dict(DemoConfig())
+    # An optional section is reachable by override too (the walk unwraps `X | None`).
+    assert load_config(RunConfig, None, ["synthetic.n_train=7", "data.kind=synthetic"]).synthetic.n_train == 7
 
 
 def test_cli_demo_reports_config_errors_without_a_traceback(tmp_path, capsys):
     from sipe.cli import main
 
-    assert main(["demo", "--out", str(tmp_path / "out"), "engine.no_such_key=1"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "out"), "train.engine.no_such_key=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sipe demo: error:") and "no_such_key" in err
-    assert main(["demo", "--out", str(tmp_path / "out"), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["run", "--out", str(tmp_path / "out"), "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -229,11 +219,11 @@ def test_cli_demo_reports_config_errors_without_a_traceback(tmp_path, capsys):
     ("argv", "seed"), [([], 0), (["seed=1"], 1), (["--seed", "2"], 2), (["--seed", "2", "seed=1"], 2)]
 )
 def test_demo_seed_from_override_or_flag(monkeypatch, argv, seed):
-    import sipe.demo
+    import sipe.run.stages
     from sipe.cli import main
 
     seen = {}
-    monkeypatch.setattr(sipe.demo, "run_demo", lambda cfg, out: seen.update(seed=cfg.seed) or {})
+    monkeypatch.setattr(sipe.run.stages, "run_pipeline", lambda cfg, out, *a, **k: seen.update(seed=cfg.seed) or {})
     assert main(["demo", "--out", "unused", *argv]) == 0
     assert seen["seed"] == seed
 

@@ -66,7 +66,7 @@ def pretrain_classifier(
     groups = [{"params": list(net.parameters()), "lr_mult": 1.0}]
     images = dataset if negatives is None else ConcatDataset([dataset, negatives])
     trained = fit(net, ClassifierTrainSet(images, cfg.resize_long, cfg.crop_size), classifier_step, groups,
-                  cfg.engine, out_dir)
+                  cfg.engine, out_dir, run_config=cfg)
     if is_main_process():
         state = {k: v.cpu() for k, v in trained.state_dict().items() if not k.startswith("fc.")}
         save_torch(state, target)
