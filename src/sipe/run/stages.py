@@ -90,7 +90,7 @@ def run_data(cfg: RunConfig) -> RunData:
 
 
 def _argmax_job(item: dict[str, Any], cam_dir: str) -> np.ndarray:
-    from sipe.cams.format import read_is_cam
+    from sipe.data.cam_format import read_is_cam
 
     keys, maps = read_is_cam(cam_dir, item["name"])
     return np.asarray(keys, dtype=np.uint8)[np.argmax(maps, axis=0)]
