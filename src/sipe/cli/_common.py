@@ -43,7 +43,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "trai
 
 
 def build_dataset_from_args(args: argparse.Namespace, *, masks_needed: bool = False, **kwargs: Any):
-    """The :class:`sipe.data.base.SegDataset` the dataset options describe.
+    """The :class:`sipe.data.SegDataset` the dataset options describe.
 
     ``kwargs`` go to :func:`sipe.data.build_dataset` (``with_masks``, a default ``class_names``);
     ``--class-names`` takes precedence over a ``class_names`` given here. Raises

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from sipe import metrics as evaluation
-    from sipe.data.base import read_skipped
+    from sipe.data.skiplist import read_skipped
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":

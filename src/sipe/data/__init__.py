@@ -13,21 +13,17 @@ from typing import Any
 
 from sipe.config.common import DATASET_KINDS, DataConfig
 
-from .base import (
-    SKIPPED_FILE,
+from .coco import COCODataset
+from .custom import CustomDataset, read_labels_file
+from .errors import (
     DatasetError,
     DatasetRootError,
     EmptySplitError,
     LabelMapError,
     LikelyTypoError,
     MissingMaskError,
-    SegDataset,
-    SkipCounter,
     UnknownClassError,
-    check_label_map,
 )
-from .coco import COCODataset
-from .custom import CustomDataset, read_labels_file
 from .image import (
     ImageReadError,
     ImageTooSmallError,
@@ -38,6 +34,9 @@ from .image import (
     read_label_png,
     read_mask,
 )
+from .labelmap import check_label_map
+from .seg_dataset import SegDataset
+from .skiplist import SKIPPED_FILE, SkipCounter
 from .synthetic import SyntheticBackgrounds, SyntheticDataset, generate_synthetic, synthetic_class_names
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resize_flip_crop
 from .voc import VOC_CLASSES, VOCDataset
