@@ -6,7 +6,6 @@ Torch-free, and it imports neither the engine nor the models (the run metadata, 
 """
 
 from sipe.config.common import (
-    DATASET_KINDS,
     IS_CAM_SCALES,
     STRIDE,
     AugConfig,
@@ -14,6 +13,7 @@ from sipe.config.common import (
     MethodConfig,
     ModelConfig,
 )
+from sipe.config.dataset_kinds import DATASET_KINDS
 from sipe.config.engine import TrainConfig
 from sipe.config.loader import ConfigError, from_dict, load_config, to_dict
 
