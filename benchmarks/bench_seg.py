@@ -28,8 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import load_average  # noqa: E402
 from sipe.models.layers import freeze_batchnorm  # noqa: E402
-from sipe.seg.deeplabv2 import build_deeplabv2, msc_step_fn, param_groups  # noqa: E402
-from sipe.seg.model import build_deeplab  # noqa: E402
+from sipe.seg.deeplabv2 import build_deeplabv2, param_groups  # noqa: E402
+from sipe.seg.deeplabv3 import build_deeplab  # noqa: E402
+from sipe.seg.losses import msc_step_fn  # noqa: E402
 from sipe.seg.predict import predict_probs  # noqa: E402
 from sipe.seg.train import make_step_fn  # noqa: E402
 from sipe.seg.train import param_groups as v3_param_groups  # noqa: E402

@@ -44,7 +44,8 @@ def _predict_inputs(tmp: Path) -> tuple[Path, Path]:
 
     sys.path.insert(0, str(REPO / "src"))
     from sipe.io import save_torch
-    from sipe.seg.model import SegModelSpec, build_from_spec
+    from sipe.seg.architectures import build_from_spec
+    from sipe.seg.spec import SegModelSpec
 
     photo = tmp / "photo.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)

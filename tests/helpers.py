@@ -28,7 +28,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def tiny_seg_model(class_names: Sequence[str]):
     """An eval-mode ResNet-18 DeepLabV3 (output stride 16, seed 0) for ``class_names`` and its spec."""
-    from sipe.seg.model import SegModelSpec, build_from_spec
+    from sipe.seg.architectures import build_from_spec
+    from sipe.seg.spec import SegModelSpec
 
     torch.manual_seed(0)
     spec = SegModelSpec(num_classes=len(class_names), backbone="resnet18", output_stride=16,

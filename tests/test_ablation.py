@@ -157,10 +157,10 @@ def _photo_folder(root: Path, n: int = 4, size: tuple[int, int] = (64, 80)) -> P
 
 
 def test_switches_are_stored_in_the_checkpoint_and_sipe_cam_uses_them(tmp_path, capsys):
-    from sipe.cams.format import read_cam_file
     from sipe.cams.multiscale import multiscale_is_cam, prepare_for_inference
     from sipe.cli import main
     from sipe.data import build_dataset
+    from sipe.data.cam_format import read_cam_file
     from sipe.models import build_sipe
     from sipe.models.checkpoint import load_checkpoint
 

@@ -1,8 +1,9 @@
 """The package's shape, checked from the source: import layers, no import cycles, short functions.
 
 The layer table is read from ``docs/architecture.md`` ("Import layers"), so the rule is written once.
-Every import counts: module level, inside functions, ``from x import y``, relative imports, and the
-lazy exports of a package ``__init__`` (``sipe._lazy.lazy_exports``).
+Every import counts: module level, inside functions, ``from x import y``, relative imports, the
+lazy exports of a package ``__init__`` (``sipe._lazy.lazy_exports``), and ``importlib.import_module("sipe.x")``
+/ ``importlib.util.find_spec("sipe.x")`` with a literal name.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ PACKAGE = SRC / "sipe"
 DOC = REPO / "docs" / "architecture.md"
 
 MAX_FUNCTION_LINES = 100
+MAX_MODULE_LINES = 450
 
 # Exceptions, each with its reason. Keep them empty: a new entry needs a reason a reviewer accepts.
 # (importer module, imported module) -> reason, for an import against the layers.
@@ -84,6 +86,37 @@ def _lazy_targets(tree: ast.Module, module: str) -> list[tuple[str, int]]:
     return out
 
 
+# importlib's calls that load (or look up) a module by name: ``importlib.import_module(name)``,
+# ``importlib.util.find_spec(name)``, or the same functions imported by name.
+_IMPORTLIB_CALLS = {("importlib", "import_module"), ("importlib.util", "find_spec"), ("", "import_module"),
+                    ("", "find_spec")}
+
+
+def _dotted(node: ast.expr) -> str:
+    """``importlib.util`` for that attribute chain, ``""`` for anything that is not a plain dotted name."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return ""
+
+
+def _importlib_targets(tree: ast.Module) -> list[tuple[str, int]]:
+    """Modules of the package named by a literal string in an importlib call (see ``_IMPORTLIB_CALLS``)."""
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        func = _dotted(node.func)
+        owner, _, name = func.rpartition(".")
+        arg = node.args[0]
+        if ((owner, name) in _IMPORTLIB_CALLS and isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+                and arg.value.split(".")[0] == "sipe"):
+            out.append((arg.value, node.lineno))
+    return out
+
+
 def collect_imports() -> list[Import]:
     """Every import of one of the package's modules by another, wherever it sits in the file."""
     modules = _modules()
@@ -96,7 +129,7 @@ def collect_imports() -> list[Import]:
             if isinstance(node, (ast.Import, ast.ImportFrom))
             for target in _targets(node, module, is_pkg, modules)
         ]
-        for target, line in found + _lazy_targets(tree, module):
+        for target, line in found + _lazy_targets(tree, module) + _importlib_targets(tree):
             while target not in modules and "." in target:
                 target = target.rsplit(".", 1)[0]
             if target != module:
@@ -121,7 +154,7 @@ def read_layers() -> dict[str, int]:
 
 
 def unit_of(module: str) -> str:
-    """``sipe.cams.format`` -> ``cams``; ``sipe.vis`` -> ``vis``; ``sipe`` -> ``sipe``."""
+    """``sipe.cams.multiscale`` -> ``cams``; ``sipe.vis`` -> ``vis``; ``sipe`` -> ``sipe``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "sipe"
 
@@ -254,6 +287,12 @@ def test_no_function_over_100_lines() -> None:
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines; split them into named pieces:\n" + "\n".join(found)
 
 
+def test_no_module_over_450_lines() -> None:
+    found = [f"{path.relative_to(REPO)} ({n} lines)" for path, _ in _modules().values()
+             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not found, f"modules over {MAX_MODULE_LINES} lines; split them by job:\n" + "\n".join(found)
+
+
 def test_exception_lists_name_real_modules() -> None:
     modules = _modules()
     for importer, target in ALLOWED_IMPORTS:
@@ -305,6 +344,22 @@ def test_checker_finds_function_level_relative_and_sideways_imports(fake_package
         "sipe.c (row 3) imports sipe.b.y (row 2), upwards",
     ]
     assert problems[0].startswith("src/sipe/b/x.py:2")
+
+
+def test_checker_counts_importlib_calls_with_a_literal_name(fake_package: Path) -> None:
+    _write(fake_package, {
+        "src/sipe/c.py": "import importlib\nm = importlib.import_module('sipe.a')\n",  # upwards
+        "src/sipe/b2.py": ("import importlib.util\nfrom importlib import import_module\n"
+                           "def f(name):\n    importlib.util.find_spec('sipe.b')\n"  # sideways
+                           "    import_module(name)\n    import_module('numpy')\n"  # not literal / not sipe
+                           "    return import_module('sipe.c')\n"),  # downwards: fine
+    })
+    problems = layer_violations(collect_imports(), read_layers())
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "sipe.b2 (row 2) imports sipe.b (row 2), sideways (same row)",
+        "sipe.c (row 3) imports sipe.a (row 1), upwards",
+    ]
+    assert problems[0].startswith("src/sipe/b2.py:4") and problems[1].startswith("src/sipe/c.py:2")
 
 
 def test_checker_finds_cycles_and_long_functions(fake_package: Path) -> None:

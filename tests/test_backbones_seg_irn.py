@@ -13,7 +13,9 @@ from sipe.cli import main
 from sipe.config import ConfigError, from_dict
 from sipe.models.registry import BackboneError
 from sipe.refine.train_irn import build_irn, load_irn
-from sipe.seg.model import RegistryBody, build_deeplab, load_seg_checkpoint
+from sipe.seg.backbones import RegistryBody
+from sipe.seg.deeplabv3 import build_deeplab
+from sipe.seg.model import load_seg_checkpoint
 from sipe.seg.train import SegTrainConfig, prepare_model
 from test_backbones import BACKBONES
 

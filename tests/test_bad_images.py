@@ -81,7 +81,7 @@ def test_drop_small_decodes_once_and_caches_the_outcome(tmp_path, monkeypatch):
     assert (root / ".sipe_cache" / "image_checks_exif.json").is_file()
 
     # A second run decodes nothing: every outcome comes from the cache.
-    import sipe.data.base as base
+    import sipe.data.seg_dataset as base
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")

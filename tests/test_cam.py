@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sipe.cams.format import read_cam_file
 from sipe.cams.generate import CamConfig, generate_cams, output_path
 from sipe.cams.multiscale import multiscale_is_cam
+from sipe.data.cam_format import read_cam_file
 from sipe.data.image import ImageReadError
 from sipe.models import build_sipe
 

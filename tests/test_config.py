@@ -117,19 +117,17 @@ def test_git_commit_outside_a_checkout(tmp_path):
 
 
 def test_config_layer_loads_neither_torch_nor_the_engine():
-    # Run info moved to sipe.engine.run_info; its old names in sipe.config resolve on first access only.
     code = ("import sys, sipe.config, sipe.config.common, sipe.config.engine, sipe.config.irn, sipe.config.seg, "
             "sipe.config.train; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' "
             "or m.startswith(('sipe.engine', 'sipe.models'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     import sipe.config
-    import sipe.engine.config
-    import sipe.engine.run_info
+    import sipe.engine
 
-    assert sipe.config.save_run_info is save_run_info
-    assert sipe.config.numerics_info is sipe.engine.run_info.numerics_info
-    assert sipe.engine.config.TrainConfig is sipe.config.TrainConfig
+    # The run metadata lives in the engine only (no old names kept in the config layer).
+    assert not hasattr(sipe.config, "save_run_info") and not hasattr(sipe.config, "numerics_info")
+    assert sipe.engine.TrainConfig is sipe.config.TrainConfig
 
 
 # A parent whose default_factory differs from the nested class defaults, two levels deep.

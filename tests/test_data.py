@@ -334,6 +334,20 @@ def test_build_dataset_factory(voc_root: Path, coco_root, custom_root: Path, tmp
         D.build_dataset("imagenet", tmp_path, "train")
 
 
+def test_every_dataset_kind_has_a_builder_and_its_options_follow_the_table(tmp_path: Path) -> None:
+    from sipe.config.common import DataConfig
+    from sipe.config.dataset_kinds import DATASET_KINDS, kinds_with
+
+    assert set(D._BUILDERS) == set(DATASET_KINDS) and D.DATASET_KINDS is DATASET_KINDS
+    assert kinds_with("class_names") == ["voc", "custom"] and kinds_with("mask_dir") == ["custom"]
+    for kind in ("coco", "synthetic"):  # class lists fixed by the data: refused before any file is read
+        data = DataConfig(kind=kind, root=str(tmp_path), split="train", class_names=["cat"])
+        with pytest.raises(ValueError, match=f"data.class_names does not apply to data.kind={kind}: its classes"):
+            D.dataset_from_config(data, "train", with_masks=False)
+    with pytest.raises(ValueError, match="data.kind must be one of voc, coco, custom, synthetic, got 'imagenet'"):
+        DataConfig(kind="imagenet")
+
+
 # --------------------------------------------------------------------------------------------
 # transforms
 

@@ -198,6 +198,33 @@ def test_skip_counter_lists_first_few_then_counts(caplog) -> None:
     assert len(s) == 6
 
 
+def test_write_skipped_lists_the_datasets_drops_once_and_reads_back(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sipe.data.skiplist import read_skipped, write_skipped
+
+    train, mean = SimpleNamespace(skipped=D.SkipCounter()), SimpleNamespace(skipped=D.SkipCounter())
+    train.skipped.add("a", "no labels")
+    mean.skipped.add("a", "no labels")  # an image of both splits
+    mean.skipped.add("b", "smaller than 16 px", "b.jpg is 8x8", path="x/b.jpg")
+    own = D.SkipCounter()
+    own.add("c", "unreadable", "truncated\tfile\nat byte 200")
+    path = write_skipped(tmp_path / "out", own, datasets=[train, mean, None])
+    assert path == tmp_path / "out" / D.SKIPPED_FILE
+    lines = path.read_text().splitlines()
+    assert lines == ["name\tpath\treason\tdetail", "a\t\tno labels\t", "b\tx/b.jpg\tsmaller than 16 px\tb.jpg is 8x8",
+                     "c\t\tunreadable\ttruncated file at byte 200"]
+    # Under torchrun every rank writes its own file; the datasets' drops are listed by rank 0 only.
+    rank1 = write_skipped(tmp_path / "ddp", own, datasets=[train], rank=1, world=2)
+    write_skipped(tmp_path / "ddp", datasets=[train], rank=0, world=2)
+    assert rank1.name == "skipped_rank1.tsv" and rank1.read_text().count("\n") == 2
+    listed, files = read_skipped(tmp_path / "ddp")
+    assert listed == {"a": "no labels", "c": "unreadable"} and [f.name for f in files] == [
+        "skipped_rank0.tsv", "skipped_rank1.tsv"]
+    assert read_skipped(tmp_path / "out" / "is_cam")[0] == {"a": "no labels", "b": "smaller than 16 px",
+                                                            "c": "unreadable"}  # sipe cam: the parent's list
+
+
 # --------------------------------------------------------------------------------------------
 # masks
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sipe import io as sio
-from sipe.cams.format import find_cam_file, is_cam_to_label, read_cam_file, write_cam_file
+from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file, write_cam_file
 from sipe.data.image import read_label_png
 from sipe.metrics import ConfusionMatrix, evaluate_cam, evaluate_is_cam, evaluate_label_dir, format_report, write_report
 

@@ -43,8 +43,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_rotated_photo_gives_upright_is_cams_masks_and_predictions(tiny_checkpoint, tmp_path, capsys):
-    from sipe.cams.format import read_cam_file
     from sipe.data import build_dataset
+    from sipe.data.cam_format import read_cam_file
     from sipe.data.image import image_size, read_image
 
     photos, masks = tmp_path / "photos", tmp_path / "masks"

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import TinyBackbone
-from sipe import compat
 from sipe.errors import InputError
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
 from sipe.models.layers import FrozenBatchNorm2d
+from sipe.models.official import from_official
 
 
 def test_resnet_backbone_strides_and_frozen_parts():
@@ -68,35 +68,35 @@ def test_head_works_on_any_four_stage_backbone():
 
 def test_from_official_accepts_bare_and_own_layout(official_state):
     bare = dict(official_state["net"])
-    m1 = compat.from_official(bare, num_classes=21)
-    own = compat.from_official(m1.state_dict(), num_classes=21)
+    m1 = from_official(bare, num_classes=21)
+    own = from_official(m1.state_dict(), num_classes=21)
     assert torch.equal(own.side4.weight, m1.side4.weight)
 
 
 def test_from_official_errors(official_state):
     net = dict(official_state["net"])
     with pytest.raises(ValueError, match="pass num_classes=21"):
-        compat.from_official(net, num_classes=81)
+        from_official(net, num_classes=81)
     broken = {k: v for k, v in net.items() if "side2" not in k and k != "newly_added.2.weight"}
     with pytest.raises(ValueError, match="missing keys.*side2.weight"):
-        compat.from_official(broken, num_classes=21)
+        from_official(broken, num_classes=21)
     extra = dict(net, **{"resnet50.fc.weight": torch.zeros(3)})
     with pytest.raises(ValueError, match="unexpected keys.*encoder.fc.weight"):
-        compat.from_official(extra, num_classes=21)
+        from_official(extra, num_classes=21)
     bad_shape = dict(net)
     for k in ("side1.weight", "newly_added.1.weight"):
         bad_shape[k] = torch.zeros(64, 256, 1, 1)
     with pytest.raises(ValueError, match="mis-shaped.*side1.weight"):
-        compat.from_official(bad_shape, num_classes=21)
+        from_official(bad_shape, num_classes=21)
     inconsistent = dict(net, **{"newly_added.1.weight": net["side1.weight"] + 1})
     with pytest.raises(ValueError, match="alias"):
-        compat.from_official(inconsistent, num_classes=21)
+        from_official(inconsistent, num_classes=21)
 
 
 def test_coco_sized_model_builds():
     m = build_sipe("resnet50", num_classes=81)
     assert m.classifier.weight.shape == (80, 2048, 1, 1)
-    assert compat.from_official({"net": m.state_dict()}, num_classes=81).num_classes == 81
+    assert from_official({"net": m.state_dict()}, num_classes=81).num_classes == 81
 
 
 def test_training_forward_is_finite_under_fp16_autocast():

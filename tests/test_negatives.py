@@ -14,12 +14,12 @@ from PIL import Image
 from helpers import save_seg_checkpoint, tiny_seg_model, write_binary_set
 from sipe import Predictor
 from sipe import io as sio
-from sipe.cams.format import read_cam_file, write_cam_file
 from sipe.cams.predict import is_cam_label
 from sipe.cams.presence import classifier_scores, labels_from_names
 from sipe.cli import main
 from sipe.config import DataConfig
 from sipe.data import CustomDataset, dataset_from_config
+from sipe.data.cam_format import read_cam_file, write_cam_file
 from sipe.errors import UsageError
 from sipe.metrics import evaluate_cam, evaluate_is_cam, evaluate_label_dir, format_report
 from sipe.models import build_sipe

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sipe import compat, losses
 from sipe.cams.multiscale import multiscale_is_cam, scale_batch
+from sipe.core import losses
+from sipe.models.official import from_official
 
 ATOL = 1e-4
 # SIPE_TEST_DEVICE=cuda runs these on a GPU (benchmarks/gpu_check.sh); CPU by default.
@@ -22,7 +23,7 @@ if DEVICE.type == "cuda":  # TF32 would cost ~1e-3 and flip seeds
 @pytest.fixture(scope="module")
 def model(official_state):
     torch.manual_seed(0)
-    return compat.from_official(official_state, num_classes=21).to(DEVICE)
+    return from_official(official_state, num_classes=21).to(DEVICE)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sipe.cams.format import write_cam_file
 from sipe.cli import main
 from sipe.data import build_dataset, generate_synthetic
+from sipe.data.cam_format import write_cam_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from sipe import io as sio
-from sipe.cams.format import write_cam_file
 from sipe.cli import main
+from sipe.data.cam_format import write_cam_file
 from sipe.report import collect_run, write_report_html
 
 SECTIONS = ("summary", "per-class", "sweep", "training", "images", "confusion")

@@ -5,7 +5,6 @@ Checked in the engine (:func:`sipe.engine.fit`) and through ``sipe train``, ``si
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -19,8 +19,9 @@ from sipe.errors import InputError
 from sipe.io import save_label_png
 from sipe.models import build_sipe
 from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm
+from sipe.seg.deeplabv3 import build_deeplab
 from sipe.seg.evaluate import evaluate_seg
-from sipe.seg.model import build_deeplab, load_seg_checkpoint
+from sipe.seg.model import load_seg_checkpoint
 from sipe.seg.predict import predict_probs
 from sipe.seg.train import (
     PseudoLabelDataset,

@@ -144,7 +144,8 @@ def test_a_third_architecture_is_one_table_entry(tiny_arch, tmp_path, capsys):
 
 
 def test_an_unknown_architecture_in_a_checkpoint_names_the_known_ones():
-    from sipe.seg.model import SegModelSpec, build_from_spec
+    from sipe.seg.architectures import build_from_spec
+    from sipe.seg.spec import SegModelSpec
 
     with pytest.raises(ValueError, match=r"unknown segmentation architecture 'fcn' in the model spec "
                                          r"\(deeplabv3, deeplabv2\)"):

@@ -16,17 +16,14 @@ import torchvision
 from helpers import save_seg_checkpoint
 from sipe.config import from_dict, load_config
 from sipe.data import generate_synthetic
-from sipe.seg.deeplabv2 import (
-    DeepLabV2,
-    build_deeplabv2,
-    load_deeplab_pytorch_weights,
-    msc_loss,
-    msc_step_fn,
-    param_groups,
-)
+from sipe.seg.architectures import build_from_spec
+from sipe.seg.deeplab_pytorch import load_deeplab_pytorch_weights
+from sipe.seg.deeplabv2 import DeepLabV2, build_deeplabv2, param_groups
 from sipe.seg.dense_crf import crf_refine_probs
 from sipe.seg.evaluate import evaluate_seg
-from sipe.seg.model import SegModelSpec, build_from_spec, load_seg_checkpoint
+from sipe.seg.losses import msc_loss, msc_step_fn
+from sipe.seg.model import load_seg_checkpoint
+from sipe.seg.spec import SegModelSpec
 from sipe.seg.train import PseudoLabelDataset, SegTrainConfig, train_seg
 
 pytestmark = pytest.mark.usefixtures("one_thread")

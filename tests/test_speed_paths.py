@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from helpers import TinyBackbone
-from sipe import compat
 from sipe.cams.multiscale import model_memory_format, multiscale_is_cam, prepare_for_inference
 from sipe.core import ipe
 from sipe.models import ResNetBackbone, SIPENet, build_sipe
 from sipe.models.layers import FrozenBatchNorm2d
+from sipe.models.official import from_official
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -99,7 +99,7 @@ def test_backbone_structure_at_inference_fuses_the_flip():
 
 @pytest.fixture(scope="module")
 def parity_model(official_state):
-    return compat.from_official(official_state, num_classes=21).eval()
+    return from_official(official_state, num_classes=21).eval()
 
 
 def test_fast_fp32_path_matches_the_official_maps(parity_model, reference):

@@ -28,10 +28,10 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from sipe.cams.format import is_cam_to_label
 from sipe.cams.multiscale import multiscale_is_cam
 from sipe.cams.presence import classifier_scores, labels_from_names, labels_from_scores
 from sipe.config import STRIDE, MethodConfig
+from sipe.data.cam_format import is_cam_to_label
 from sipe.data.image import check_min_size, read_image, to_rgb_array
 from sipe.errors import InputError, UsageError
 from sipe.vis import PredictResult, write_label_maps

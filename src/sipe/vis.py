@@ -14,9 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from sipe import io as sio
-from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.cam_format import check_cam_arrays
 from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size, collect_images, read_image
+from sipe.data.skiplist import SKIPPED_FILE, SkipCounter
 
 
 def colorize(label: np.ndarray) -> np.ndarray:

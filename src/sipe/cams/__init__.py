@@ -1,4 +1,3 @@
 """IS-CAM (and CAM) maps: multi-scale inference for one image (:mod:`.multiscale`), generation over a
 dataset (:mod:`.generate`) and masks for image files from known labels (:mod:`.predict`). The
-per-image file format every later stage reads lives in the data layer (:mod:`sipe.data.cam_format`;
-:mod:`.format` re-exports it)."""
+per-image file format every later stage reads lives in the data layer (:mod:`sipe.data.cam_format`)."""

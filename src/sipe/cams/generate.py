@@ -31,9 +31,9 @@ from sipe.cams.multiscale import (
 from sipe.cams.presence import labels_from_scores, scores_of_batch
 from sipe.config import STRIDE
 from sipe.core.sipe_net import SIPENet
-from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.cam_format import write_cam_file
 from sipe.data.image import ImageReadError, ImageTooSmallError, check_min_size
+from sipe.data.skiplist import SkipCounter, write_skipped
 
 logger = logging.getLogger("sipe.cams")
 
@@ -112,7 +112,7 @@ def generate_cams(
     """Write the multi-scale IS-CAM of every image of ``dataset`` this rank owns (every
     ``world_size``-th image from ``rank``), skipping images whose output already exists.
 
-    ``dataset`` is a :class:`sipe.data.base.SegDataset`. An image without labels (a negative) gets an
+    ``dataset`` is a :class:`sipe.data.seg_dataset.SegDataset`. An image without labels (a negative) gets an
     all-background IS-CAM (the background channel alone) and an empty CAM file. With
     ``cfg.labels_from="classifier"`` the network's own scores choose the channels instead of the
     dataset's labels. Images that cannot be decoded or are
@@ -163,10 +163,5 @@ def generate_cams(
         del item, is_cam, cam
         release_memory()
     skipped.log(len(mine))
-    # The images the dataset itself dropped (no labels, unreadable, too small) are listed by rank 0 only.
-    listed = SkipCounter("images")
-    if rank == 0:
-        listed.extend(getattr(dataset, "skipped", SkipCounter()))
-    listed.extend(skipped)
-    listed.write_tsv(out_dir / (SKIPPED_FILE if world_size == 1 else f"skipped_rank{rank}.tsv"))
+    write_skipped(out_dir, skipped, datasets=[dataset], rank=rank, world=world_size)  # + the dataset's drops
     return {"written": written, "existing": existing, "skipped": len(skipped), "skipped_names": skipped.names}

@@ -13,10 +13,10 @@ import logging
 import re
 from typing import Any
 
+from sipe.config.dataset_kinds import DATASET_KINDS, kinds_with
 from sipe.engine.env import torchrun_env
 from sipe.errors import InputError, UsageError
 
-DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -27,23 +27,37 @@ class DatasetArgsError(UsageError):
     """Dataset options that do not fit together (a usage error; commands exit with status 2)."""
 
 
-def add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "train", masks_needed: bool = False) -> None:
-    """``--dataset/--root/--split`` plus the ``--class-names`` and ``--mask-dir`` options."""
-    g = parser.add_argument_group("dataset")
-    g.add_argument("--dataset", default="voc", choices=DATASET_KINDS, help="dataset kind (default: %(default)s)")
-    g.add_argument("--root", required=True, help="dataset root (VOC2012 folder, COCO folder, or custom image folder)")
-    g.add_argument("--split", default=split_default,
-                   help="split name (voc: train_aug/train/val or a txt file; coco, synthetic: train/val) or, for "
-                        "custom, the labels CSV/JSON (default: %(default)s)")
+def add_dataset_args(
+    parser: argparse.ArgumentParser,
+    split_default: str | None = "train",
+    masks_needed: bool = False,
+    *,
+    optional: bool = False,
+    title: str = "dataset",
+) -> argparse._ArgumentGroup:
+    """``--dataset/--root/--split`` plus the ``--class-names`` and ``--mask-dir`` options, in a group
+    ``title`` (returned, for a command's own options of the same kind). ``optional``: no default kind and
+    no required root (the command checks that the three come together)."""
+    def per_kind(what: str) -> str:
+        return "; ".join(f"{k.name}: {getattr(k, what)}" for k in DATASET_KINDS.values())
+
+    default = "" if optional else " (default: %(default)s)"
+    g = parser.add_argument_group(title)
+    g.add_argument("--dataset", default=None if optional else "voc", choices=tuple(DATASET_KINDS),
+                   help=f"dataset kind{default}")
+    g.add_argument("--root", required=not optional, help=f"dataset root ({per_kind('root')})")
+    g.add_argument("--split", default=split_default, help=f"{per_kind('split')}{default}")
     g.add_argument("--class-names", default=None,
-                   help="voc, custom: comma-separated foreground classes in order (default: the VOC classes; "
-                        "custom: inferred from the labels file)")
-    required = " (required)" if masks_needed else ""
-    g.add_argument("--mask-dir", default=None, help=f"custom: folder of ground-truth <name>.png index masks{required}")
+                   help=f"{', '.join(kinds_with('class_names'))}: comma-separated foreground classes in order "
+                        "(default: the VOC classes; custom: inferred from the labels file)")
+    required = " (required)" if masks_needed else " (optional)" if optional else ""
+    g.add_argument("--mask-dir", default=None, help=f"{', '.join(kinds_with('mask_dir'))}: folder of ground-truth "
+                                                     f"<name>.png index masks{required}")
+    return g
 
 
 def build_dataset_from_args(args: argparse.Namespace, *, masks_needed: bool = False, **kwargs: Any):
-    """The :class:`sipe.data.base.SegDataset` the dataset options describe.
+    """The :class:`sipe.data.SegDataset` the dataset options describe.
 
     ``kwargs`` go to :func:`sipe.data.build_dataset` (``with_masks``, a default ``class_names``);
     ``--class-names`` takes precedence over a ``class_names`` given here. Raises
@@ -62,12 +76,16 @@ def build_dataset_from_args(args: argparse.Namespace, *, masks_needed: bool = Fa
 
 def check_dataset_args(args: argparse.Namespace, *, masks_needed: bool = False) -> None:
     """Raise :class:`DatasetArgsError` for dataset options that do not fit together (cheap; no I/O)."""
-    if args.class_names is not None and args.dataset not in ("voc", "custom"):
-        raise DatasetArgsError(f"--class-names applies to --dataset voc or custom, not {args.dataset}")
-    if args.mask_dir is not None and args.dataset != "custom":
-        raise DatasetArgsError(f"--mask-dir applies to --dataset custom only, not {args.dataset}")
-    if masks_needed and args.dataset == "custom" and args.mask_dir is None:
-        raise DatasetArgsError("--dataset custom needs --split LABELS_FILE and --mask-dir DIR (the ground truth)")
+    kind = DATASET_KINDS[args.dataset]  # one of argparse's choices
+    if args.class_names is not None and not kind.takes_class_names:
+        raise DatasetArgsError(f"--class-names applies to --dataset {' or '.join(kinds_with('class_names'))}, "
+                               f"not {kind.name} (its classes are {kind.fixed_classes})")
+    if args.mask_dir is not None and not kind.mask_dir:
+        only = kinds_with("mask_dir")
+        raise DatasetArgsError(f"--mask-dir applies to --dataset {' or '.join(only)}{' only' * (len(only) == 1)}, "
+                               f"not {kind.name}")
+    if masks_needed and kind.mask_dir and args.mask_dir is None:
+        raise DatasetArgsError(f"--dataset {kind.name} needs --split LABELS_FILE and --mask-dir DIR (the ground truth)")
 
 
 def _device_name(text: str) -> str:

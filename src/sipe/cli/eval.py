@@ -1,4 +1,14 @@
-"""``sipe eval``: mIoU of saved IS-CAMs, plain CAMs (threshold sweep) or label PNGs over a split."""
+"""``sipe eval``: mIoU of saved IS-CAMs, plain CAMs (threshold sweep) or label PNGs over a split.
+
+Evaluate the predictions in --pred against the ground-truth masks of a split: per-class IoU, precision
+and recall, mIoU. --kind is_cam takes the argmax of saved IS-CAMs; --kind cam sweeps the background
+threshold of saved plain CAMs and reports the best; --kind labels reads <name>.png label maps (palette
+or greyscale PNGs). Every image that can be evaluated is; the ones that cannot (prediction missing,
+unreadable or of another size than the mask; mask unreadable) are listed at the end and in the report's
+'failed', and the exit status is then 1. Images that the stage writing --pred skipped on purpose (listed
+in its skipped.tsv; for sipe cam's is_cam/ and cam/ folders, in their parent's) are counted in
+'skipped_earlier', not as failed.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +20,8 @@ from sipe.cli._common import INPUT_ERROR, UsageError, add_dataset_args, build_da
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate IS-CAMs, CAMs or label PNGs against ground-truth masks (per-class IoU, mIoU)",
-        description=(
-            "Evaluate the predictions in --pred against the ground-truth masks of a split: per-class IoU, "
-            "precision and recall, mIoU. --kind is_cam takes the argmax of saved IS-CAMs; --kind cam sweeps "
-            "the background threshold of saved plain CAMs and reports the best; --kind labels reads "
-            "<name>.png label maps (palette or greyscale PNGs). Every image that can be evaluated is; the "
-            "ones that cannot (prediction missing, unreadable or of another size than the mask; mask "
-            "unreadable) are listed at the end and in the report's 'failed', and the exit status is then 1. "
-            "Images that the stage writing --pred skipped on purpose (listed in its skipped.tsv; for sipe cam's "
-            "is_cam/ and cam/ folders, in their parent's) are counted in 'skipped_earlier', not as failed."
-        ),
-    )
+    p = subparsers.add_parser("eval", description=__doc__, help="evaluate IS-CAMs, CAMs or label PNGs against "
+                              "ground-truth masks (per-class IoU, mIoU)")
     add_dataset_args(p, split_default="train", masks_needed=True)
     p.add_argument("--pred", required=True, help="folder of predictions (<name>.npz/.npy or <name>.png)")
     p.add_argument("--kind", required=True, choices=["is_cam", "cam", "labels"], help="what --pred holds")
@@ -46,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from sipe import metrics as evaluation
-    from sipe.data.base import read_skipped
+    from sipe.data.skiplist import read_skipped
 
     setup_logging()
     if args.thresholds is not None and args.kind != "cam":

@@ -1,4 +1,12 @@
-"""``sipe export``: a trained segmentation network to ONNX (dynamic batch, height and width)."""
+"""``sipe export``: a trained segmentation network to ONNX (dynamic batch, height and width).
+
+Write a 'sipe seg train' checkpoint as an ONNX model. Input 'image': (N, 3, H, W) float32 RGB in
+[0, 255] (normalisation is inside the graph); output 'logits': (N, K, H, W) at the input size; N, H and
+W are dynamic. The class names are stored in the model metadata. A DeepLabV2 checkpoint
+(model.arch=deeplabv2) is exported as it is evaluated: its multi-scale inputs (MSC, scales 1.0, 0.75 and
+0.5 by default) and their elementwise-max fusion are folded into the one graph, and the input
+normalisation is the checkpoint's own (mean subtraction for deeplab-pytorch weights).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +17,7 @@ from sipe.cli._common import InputError
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "export",
-        help="export a segmentation checkpoint to ONNX",
-        description=(
-            "Write a 'sipe seg train' checkpoint as an ONNX model. Input 'image': (N, 3, H, W) float32 RGB in "
-            "[0, 255] (normalisation is inside the graph); output 'logits': (N, K, H, W) at the input size; "
-            "N, H and W are dynamic. The class names are stored in the model metadata. A DeepLabV2 checkpoint "
-            "(model.arch=deeplabv2) is exported as it is evaluated: its multi-scale inputs (MSC, scales 1.0, "
-            "0.75 and 0.5 by default) and their elementwise-max fusion are folded into the one graph, and the "
-            "input normalisation is the checkpoint's own (mean subtraction for deeplab-pytorch weights)."
-        ),
-    )
+    p = subparsers.add_parser("export", help="export a segmentation checkpoint to ONNX", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'sipe seg train'")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or later (default: %(default)s)")

@@ -1,4 +1,12 @@
-"""``sipe predict``: masks for new images from a segmentation checkpoint, or from SIPE's IS-CAM."""
+"""``sipe predict``: masks for new images from a segmentation checkpoint, or from SIPE's IS-CAM.
+
+Segment image files and folders of images. With a 'sipe seg train' checkpoint the segmentation network
+predicts every class; with a SIPE checkpoint ('sipe train', or the authors') the mask is the argmax of
+the multi-scale IS-CAM over the background and the image's classes: those named by --labels or
+--labels-file, else those the classifier finds (sigmoid score above --score-threshold); an image with
+none is all background. The same code as sipe.Predictor. Writes OUT/<stem>.png (palette PNG, pixel value
+= class index) and OUT/overlay/<stem>.jpg.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +18,7 @@ from sipe.cli._common import InputError, UsageError, add_device_arg, add_scales_
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "predict",
-        help="segment new images (palette PNGs + overlays)",
-        description=(
-            "Segment image files and folders of images. With a 'sipe seg train' checkpoint the segmentation "
-            "network predicts every class; with a SIPE checkpoint ('sipe train', or the authors') the mask is "
-            "the argmax of the multi-scale IS-CAM over the background and the image's classes: those named by "
-            "--labels or --labels-file, else those the classifier finds (sigmoid score above --score-threshold); "
-            "an image with none is all background. The same code as sipe.Predictor. "
-            "Writes OUT/<stem>.png (palette PNG, pixel value = class index) and OUT/overlay/<stem>.jpg."
-        ),
-    )
+    p = subparsers.add_parser("predict", help="segment new images (palette PNGs + overlays)", description=__doc__)
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--checkpoint", required=True, help="segmentation or SIPE checkpoint")
     given = p.add_mutually_exclusive_group()

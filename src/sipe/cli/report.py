@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sipe.cli._common import DATASET_KINDS
+    from sipe.cli._common import add_dataset_args
 
     p = sub.add_parser(
         "report", help="write a self-contained HTML results page of a run folder", description=__doc__,
@@ -18,12 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rows of the image grid: the best, median and worst thirds by IS-CAM IoU when masks "
                         "exist, else the first ones (default: %(default)s)")
     p.add_argument("--max-side", type=int, default=256, help="thumbnails' long side in pixels (default: %(default)s)")
-    g = p.add_argument_group("images shown (default: a sipe demo run's held-out split and folders)")
-    g.add_argument("--dataset", default=None, choices=DATASET_KINDS, help="dataset kind of the CAMs' images")
-    g.add_argument("--root", default=None, help="dataset root (VOC2012 folder, COCO folder, or custom image folder)")
-    g.add_argument("--split", default=None, help="split name, or a custom dataset's labels CSV/JSON")
-    g.add_argument("--class-names", default=None, help="voc, custom: comma-separated foreground classes in order")
-    g.add_argument("--mask-dir", default=None, help="custom: folder of ground-truth <name>.png masks (optional)")
+    g = add_dataset_args(p, split_default=None, optional=True,
+                         title="images shown (default: a sipe demo run's held-out split and folders)")
     g.add_argument("--cam-dir", default=None, help="folder holding cam/ and is_cam/ (default: RUN_DIR/cams_val)")
     g.add_argument("--pseudo-dir", default=None, help="pseudo-mask PNGs (default: RUN_DIR/pseudo_val)")
     g.add_argument("--seg-dir", default=None, help="segmentation-prediction PNGs (default: RUN_DIR/seg_val)")

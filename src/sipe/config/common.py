@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sipe.config.dataset_kinds import dataset_kind
 from sipe.core.options import Structure
 
 __all__ = [
-    "DATASET_KINDS",
     "IS_CAM_SCALES",
     "RESNETS",
     "STRIDE",
@@ -25,7 +25,6 @@ __all__ = [
     "check_backbone_weights",
 ]
 
-DATASET_KINDS = ("voc", "coco", "custom", "synthetic")
 STRIDE = 16  # output stride of the adapted ResNet; crops must be multiples of it
 IS_CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # the official make_cam's IS-CAM fusion scales
 
@@ -72,7 +71,8 @@ def check_backbone_weights(backbone: str, weights: str | None, key: str = "model
 class DataConfig:
     """Where the images and labels come from.
 
-    kind: ``voc`` (VOC2012 layout), ``coco`` (COCO 2014), ``custom`` or ``synthetic`` (the demo data).
+    kind: ``voc`` (VOC2012 layout), ``coco`` (COCO 2014), ``custom`` or ``synthetic`` (the demo data); what
+        each takes: :data:`sipe.config.dataset_kinds.DATASET_KINDS`.
     root: the VOC2012 folder, the COCO folder, or (custom) the image folder.
     split: VOC split name or file (``train_aug``), COCO ``train``/``val``, or (custom) the labels
         CSV/JSON of the training images.
@@ -96,8 +96,7 @@ class DataConfig:
     skip_unlabeled: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in DATASET_KINDS:
-            raise ValueError(f"data.kind must be one of {', '.join(DATASET_KINDS)}, got {self.kind!r}")
+        dataset_kind(self.kind)
 
 
 @dataclass

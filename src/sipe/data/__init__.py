@@ -8,26 +8,24 @@ the foreground classes, ``name`` str and ``mask`` (H, W) uint8 (255 = ignore) or
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sipe.config.common import DATASET_KINDS, DataConfig
+from sipe.config.common import DataConfig
+from sipe.config.dataset_kinds import DATASET_KINDS, dataset_kind
 
-from .base import (
-    SKIPPED_FILE,
+from .coco import COCODataset
+from .custom import CustomDataset, read_labels_file
+from .errors import (
     DatasetError,
     DatasetRootError,
     EmptySplitError,
     LabelMapError,
     LikelyTypoError,
     MissingMaskError,
-    SegDataset,
-    SkipCounter,
     UnknownClassError,
-    check_label_map,
 )
-from .coco import COCODataset
-from .custom import CustomDataset, read_labels_file
 from .image import (
     ImageReadError,
     ImageTooSmallError,
@@ -38,6 +36,9 @@ from .image import (
     read_label_png,
     read_mask,
 )
+from .labelmap import check_label_map
+from .seg_dataset import SegDataset
+from .skiplist import SKIPPED_FILE, SkipCounter
 from .synthetic import SyntheticBackgrounds, SyntheticDataset, generate_synthetic, synthetic_class_names
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resize_flip_crop
 from .voc import VOC_CLASSES, VOCDataset
@@ -81,45 +82,55 @@ __all__ = [
 ]
 
 
+def _custom(root: str | os.PathLike, split: str | os.PathLike, **kwargs: Any) -> CustomDataset:
+    labels_file = Path(split).expanduser()  # as given, else relative to the image folder
+    if not labels_file.is_file() and (Path(root) / labels_file).is_file():
+        labels_file = Path(root) / labels_file
+    return CustomDataset(root, labels_file, **kwargs)
+
+
+# The builder of every kind of sipe.config.dataset_kinds.DATASET_KINDS (the table of what each takes).
+_BUILDERS: dict[str, Callable[..., SegDataset]] = {
+    "voc": VOCDataset,
+    "coco": lambda root, split, **kwargs: COCODataset(root, str(split), **kwargs),
+    "custom": _custom,
+    "synthetic": lambda root, split, **kwargs: SyntheticDataset(root, str(split), **kwargs),
+}
+
+
 def build_dataset(kind: str, root: str | os.PathLike, split: str | os.PathLike, **kwargs) -> SegDataset:
     """Build a dataset by kind.
 
     Args:
-        kind: ``"voc"``, ``"coco"``, ``"custom"`` or ``"synthetic"``.
+        kind: a name of :data:`sipe.config.dataset_kinds.DATASET_KINDS`: ``"voc"``, ``"coco"``, ``"custom"``
+            or ``"synthetic"``.
         root: the dataset root; for ``"custom"`` the image folder.
         split: ``"voc"``: a shipped split name (``train_aug``, ``train``, ``val``) or a txt file;
             ``"coco"``: ``train`` / ``val``; ``"synthetic"``: ``train`` / ``val``; ``"custom"``: the
             labels file (CSV / JSON), taken relative to ``root`` when it is not a file as given.
         kwargs: passed to the dataset class (e.g. ``class_names``, ``mask_dir``, ``with_masks``).
     """
-    kind = kind.lower()
-    if kind == "voc":
-        return VOCDataset(root, split, **kwargs)
-    if kind == "coco":
-        return COCODataset(root, str(split), **kwargs)
-    if kind == "synthetic":
-        return SyntheticDataset(root, str(split), **kwargs)
-    if kind == "custom":
-        labels_file = Path(split).expanduser()
-        if not labels_file.is_file() and (Path(root) / labels_file).is_file():
-            labels_file = Path(root) / labels_file
-        return CustomDataset(root, labels_file, **kwargs)
-    raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
+    builder = _BUILDERS.get(kind.lower())
+    if builder is None:
+        raise ValueError(f"unknown dataset kind {kind.lower()!r}; choose one of {', '.join(DATASET_KINDS)}")
+    return builder(root, split, **kwargs)
 
 
 def dataset_from_config(data: DataConfig, split: str, *, with_masks: bool) -> SegDataset:
     """The :class:`sipe.data.SegDataset` for ``split`` of the dataset described by ``data``."""
     if not data.root:
         raise ValueError("data.root is empty; set it in the config or pass data.root=/path/to/dataset")
+    kind = dataset_kind(data.kind)
     kwargs: dict[str, Any] = {"with_masks": with_masks}
     if data.skip_unlabeled is not None:
         kwargs["skip_unlabeled"] = data.skip_unlabeled
     if data.class_names is not None:
-        if data.kind == "coco":
-            raise ValueError("data.class_names is fixed for COCO (the 80 categories); remove it")
+        if not kind.takes_class_names:
+            raise ValueError(f"data.class_names does not apply to data.kind={kind.name}: its classes are "
+                             f"{kind.fixed_classes}; remove it")
         kwargs["class_names"] = list(data.class_names)
-    if data.cache_dir is not None and data.kind in ("voc", "coco"):
+    if data.cache_dir is not None and kind.cache_dir:
         kwargs["cache_dir"] = data.cache_dir
-    if data.kind == "custom" and with_masks and data.mask_dir is not None:
+    if kind.mask_dir and with_masks and data.mask_dir is not None:
         kwargs["mask_dir"] = data.mask_dir
     return build_dataset(data.kind, data.root, split, **kwargs)

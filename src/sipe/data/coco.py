@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 from ..io import save_label_png
 from ._cache import default_cache_dir, file_stamp, load_json, save_json
-from .base import DatasetError, DatasetRootError, SegDataset, SkipCounter, check_root, list_some
+from .errors import DatasetError, DatasetRootError, check_root, list_some
 from .image import ImageReadError, read_label_png
+from .seg_dataset import SegDataset
+from .skiplist import SkipCounter
 
 __all__ = ["COCODataset", "coco_semantic_mask"]
 

@@ -30,16 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (
-    DatasetError,
-    EmptySplitError,
-    LikelyTypoError,
-    SegDataset,
-    UnknownClassError,
-    check_root,
-    list_some,
-    normalize_class_names,
-)
+from .errors import DatasetError, EmptySplitError, LikelyTypoError, UnknownClassError, check_root, list_some
+from .labelmap import normalize_class_names
+from .seg_dataset import SegDataset
 
 __all__ = ["CustomDataset", "check_class_typos", "read_labels_file"]
 

@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..io import save_label_png, write_bytes, write_text
-from .base import DatasetError, check_root
+from .errors import DatasetError, check_root
 from .voc import VOCDataset
 
 __all__ = [

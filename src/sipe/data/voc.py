@@ -23,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ._cache import default_cache_dir, file_stamp, load_json, save_json
-from .base import DatasetError, DatasetRootError, SegDataset, UnknownClassError, check_root, list_some
+from .errors import DatasetError, DatasetRootError, UnknownClassError, check_root, list_some
 from .image import IMAGE_SUFFIXES
+from .seg_dataset import SegDataset
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "read_split_file", "resolve_voc_split", "shipped_splits"]
 

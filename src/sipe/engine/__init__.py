@@ -1,14 +1,14 @@
 """The generic training engine: configuration, torchrun/DDP, deterministic sampling, SGD + poly
 schedule, resumable checkpoints and the loop (:func:`fit`) that every training stage runs.
 
-The exports load lazily: ``sipe.engine.env`` and ``sipe.engine.config`` (a re-export of
-:mod:`sipe.config.engine`) are importable without torch.
+The exports load lazily: ``sipe.engine.env`` and ``TrainConfig`` (whose home is :mod:`sipe.config.engine`)
+are importable without torch.
 """
 
 from sipe._lazy import lazy_exports
 
 _EXPORTS = {
-    "TrainConfig": "config",
+    "TrainConfig": "sipe.config.engine",
     **dict.fromkeys(("DEVICE_CHOICES", "DistInfo", "barrier", "is_main_process", "rank_and_world", "resolve_device",
                      "setup_distributed", "shard_indices"), "distributed"),
     **dict.fromkeys(("TorchrunEnv", "torchrun_env"), "env"),

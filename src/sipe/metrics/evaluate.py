@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from sipe.data.base import check_same_size
 from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
+from sipe.data.labelmap import check_same_size
 from sipe.metrics.confusion import ConfusionMatrix, clean_float
 
 logger = logging.getLogger(__name__)

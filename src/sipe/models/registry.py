@@ -21,8 +21,8 @@ The training policy of every non-ResNet backbone (the ResNet keeps its own, bit-
 input; official n = 2, the stem and the first two stages), ``freeze_bn`` keeps every batch norm's
 statistics fixed (its affine parameters train where their stage does, as in the official ResNet).
 
-DeepLab's ResNet (a plain torchvision ResNet with its last stages dilated instead of strided) comes from
-here too: :func:`build_dilated_resnet`.
+DeepLab's ResNet (a plain torchvision ResNet with its last stages dilated instead of strided) is
+:func:`sipe.models.dilated_resnet.build_dilated_resnet`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from sipe.models.layers import hold_batchnorm_statistics
 from sipe.models.weights import (
     check_hub_reachable,
     load_matching_weights,
-    load_resnet_weights,
     read_state_dict,
     under_prefix,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "FeatureBackbone",
     "backbone_kind",
     "build_backbone",
-    "build_dilated_resnet",
     "check_contract",
     "check_resnet_options",
 ]
@@ -362,49 +360,3 @@ def build_backbone(
     backbone.freeze_bn = freeze_bn
     backbone.train(backbone.training)
     return backbone
-
-
-def _dilate_basic_layer(layer: nn.Sequential, previous_dilation: int, dilation: int) -> None:
-    """Turn a strided ResNet ``BasicBlock`` stage into a dilated one (stride 1), as torchvision does
-    for ``Bottleneck`` stages with ``replace_stride_with_dilation`` (which BasicBlock refuses)."""
-    for i, block in enumerate(layer):
-        first = i == 0
-        d1 = previous_dilation if first else dilation
-        block.conv1.stride = (1, 1)
-        block.conv1.dilation = block.conv1.padding = (d1, d1)
-        block.conv2.dilation = block.conv2.padding = (dilation, dilation)
-        if first and block.downsample is not None:
-            block.downsample[0].stride = (1, 1)
-        block.stride = 1
-
-
-def build_dilated_resnet(
-    name: str, weights: str | os.PathLike | None = None, *, output_stride: int = 8
-) -> nn.Module:
-    """The torchvision ResNet ``name`` as DeepLab uses it: ``layer4`` dilated (rate 2, output stride 16),
-    or ``layer3`` and ``layer4`` (rates 2 and 4, output stride 8), with its ``fc`` left in place.
-
-    ResNet-50/101 through torchvision's ``replace_stride_with_dilation``; ResNet-18/34 (``BasicBlock``,
-    which torchvision refuses to dilate) the same way by hand. ``weights``: as
-    :func:`sipe.models.weights.load_resnet_weights` takes them (``None``: random initialisation).
-    ``forward`` is torchvision's: use its stages (``layer1`` ... ``layer4``) through
-    ``IntermediateLayerGetter``.
-    """
-    import torchvision  # here, so that the registry imports without it until a ResNet is built
-
-    if name not in RESNETS:
-        raise BackboneError(f"{name!r} is not a ResNet; choose one of {', '.join(RESNETS)}")
-    if output_stride not in (8, 16):
-        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-    ctor = getattr(torchvision.models, name)
-    if name in ("resnet50", "resnet101"):
-        resnet = ctor(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
-    else:
-        resnet = ctor(weights=None)
-        if output_stride == 8:
-            _dilate_basic_layer(resnet.layer3, 1, 2)
-            _dilate_basic_layer(resnet.layer4, 2, 4)
-        else:
-            _dilate_basic_layer(resnet.layer4, 1, 2)
-    load_resnet_weights(resnet, name, weights)
-    return resnet

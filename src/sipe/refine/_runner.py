@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sipe.data.base import SKIPPED_FILE, SkipCounter
 from sipe.data.classes_file import write_classes_file
 from sipe.data.image import ImageReadError
+from sipe.data.skiplist import SkipCounter, write_skipped
 from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.io import save_label_png
 
@@ -147,10 +147,5 @@ def run_label_job(
         _STATE.clear()
     stats.bad.log(len(indices))
     rank, world = rank_and_world()
-    # The images the dataset itself dropped (no labels, skipped by an earlier stage) are listed by rank 0 only.
-    listed = SkipCounter("images")
-    if rank == 0 and isinstance(getattr(dataset, "skipped", None), SkipCounter):
-        listed.extend(dataset.skipped)
-    listed.extend(stats.bad)
-    listed.write_tsv(out_dir / (SKIPPED_FILE if world == 1 else f"skipped_rank{rank}.tsv"))
+    write_skipped(out_dir, stats.bad, datasets=[dataset], rank=rank, world=world)  # + the dataset's drops
     return stats

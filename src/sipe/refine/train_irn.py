@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sipe.config.irn import IRNConfig
-from sipe.data.base import SKIPPED_FILE, SkipCounter
+from sipe.data.skiplist import write_skipped
 from sipe.engine.distributed import rank_and_world, shard_indices
 from sipe.models.checkpoint import read_checkpoint, write_checkpoint
 from sipe.models.layers import model_device
@@ -78,8 +78,8 @@ def usable_images(dataset: Any, label_dir: str | os.PathLike | None = None) -> A
 
 
 def _read_label(label_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
-    from sipe.data.base import check_label_map
     from sipe.data.image import read_label_png
+    from sipe.data.labelmap import check_label_map
 
     path = label_dir / f"{name}.png"
     if not path.is_file():
@@ -259,15 +259,11 @@ def train_irn(
     names = train_set.names if hasattr(train_set, "names") else [item["name"] for item in train_set]
     run_key = {"labels": label_fingerprint(label_dir, names), "backbone": cfg.backbone}
 
-    def write_skipped() -> None:  # by fit on rank 0, once the rerun check passed
-        listed = SkipCounter("images")
-        for images in (train_set, mean_set):
-            if images is not None and hasattr(images, "skipped"):
-                listed.extend(images.skipped, new_only=True)  # an image of both splits is listed once
-        listed.write_tsv(out_dir / SKIPPED_FILE)
+    def write_skipped_list() -> None:  # by fit on rank 0, once the rerun check passed
+        write_skipped(out_dir, datasets=[train_set, mean_set])  # an image of both splits is listed once
 
     model = fit(model, data, step, model.param_groups(cfg.dp_lr_mult), cfg.engine, out_dir,
-                meta=irn_meta(cfg), run_config=cfg, run_key=run_key, on_start=write_skipped)
+                meta=irn_meta(cfg), run_config=cfg, run_key=run_key, on_start=write_skipped_list)
     shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set, crop_size=cfg.crop_size,
                                 batch_size=cfg.mean_batch_size, num_workers=cfg.engine.num_workers)
     model.mean_shift.copy_(shift)

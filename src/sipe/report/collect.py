@@ -3,7 +3,7 @@
 Layout read (every part optional; the demo writes all of it)::
 
     RUN_DIR/metrics.json            seconds per stage ("seconds"), mIoUs
-    RUN_DIR/run_info.json           version, git commit, command (sipe.config.save_run_info)
+    RUN_DIR/run_info.json           version, git commit, command (sipe.engine.run_info.save_run_info)
     RUN_DIR/config.yaml             the resolved config
     RUN_DIR/eval_{cam,is_cam,pseudo_labels,seg}.json   sipe eval / demo reports
     RUN_DIR/**/tb/events.out.tfevents.*                 training curves of each stage

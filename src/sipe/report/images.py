@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sipe.data.base import check_label_map
 from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
+from sipe.data.labelmap import check_label_map
 from sipe.io import voc_palette
 from sipe.metrics import ConfusionMatrix
 from sipe.vis import heatmap_overlay

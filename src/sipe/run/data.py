@@ -42,7 +42,7 @@ class RunData:
     left out, once."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from sipe.data.base import SkipCounter
+        from sipe.data.skiplist import SkipCounter
         from sipe.train.inputs import training_data
 
         self.cfg = cfg
@@ -95,7 +95,9 @@ class RunData:
 
     def write_skipped(self, out: str | Path) -> Path:
         """``out/skipped.tsv``: every image the run left out, with the reason (header only when none)."""
-        return self.skipped.write_tsv(Path(out) / "skipped.tsv")
+        from sipe.data.skiplist import write_skipped
+
+        return write_skipped(out, self.skipped)
 
     def fingerprint(self) -> dict[str, str]:
         """Per split: the image count and a hash of what the stages use of it (names, decoded sizes, labels,

@@ -1,7 +1,7 @@
 """The bodies of the segmentation networks and their batch-norm handling.
 
-A ResNet body is the registry's dilated torchvision ResNet
-(:func:`sipe.models.registry.build_dilated_resnet`) read at its stages by torchvision's
+A ResNet body is DeepLab's dilated torchvision ResNet
+(:func:`sipe.models.dilated_resnet.build_dilated_resnet`) read at its stages by torchvision's
 ``IntermediateLayerGetter``; every other registry backbone (``timm:<model>``, ``module:function``) is
 wrapped by :class:`RegistryBody`. Both return ``{"out": last map[, "aux": third map]}``, the dict
 torchvision's ``DeepLabV3`` (and :class:`sipe.seg.deeplabv2.DeepLabV2`) expect of their ``backbone``.

@@ -20,7 +20,8 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
 from sipe.config.common import backbone_kind
-from sipe.models.registry import build_dilated_resnet, check_resnet_options
+from sipe.models.dilated_resnet import build_dilated_resnet
+from sipe.models.registry import check_resnet_options
 from sipe.seg.backbones import registry_body, resnet_body
 
 __all__ = ["build_deeplab", "param_groups"]

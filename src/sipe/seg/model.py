@@ -3,8 +3,7 @@
 :func:`load_seg_checkpoint` reads a checkpoint written by ``sipe seg train`` and rebuilds its network
 through the architecture table (:mod:`sipe.seg.architectures`) from the spec it carries
 (:class:`~sipe.seg.spec.SegModelSpec`). The builders and the network parts live in their own modules
-(:mod:`sipe.seg.deeplabv3`, :mod:`sipe.seg.deeplabv2`, :mod:`sipe.seg.backbones`); their old names here
-still import.
+(:mod:`sipe.seg.deeplabv3`, :mod:`sipe.seg.deeplabv2`, :mod:`sipe.seg.backbones`).
 """
 
 from __future__ import annotations
@@ -18,24 +17,9 @@ from torch import nn
 
 from sipe.models.checkpoint import checkpoint_kind, read_checkpoint
 from sipe.seg.architectures import build_from_spec
-from sipe.seg.backbones import RegistryBody, freeze_backbone_batchnorm, registry_body
-from sipe.seg.deeplabv3 import build_deeplab
-from sipe.seg.interface import input_normalization
 from sipe.seg.spec import SegModelSpec
 
-__all__ = [
-    # moved, imported from here as before
-    "RegistryBody",
-    "SegModelSpec",
-    "build_deeplab",
-    "build_from_spec",
-    "freeze_backbone_batchnorm",
-    "input_normalization",
-    "registry_body",
-    # this module's own
-    "load_seg_checkpoint",
-    "seg_model_from_checkpoint",
-]
+__all__ = ["load_seg_checkpoint", "seg_model_from_checkpoint"]
 
 
 def load_seg_checkpoint(

@@ -26,9 +26,10 @@ from torch.utils.data import Dataset
 from sipe.config import to_dict
 from sipe.config.seg import SegEngineConfig, SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
-from sipe.data.base import SKIPPED_FILE, SkipCounter, check_label_map
 from sipe.data.fingerprint import images_fingerprint
 from sipe.data.image import read_label_png
+from sipe.data.labelmap import check_label_map
+from sipe.data.skiplist import SKIPPED_FILE, SkipCounter
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
 from sipe.seg.architectures import architecture

@@ -1,250 +1,25 @@
-"""The one dataset interface, its errors, and the skip counter callers report at the end of a run."""
+"""The one dataset interface, :class:`SegDataset`: images, image-level labels, optional masks."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sipe.errors import InputError
-
+from .errors import DatasetError, EmptySplitError, MissingMaskError, list_some
 from .image import ImageReadError, decoded_size, exif_transpose_to_match, image_size, read_image, read_label_png
+from .labelmap import check_label_map, normalize_class_names
+from .skiplist import SKIPPED_FILE, SkipCounter, read_skipped
 
-__all__ = [
-    "DatasetError",
-    "DatasetRootError",
-    "EmptySplitError",
-    "LabelMapError",
-    "LikelyTypoError",
-    "MissingMaskError",
-    "SKIPPED_FILE",
-    "SegDataset",
-    "SkipCounter",
-    "UnknownClassError",
-    "check_label_map",
-    "check_root",
-    "check_same_size",
-    "list_some",
-    "normalize_class_names",
-    "read_skipped",
-]
+__all__ = ["SegDataset"]
 
 logger = logging.getLogger("sipe.data")
 
 _CHECK_CACHE_VERSION = 1  # of image_checks*.json (bump when decode_checks computes something else)
-SKIPPED_FILE = "skipped.tsv"  # every command that skips inputs lists them in its output folder
-
-
-class DatasetError(InputError):
-    """A dataset that cannot be used as given; the message names the file and the fix."""
-
-
-class EmptySplitError(DatasetError):
-    """A split (or labels file) that yields no images."""
-
-
-class UnknownClassError(DatasetError):
-    """A label naming a class that is not in the dataset's class list."""
-
-
-class LikelyTypoError(DatasetError):
-    """An inferred class name that looks like a misspelling of a common one (a labels-file mistake)."""
-
-
-class MissingMaskError(DatasetError):
-    """Ground-truth masks required (evaluation) but missing for some images."""
-
-
-class LabelMapError(DatasetError):
-    """A label map (mask, pseudo label, prediction) that does not fit: a class index >= K other than
-    255 (ignore), or another size than its image."""
-
-
-class DatasetRootError(FileNotFoundError):
-    """A dataset root or folder that does not exist."""
-
-
-def list_some(items: Sequence[str], n: int = 5) -> str:
-    """``"a, b, c, ... (12 in all)"``: the first ``n`` items of a long list for an error message."""
-    more = f", ... ({len(items)} in all)" if len(items) > n else ""
-    return ", ".join(str(x) for x in items[:n]) + more
-
-
-def check_root(path: str | os.PathLike, what: str, hint: str) -> Path:
-    """Return ``path`` as a Path, or raise :class:`DatasetRootError` naming it and ``hint``."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise DatasetRootError(f"{what} {path} does not exist or is not a folder. {hint}")
-    return path
-
-
-def normalize_class_names(class_names: Sequence[str], source: str = "class list") -> list[str]:
-    """Validate a class list and put ``"background"`` first (prepended when absent).
-
-    Returns K names, index 0 = ``"background"``.
-    """
-    names = [str(c).strip() for c in class_names]
-    if any(not c for c in names):
-        raise DatasetError(f"{source} contains an empty class name: {list(class_names)!r}")
-    if "background" in names[1:]:
-        raise DatasetError(f"{source}: 'background' may only appear first (it is class 0): {names!r}")
-    if not names or names[0] != "background":
-        names = ["background", *names]
-    dup = [c for c, n in Counter(names).items() if n > 1]
-    if dup:
-        raise DatasetError(f"{source} lists classes more than once: {dup!r}")
-    if len(names) < 2:
-        raise DatasetError(f"{source} has no foreground class; give at least one class name.")
-    if len(names) > 255:
-        raise DatasetError(f"{source} has {len(names)} classes; masks store uint8 indices with 255 = ignore.")
-    return names
-
-
-def check_same_size(
-    shape: Sequence[int], size: Sequence[int], path: str | os.PathLike, *, what: str, against: str, fix: str
-) -> None:
-    """Raise :class:`LabelMapError` unless the (H, W) ``shape`` of ``path``'s map equals ``size``.
-
-    The message reads ``"<what> <path> is HxW but <against> is HxW; <fix>"``.
-    """
-    if tuple(shape) != tuple(size):
-        (h, w), (sh, sw) = tuple(shape), tuple(size)
-        raise LabelMapError(f"{what} {path} is {h}x{w} but {against} is {sh}x{sw}; {fix}")
-
-
-def check_label_map(
-    label: np.ndarray,
-    path: str | os.PathLike,
-    *,
-    num_classes: int | None = None,
-    size: Sequence[int] | None = None,
-    what: str = "mask",
-    against: str = "its image",
-    fix: str = "the mask must be drawn on the same pixels as its image",
-    class_fix: str = "Pass the right class list or fix the mask.",
-) -> np.ndarray:
-    """The one check of a label map read from ``path``: every value a class index < ``num_classes``
-    or 255 (ignore), and (H, W) equal to ``size``; ``None`` skips that half. Returns ``label``.
-
-    Raises :class:`LabelMapError` with one line naming the file and the fix (``fix`` for the size,
-    ``class_fix`` for the classes).
-    """
-    if num_classes is not None:
-        bad = (label >= num_classes) & (label != 255)
-        if bad.any():
-            raise LabelMapError(
-                f"{what} {path} contains class index {int(label[bad].max())} but the dataset has only "
-                f"{num_classes} classes (0..{num_classes - 1}, 255 = ignore). {class_fix}"
-            )
-    if size is not None:
-        check_same_size(label.shape[:2], size, path, what=what, against=against, fix=fix)
-    return label
-
-
-class SkipCounter:
-    """Items a run skipped, with reasons: log each (the first few) as it happens, and a count at the end.
-
-    ``add(name, reason)`` records one skip; ``summary()`` gives e.g.
-    ``"skipped 3 of 120 images: 2 unreadable, 1 no labels"``; ``log()`` writes it as a warning.
-    Callers that loop over a dataset catch :class:`ImageReadError` and ``add`` the item here;
-    ``write_tsv(run_dir / SKIPPED_FILE)`` lists every skipped item in the run folder.
-    """
-
-    def __init__(self, what: str = "images", *, show: int = 10, log: logging.Logger | None = None) -> None:
-        self.what = what
-        self.show = show
-        self.items: list[tuple[str, str]] = []  # (name, reason)
-        self.details: list[tuple[str, str]] = []  # (path, detail), parallel to items
-        self._log = log or logger
-
-    def add(self, name: str, reason: str, detail: str = "", path: str | os.PathLike | None = None) -> None:
-        """Record that ``name`` (file ``path`` when known) was skipped for ``reason`` (a short category
-        such as ``"unreadable"``); ``detail`` (e.g. the decoder's message) is logged and kept for the TSV."""
-        self.items.append((str(name), reason))
-        self.details.append((str(path) if path is not None else "", detail))
-        if len(self.items) <= self.show:
-            self._log.warning("skipping %s (%s)%s", name, reason, f": {detail}" if detail else "")
-        elif len(self.items) == self.show + 1:
-            self._log.warning("further skipped %s are counted, not listed", self.what)
-
-    def extend(self, other: SkipCounter, *, new_only: bool = False) -> None:
-        """Add ``other``'s records (e.g. gathered from other ranks) without logging them again;
-        ``new_only``: only those of names not recorded here yet."""
-        seen = set(self.names) if new_only else set()
-        for item, detail in zip(other.items, other.details, strict=True):
-            if item[0] not in seen:
-                self.items.append(item)
-                self.details.append(detail)
-
-    def write_tsv(self, path: str | os.PathLike) -> Path:
-        """Write every skipped item to ``path`` as a TSV (header ``name path reason detail``), atomically.
-
-        The file is written even when nothing was skipped (header only), so that a run folder always
-        tells whether its command dropped anything.
-        """
-        from sipe.io import write_text
-
-        def clean(text: str) -> str:  # one record per line, one field per tab
-            return " ".join(str(text).split())
-
-        rows = ["name\tpath\treason\tdetail"]
-        for (name, reason), (file, detail) in zip(self.items, self.details, strict=True):
-            rows.append("\t".join(clean(x) for x in (name, file, reason, detail)))
-        path = Path(path)
-        write_text(path, "\n".join(rows) + "\n")
-        return path
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.items]
-
-    def by_reason(self) -> dict[str, int]:
-        return dict(Counter(r for _, r in self.items))
-
-    def summary(self, total: int | None = None) -> str:
-        of = f" of {total}" if total is not None else ""
-        if not self.items:
-            return f"skipped 0{of} {self.what}"
-        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.by_reason().items()))
-        return f"skipped {len(self.items)}{of} {self.what}: {reasons}"
-
-    def log(self, total: int | None = None, level: int = logging.WARNING) -> None:
-        """Log the summary (only when something was skipped)."""
-        if self.items:
-            self._log.log(level, self.summary(total))
-
-
-# Folders whose skipped.tsv sits one level up: `sipe cam --out D` writes D/skipped.tsv beside D/is_cam, D/cam.
-_LISTED_IN_PARENT = ("is_cam", "cam")
-
-
-def read_skipped(folder: str | os.PathLike) -> tuple[dict[str, str], list[Path]]:
-    """The images an earlier stage skipped on purpose, from the ``skipped.tsv`` it wrote beside its outputs.
-
-    Reads ``folder/skipped.tsv`` and ``folder/skipped_rank<r>.tsv`` (torchrun), or, for the ``is_cam`` /
-    ``cam`` folder of ``sipe cam``, those of its parent. Returns ``{name: reason}`` and the files read
-    (both empty when the folder has no such list).
-    """
-    import csv
-
-    folder = Path(folder)
-    where = folder.parent if folder.name in _LISTED_IN_PARENT else folder
-    files = sorted(p for p in where.glob("skipped*.tsv") if p.name == SKIPPED_FILE or p.name.startswith("skipped_rank"))
-    listed: dict[str, str] = {}
-    for path in files:
-        with path.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                if row.get("name"):
-                    listed[row["name"]] = row.get("reason") or "skipped"
-    return listed, files
 
 
 class SegDataset:
