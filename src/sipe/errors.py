@@ -10,7 +10,7 @@ Kept free of heavy imports: the command line loads it before torch.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "UsageError"]
+__all__ = ["InputError", "RefusedFileError", "UsageError"]
 
 
 class UsageError(ValueError):
@@ -19,3 +19,10 @@ class UsageError(ValueError):
 
 class InputError(ValueError):
     """An input file, folder, checkpoint or data set that is missing or bad (exit status 1)."""
+
+
+class RefusedFileError(InputError):
+    """A checkpoint or pickled file that asks to rebuild something other than tensors, arrays and plain
+    values (a pickled function call, such as ``os.system``): refused before anything in it runs. Unlike
+    other bad inputs it stops the whole command, even where a bad image is otherwise only listed: the
+    folder that holds it is not to be trusted (exit status 1)."""

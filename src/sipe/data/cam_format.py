@@ -12,7 +12,8 @@ Compact default, ``<name>.npz``:
   :func:`evaluate_cam`). When ``kind`` is absent it is inferred: ``"is_cam"`` if ``keys``
   contains 0, else ``"cam"``.
 
-Official layout, ``<name>.npy`` holding a pickled dict:
+Official layout, ``<name>.npy`` holding a pickled dict (read by :func:`sipe.io.read_npy_dict`: numeric
+numpy arrays or torch tensors, ints and strings only; nothing in the file runs):
 
 * SIPE's ``make_cam.py``: ``{"keys": keys, "IS_CAM": maps}`` with ``keys`` including the
   background 0 -> kind ``"is_cam"``, keys used as they are.
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sipe import io as sio
+from sipe.errors import RefusedFileError
 
 __all__ = [
     "CAM_KINDS",
@@ -108,12 +110,12 @@ def read_cam_file(path: str | os.PathLike) -> CamFile:
                 keys, maps = z["keys"], z["maps"]
                 kind = _as_str(z["kind"].item()) if "kind" in z.files else None
         elif path.suffix == ".npy":
-            obj = np.load(path, allow_pickle=True)
-            if obj.dtype != object or obj.shape != ():
-                raise ValueError("a pickled dict was expected (the official layout)")
-            keys, maps, kind = _parse_official(obj.item())
+            # Files from elsewhere may be hostile: numpy arrays only, nothing in the pickle runs.
+            keys, maps, kind = _parse_official(sio.read_npy_dict(path))
         else:
             raise ValueError("unknown suffix; expected .npz or .npy")
+    except RefusedFileError:  # a refused .npy: its one line already names the file and what it asked for
+        raise
     except Exception as e:  # numpy raises many types for damaged files (BadZipFile, EOFError, pickle errors)
         raise ValueError(
             f"cannot read CAM file {path} ({type(e).__name__}: {e}); delete it and rerun `sipe cam` to regenerate it"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sipe.config.engine import TrainConfig
-from sipe.errors import InputError
+from sipe.errors import InputError, RefusedFileError
 from sipe.io import read_checkpoint, write_checkpoint
 
 __all__ = ["CheckpointSchedule", "CheckpointWriter", "Resumer", "check_resume", "check_run_key"]
@@ -106,6 +106,8 @@ class Resumer:
             return False
         try:
             ckpt = read_checkpoint(self.path, made_by="the interrupted run")
+        except RefusedFileError as e:  # it asks to run code: nothing to resume; say how to start over
+            raise RefusedFileError(f"{e}; to start over instead, delete {self.path} or pass --no-resume") from None
         except ValueError as e:
             raise ValueError(
                 f"{e} To resume, the last checkpoint must be complete; to start over instead, delete "

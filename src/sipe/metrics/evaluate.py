@@ -23,6 +23,7 @@ import numpy as np
 from sipe.data.cam_format import find_cam_file, is_cam_to_label, read_cam_file
 from sipe.data.image import read_label_png
 from sipe.data.labelmap import check_same_size
+from sipe.errors import RefusedFileError
 from sipe.metrics.confusion import ConfusionMatrix, clean_float
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ def _evaluate_files(
             continue
         try:
             add(np.asarray(mask), path)
+        except RefusedFileError:  # a file that asks to run code stops the evaluation: its folder is not trusted
+            raise
         except (ValueError, OSError) as err:
             stats["failed"].append({"name": name, "reason": str(err)})
             continue

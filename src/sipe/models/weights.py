@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sipe.errors import InputError, UsageError
+from sipe.io import load_torch_file
 
 if TYPE_CHECKING:  # torch is imported where it is used: configs check backbone names before torch loads
     import torch
@@ -88,17 +89,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass an existing file path")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix != ".safetensors":  # weights_only: a file asking for more is refused in one line
+        obj = load_torch_file(path, what="weights file", made_by="torch.save(model.state_dict())")
+    else:
+        try:
             from safetensors.torch import load_file
 
             obj = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError as e:
-        raise ValueError(f"reading {path} needs the safetensors package: pip install safetensors") from e
-    except Exception as e:  # re-raised with the file named
-        raise ValueError(f"cannot read weights from {path}: {e}") from e
+        except ImportError as e:
+            raise ValueError(f"reading {path} needs the safetensors package: pip install safetensors") from e
+        except Exception as e:  # re-raised with the file named
+            raise ValueError(f"cannot read weights from {path}: {e}") from e
     for key in ("model", "state_dict", "net"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
