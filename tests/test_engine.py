@@ -120,7 +120,8 @@ def test_loss_falls_lr_logged_and_checkpoints(tmp_path):
     cfg = _cfg(epochs=4, batch_size=4, lr=0.05)
     model = _run(tmp_path, cfg)
     ckpt_dir = tmp_path / "checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["final.pt", "last.pt"]  # no temp files left
+    # One checkpoint per finished run (last.pt removed once final.pt is written), no temp files left.
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["final.pt"]
     loss = _scalars(tmp_path / "tb", "train/loss")
     max_steps = 4 * (24 // 4)
     assert sorted(loss) == list(range(1, max_steps + 1))
@@ -133,12 +134,14 @@ def test_loss_falls_lr_logged_and_checkpoints(tmp_path):
         assert lrs[s] == pytest.approx(poly_lr(0.05, s - 1, max_steps), rel=1e-6)
     assert "train/acc" in _EventTags(tmp_path / "tb")
 
-    last_ck = torch.load(ckpt_dir / "last.pt", weights_only=False)
+    # The resumable state of a run stopped one step before its end.
+    _run(tmp_path / "stopped", _cfg(epochs=4, batch_size=4, lr=0.05, stop_after=max_steps - 1))
+    last_ck = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "optimizer", "scaler", "step", "epoch", "config", "max_steps"} <= set(last_ck)
-    assert last_ck["step"] == max_steps and last_ck["config"]["batch_size"] == 4
+    assert last_ck["step"] == max_steps - 1 and last_ck["config"]["batch_size"] == 4
     groups = last_ck["optimizer"]["param_groups"]
     assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
-    assert groups[1]["lr"] == pytest.approx(10 * poly_lr(0.05, max_steps - 1, max_steps))
+    assert groups[1]["lr"] == pytest.approx(10 * poly_lr(0.05, max_steps - 2, max_steps))
     assert groups[0]["momentum"] == pytest.approx(1e-4) and groups[0]["weight_decay"] == pytest.approx(1e-4)
     # frozen params are not handed to the optimiser and stay untouched
     assert len(groups[1]["params"]) == 2
@@ -146,6 +149,20 @@ def test_loss_falls_lr_logged_and_checkpoints(tmp_path):
     assert final["step"] == max_steps and "optimizer" not in final
     for k, v in model.state_dict().items():
         assert torch.equal(final["model"][k], v)
+
+
+def test_curves_start_at_step_one_and_a_finished_rerun_trains_nothing(tmp_path):
+    cfg = _cfg(epochs=2, log_every=5)  # 12 steps: logged at 1, 5, 10 and the last
+    _run(tmp_path, cfg)
+    assert sorted(_scalars(tmp_path / "tb", "train/loss")) == [1, 5, 10, 12]
+    final = tmp_path / "checkpoints" / "final.pt"
+    before = _weights(final)
+    calls = []
+    model = _fit_with(tmp_path, cfg, lambda m, b: calls.append(1) or toy_step(m, b))
+    assert calls == [] and sorted(p.name for p in final.parent.iterdir()) == ["final.pt"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the run's weights, loaded
+    with pytest.raises(ValueError, match="plans 12 steps, this run 24"):  # a longer plan is another run
+        _run(tmp_path, _cfg(epochs=4, log_every=5))
 
 
 def _EventTags(tb_dir: Path) -> list[str]:

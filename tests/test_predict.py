@@ -158,3 +158,38 @@ def test_predict_cli_is_cam_with_labels(sipe_model, tmp_path, capsys):
     assert main(args) == 0  # without --labels the classifier decides (tests/test_negatives.py)
     assert main([*args, "--labels", "horse"]) == 2  # a class the checkpoint does not know: a command-line mistake
     assert "unknown class 'horse'" in capsys.readouterr().err
+
+
+def test_predictor_skips_an_unreadable_file_and_the_batch_goes_on(sipe_model, tmp_path, caplog):
+    from sipe.predictor import Predictor
+
+    folder, single, broken = _inputs(tmp_path)
+    predictor = Predictor(sipe_model, "sipe", CLASSES, scales=(1.0,))
+    with caplog.at_level(logging.WARNING, logger="sipe.predict"):
+        outs = predictor.predict([folder / "a.jpg", broken, single], labels=["cat"])
+    assert [o.error is None for o in outs] == [True, False, True]
+    assert outs[0].mask.shape == (40, 48) and outs[2].mask.shape == (30, 30)
+    assert outs[1].mask.shape == (0, 0) and outs[1].labels == [] and "broken.jpg" in caplog.text
+    alone = predictor.predict(single, labels=["cat"])
+    assert np.array_equal(alone.mask, outs[2].mask)  # the same mask as in the batch
+    with pytest.raises(Exception, match="broken.jpg"):  # a single image still raises
+        predictor.predict(broken)
+
+
+def test_predict_cli_prints_a_summary_and_writes_each_images_scores(sipe_model, tmp_path, capsys):
+    import json
+
+    ckpt = tmp_path / "sipe.pt"
+    sio.save_torch({"model": sipe_model.state_dict(), "meta": {"class_names": CLASSES}}, ckpt)
+    folder, single, _ = _inputs(tmp_path)
+    out = tmp_path / "pred"
+    args = ["predict", str(folder), str(single), "--checkpoint", str(ckpt), "--out", str(out), "--scales", "1.0"]
+    assert main([*args, "--score-threshold", "0.0"]) == 0  # every class above 0: every image holds all
+    data = json.loads((out / "scores.json").read_text())
+    assert data["class_names"] == CLASSES[1:] and sorted(i["name"] for i in data["images"]) == ["a.jpg", "b.png",
+                                                                                               "c.jpg"]
+    assert all(len(i["scores"]) == 3 and i["labels"] == CLASSES[1:] for i in data["images"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("3 images: cat 3, dog 3, sofa 3, none 0")
+    assert main([*args, "--labels", "dog"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("3 images: cat 0, dog 3, sofa 0, none 0")

@@ -173,7 +173,7 @@ def test_train_sipe_end_to_end_through_the_cli(tmp_path, capsys):
     assert main(args) == 0
     final = run / "checkpoints" / "final.pt"
     assert f"checkpoint: {final}" in capsys.readouterr().out
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "final.pt", "last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "final.pt"]  # no last.pt
     assert (run / "run_info.json").is_file()
     cfg = load_config(SIPETrainConfig, run / "config.yaml")
     assert cfg.model.backbone == "resnet18" and cfg.aug.crop_size == 64 and cfg.data.class_names == CLASSES

@@ -104,4 +104,7 @@ def handler(args: argparse.Namespace) -> int:
                          f"{args.out}/skipped.tsv)")
     skipped = f" ({result.skipped.summary()}, listed in {args.out}/skipped.tsv)" if len(result.skipped) else ""
     print(f"wrote {len(result.labels)} masks to {args.out}{skipped}")
+    from sipe.predictor import prediction_summary
+
+    print(prediction_summary(args.out))
     return 0

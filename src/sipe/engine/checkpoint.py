@@ -100,9 +100,14 @@ class Resumer:
         self.ckpt: dict[str, Any] | None = None
 
     def load(self, model: nn.Module) -> bool:
-        """Read and check ``last.pt``; ``True`` when there is a run to continue. Raises ``ValueError``
-        (one line) for an unreadable file or a run that this one cannot continue."""
-        if not (self.cfg.resume and self.path.is_file()):
+        """Read and check ``last.pt`` (or, of a finished run, ``final.pt``); ``True`` when there is a run to
+        continue. Raises ``ValueError`` (one line) for an unreadable file or a run that this one cannot continue."""
+        if not self.cfg.resume:
+            return False
+        final = self.ckpt_dir / "final.pt"
+        if not self.path.is_file() and final.is_file():
+            self.path = final  # finished: its weights are the run's; no step is left to train
+        if not self.path.is_file():
             return False
         try:
             ckpt = read_checkpoint(self.path, made_by="the interrupted run")
@@ -127,7 +132,8 @@ class Resumer:
         ckpt = self.ckpt
         assert ckpt is not None, "Resumer.load() found no checkpoint to restore"
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:  # final.pt has none: a finished run takes no further step
+            optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler") and scaler is not None:
             scaler.load_state_dict(ckpt["scaler"])
         return int(ckpt["step"]), float(ckpt.get("best_score", -math.inf))
@@ -179,6 +185,16 @@ class CheckpointWriter:
     def save(self, name: str, step: int, **extra: Any) -> None:
         """Write ``name`` (``best.pt``, ``final.pt``): the weights, progress and ``extra`` entries."""
         self._write(name, step, extra)
+
+    def save_final(self, step: int, best_score: float) -> None:
+        """Write ``final.pt`` of a finished run (with the run key and best score that a rerun checks), then
+        remove ``last.pt``: one checkpoint per finished stage. A kill between the two leaves both, never none."""
+        extra: dict[str, Any] = {"best_score": best_score}
+        if self.run_key is not None:
+            extra["run_key"] = dict(self.run_key)
+        self._write("final.pt", step, extra)
+        if self.is_main:
+            (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
 
     def save_last(self, step: int, best_score: float) -> None:
         """Write the full, resumable ``last.pt``."""

@@ -136,7 +136,9 @@ class _StepJobs:
         """After optimiser step ``step`` (1-based count of finished steps); raises ``KeyboardInterrupt``
         on a stop request (from any rank), after the step and before any checkpoint of it."""
         self.window.add(out, loss)
-        if step % self.cfg.log_every == 0 or step == stop_at:
+        # Step 1 too: a curve starts at the untrained model's loss (a short run otherwise shows two points
+        # late in training, and "did the loss fall?" has no start to compare with).
+        if step % self.cfg.log_every == 0 or step == stop_at or step == 1:
             self.window.flush(step, lr, self.output)
         self.output.advance()
         save_last = self.schedule.last_due(step)
@@ -148,13 +150,15 @@ class _StepJobs:
             self.validation(step)
 
     def finish(self, step: int, max_steps: int) -> None:
-        """Always leave a resumable state, also when stopped early on request (``engine.stop_after``);
-        a finished run validates once more if it never did and writes ``final.pt``."""
-        self.checkpoints.save_last(step, self.validation.best_score)
-        if step >= max_steps:
-            if self.validation.val_fn is not None and not (self.checkpoints.ckpt_dir / "best.pt").exists():
-                self.validation(step)
-            self.checkpoints.save("final.pt", step)
+        """Always leave a resumable state: ``last.pt`` when stopped early on request (``engine.stop_after``);
+        a finished run validates once more if it never did and keeps one checkpoint, ``final.pt`` (a rerun
+        resumes from it without training; ``last.pt``, as large, is removed once ``final.pt`` is written)."""
+        if step < max_steps:
+            self.checkpoints.save_last(step, self.validation.best_score)
+            return
+        if self.validation.val_fn is not None and not (self.checkpoints.ckpt_dir / "best.pt").exists():
+            self.validation(step)
+        self.checkpoints.save_final(step, self.validation.best_score)
 
     def interrupted(self, step: int, max_steps: int, requested: str | None) -> None:
         """Save ``last.pt`` after an interruption at a step boundary and say how to resume."""
@@ -189,7 +193,8 @@ def fit(
     ``step_fn(model, batch)`` runs the forward on the device batch and returns ``{"loss": ...}``
     plus other scalars to log. ``param_groups``: ``[{"params": [...], "lr_mult": 1.0}, ...]``.
     Writes ``out_dir/checkpoints/{last,best,final}.pt`` atomically and TensorBoard scalars to
-    ``out_dir/tb``; resumes from ``last.pt`` when ``cfg.resume`` and it exists. ``last.pt`` is
+    ``out_dir/tb`` (from step 1); resumes from ``last.pt`` when ``cfg.resume`` and it exists (a finished run
+    keeps ``final.pt`` only: a rerun then loads it and trains no step). ``last.pt`` is
     written every ``cfg.ckpt_every`` steps (or epoch), every ``cfg.ckpt_minutes`` minutes, and on
     Ctrl-C / SIGTERM / a KeyboardInterrupt before the loop re-raises KeyboardInterrupt, so that a
     rerun continues from the last finished step and trains exactly the uninterrupted run's model. ``meta`` (plain
@@ -225,7 +230,8 @@ def fit(
                                    sampler.batches_per_epoch, max_steps, meta or {}, run_key, info.is_main)
     output = RunOutput(out_dir, info.is_main, cfg.progress, max_steps, step)
     jobs = _StepJobs(cfg, info, output, checkpoints, Validation(val_fn, val_name, model, info, output, checkpoints,
-                                                                 best_score), resumer.path, sampler.batches_per_epoch)
+                                                                 best_score), out_dir / "checkpoints" / "last.pt",
+                      sampler.batches_per_epoch)
     stop_at = max_steps if cfg.stop_after is None else min(max_steps, cfg.stop_after)
     stepper.wrapped.train()
     stop = StopRequests().__enter__()  # left in the finally below

@@ -19,7 +19,7 @@ from sipe import __version__
 from sipe.config.loader import to_dict
 from sipe.io import write_text
 
-__all__ = ["NUMERICS_ENV", "git_commit", "numerics_info", "save_run_info"]
+__all__ = ["NUMERICS_ENV", "git_commit", "numerics_info", "random_weight_keys", "save_run_info"]
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
@@ -105,6 +105,17 @@ def numerics_info() -> dict[str, Any]:
     }
 
 
+def random_weight_keys(config: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of every network section of a (nested dict) config that names a ``backbone`` and
+    starts from random weights (``weights: null``), e.g. ``["train.model", "seg.model"]`` ("" for the root)."""
+    if not isinstance(config, dict):
+        return []
+    out = [prefix] if "backbone" in config and "weights" in config and config["weights"] is None else []
+    for key, value in config.items():
+        out += random_weight_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
 def save_run_info(out_dir: str | os.PathLike, cfg: Any) -> None:
     """Write ``out_dir/config.yaml`` (the resolved config) and ``out_dir/run_info.json``.
 
@@ -135,4 +146,8 @@ def save_run_info(out_dir: str | os.PathLike, cfg: Any) -> None:
         "world_size": world,
         "numerics": numerics_info(),
     }
+    random = random_weight_keys(to_dict(cfg))
+    if random:
+        # Said where a reader looks first: no pretrained backbone makes every later number weaker.
+        info["random_weights"] = random
     write_text(out_dir / "run_info.json", json.dumps(info, indent=2) + "\n")

@@ -74,6 +74,32 @@ class NegativeStats:
                 "fp_pixel_rate": None if rate is None else round(rate, 6), "images_with_fp": self.images_with_fp}
 
 
+class HeatStats:
+    """Where a map is hot: the mean score of each labelled class's map on that class's ground-truth pixels
+    ("inside") and on the ground truth's background pixels ("outside"), over every image. A map hotter
+    outside than inside points at the background, not at the objects (the results page flags it)."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros(2, np.float64)  # inside, outside
+        self.counts = np.zeros(2, np.int64)
+
+    def add(self, keys: np.ndarray, maps: np.ndarray, mask: np.ndarray) -> None:
+        """One image: ``keys`` (M,) class indices of ``maps`` (M, H, W); ``mask`` (H, W), 255 = ignore."""
+        bg = mask == 0
+        for key, m in zip(keys.tolist(), maps, strict=True):
+            inside = mask == key
+            if key == 0 or not inside.any():
+                continue
+            m = m.astype(np.float64)
+            self.sums += (m[inside].sum(), m[bg].sum())
+            self.counts += (int(inside.sum()), int(bg.sum()))
+
+    def report(self) -> dict[str, Any]:
+        """``{"inside", "outside"}``: mean map values (None where no pixel counted)."""
+        means = [round(float(s / c), 6) if c else None for s, c in zip(self.sums, self.counts, strict=True)]
+        return {"inside": means[0], "outside": means[1]}
+
+
 # ---------------------------------------------------------------------- dataset iteration
 def _num_classes(dataset: Any) -> tuple[int, list[str]]:
     names = getattr(dataset, "class_names", None)
@@ -217,6 +243,7 @@ def evaluate_is_cam(
     k, class_names = _num_classes(dataset)
     cm = ConfusionMatrix(k)
     negatives = NegativeStats()
+    heat = HeatStats()
 
     def add(mask: np.ndarray, path: Path) -> None:
         f = read_cam_file(path)
@@ -226,10 +253,12 @@ def evaluate_is_cam(
         pred = is_cam_to_label(f.keys, f.maps)
         cm.update(pred, mask)
         negatives.add(pred, mask)
+        heat.add(f.keys, f.maps, mask)
 
     stats = _evaluate_files(dataset, names, lambda n: find_cam_file(cam_dir, n), f"CAM file in {cam_dir}",
                             missing, "is_cam", add)
-    return {"kind": "is_cam", **stats, **cm.report(class_names), "negatives": negatives.report()}
+    return {"kind": "is_cam", **stats, **cm.report(class_names), "negatives": negatives.report(),
+            "heat": heat.report()}
 
 
 def evaluate_cam(
@@ -261,6 +290,7 @@ def evaluate_cam(
     hist = np.zeros((t_n + 1) * k * k, dtype=np.int64)
     # Negatives: (pixels, highest bucket, per-bucket pixel counts) of each, for the best threshold's counts.
     neg_images: list[tuple[int, int, np.ndarray]] = []
+    heat = HeatStats()
 
     def add(mask: np.ndarray, path: Path) -> None:
         nonlocal hist
@@ -268,6 +298,7 @@ def evaluate_cam(
         if f.kind != "cam":
             raise ValueError(f"{path} holds IS-CAMs (kind 'is_cam'); evaluate them with kind 'is_cam' (--kind is_cam)")
         _check_shape(f.maps.shape[1:], mask, path)
+        heat.add(f.keys, f.maps, mask)
         gt = mask.reshape(-1).astype(np.int64)
         valid = gt != 255
         gt = gt[valid]
@@ -315,6 +346,7 @@ def evaluate_cam(
         **stats,
         **best_cm.report(class_names),
         "negatives": negatives.report(),
+        "heat": heat.report(),
     }
 
 

@@ -15,7 +15,7 @@ from sipe import __version__
 from sipe import io as sio
 from sipe.report import plots
 from sipe.report.collect import STAGES, TRAINING_TITLES, RunContents, collect_run
-from sipe.report.flags import degenerate_flags
+from sipe.report.flags import all_flags
 from sipe.report.images import MAX_SIDE, build_rows, select_images
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def render_report(
         "commit": info.get("git_commit"),
         "timestamp": info.get("timestamp"),
         "masks_given": bool(contents.evals) or has_gt_cell,
-        "flags": degenerate_flags(contents),
+        "flags": all_flags(contents),
         "summary": _summary(contents),
         "has_negatives": any(r["negatives"] is not None for r in _summary(contents)),
         "best_stage": best,

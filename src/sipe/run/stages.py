@@ -235,6 +235,10 @@ class _RunStages:
             metrics["num_val_images"] = len(self.data.eval)
         timings = self.pipe.timings
         metrics["seconds"] = {**timings, "total": round(sum(timings.values()), 1)}
+        # Checks of the run's own numbers (sipe.report.flags); the page shows the same list at its top.
+        from sipe.report.flags import run_flags
+
+        metrics["flags"] = run_flags(self.out, metrics, eval_on_train=self.data.eval_in_train)
         io.write_text(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         ds = self.data.eval if self.data.eval is not None else None
         write_report_html(self.out, self.out / "report.html", dataset=ds,
