@@ -232,6 +232,13 @@ class CustomDataset(SegDataset):
                         "Fix the spelling or add it to class_names."
                     )
                 labels[i, k - 1] = 1.0
+        empty = [classes[k + 1] for k in np.flatnonzero(labels.sum(axis=0) == 0)]
+        if empty:
+            # Once, at the start: a class nobody labelled can be neither learned nor scored.
+            logger.warning(
+                "%d of %d classes have no image in %s: %s; label images of them, or drop them from class_names",
+                len(empty), len(classes) - 1, self.labels_file, ", ".join(empty),
+            )
 
         image_paths = [self.root / image for image, _, _ in rows]
         missing = [str(p) for p in image_paths if not p.is_file()]
