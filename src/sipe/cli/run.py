@@ -45,10 +45,9 @@ def run_config(config: str | None, overrides: list[str], out: str, print_only: b
                start: str | None = None, until: str | None = None) -> int:
     """``sipe run`` (and ``sipe demo``, with the demo's config file): load, check, run, print the mIoUs."""
     # Config and datasets are checked before torch loads, so that their errors come in a second.
-    from sipe.cli._common import print_config, setup_logging
+    from sipe.cli._common import setup_logging
     from sipe.config import load_config
     from sipe.run.config import RunConfig, resolve
-
     from sipe.run.data import run_data
     from sipe.run.plan import dataset_fingerprint, derive_plan, explicit_keys, plan_lines
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from sipe.run.config import RunConfig
 
-__all__ = ["SKEW_IMBALANCE", "Fingerprint", "dataset_fingerprint", "derive_plan", "explicit_keys", "fingerprint_of", "plan_lines"]
+__all__ = ["SKEW_IMBALANCE", "Fingerprint", "dataset_fingerprint", "derive_plan", "explicit_keys", "fingerprint_of",
+           "plan_lines"]
 
 # Imbalance (most / fewest images per class) from which a folder counts as skewed. VOC train (person in
 # ~30 % of the images, the rarest class in ~4 %) is about 8; the demo's balanced classes about 1.
