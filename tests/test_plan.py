@@ -106,3 +106,25 @@ def test_a_class_without_images_is_named_in_one_warning(tmp_path, caplog):
         CustomDataset(tmp_path, tmp_path / "labels.csv", class_names=["background", "cat", "cow", "sheep"])
     warned = [r.getMessage() for r in caplog.records if "no image" in r.getMessage()]
     assert len(warned) == 1 and "cow, sheep" in warned[0] and "class_names" in warned[0]
+
+
+def test_print_config_shows_the_fingerprint_and_the_plan(tmp_path, capsys):
+    import yaml
+    from PIL import Image
+
+    from sipe.cli import main
+
+    rows = ["image,labels"]
+    for i in range(10):
+        Image.new("RGB", (80, 64), (i * 20, 90, 120)).save(tmp_path / f"im{i}.png")
+        rows.append(f"im{i}.png,{'dog' if i == 0 else 'cat'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = ["run", "--out", str(tmp_path / "run"), "--print-config", "data.kind=custom", f"data.root={tmp_path}",
+            "data.split=labels.csv", "train.engine.batch_size=2", "seg.engine.epochs=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "# data fingerprint: 10 images" in out and "cat 9, dog 1" in out
+    assert "# derived: seg.sampling=repeat_factor  (imbalance 9.0 >= 4" in out
+    cfg = yaml.safe_load(out)
+    assert cfg["seg"]["sampling"] == "repeat_factor" and cfg["seg"]["aug"]["crop_size"] == 64
+    assert cfg["seg"]["engine"]["epochs"] == 2 and cfg["seg"]["engine"]["max_steps"] is None
