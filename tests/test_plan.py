@@ -37,13 +37,11 @@ def test_skewed_folder_gets_repeat_factor_sampling_and_rules():
     fp = fingerprint_of(_skewed(), [(300, 400)] * 100, ["a", "b", "c", "d"])
     cfg, rules = derive_plan(RunConfig(), fp)
     assert cfg.seg.sampling == "repeat_factor"
-    assert cfg.seg.repeat_threshold == pytest.approx(0.15)  # median of 0.6, 0.2, 0.1, 0.05
     assert cfg.seg.aug.crop_size == 304  # shorter side 300 rounded up to 16
     assert cfg.seg.engine.max_steps == 500  # 30 epochs x 6 steps, raised to min_steps
     assert cfg.seg.model.freeze_bn is True
     keys = {k for k, _, _ in rules}
-    assert keys == {"seg.sampling", "seg.repeat_threshold", "seg.aug.crop_size", "seg.engine.max_steps",
-                    "seg.model.freeze_bn"}
+    assert keys == {"seg.sampling", "seg.aug.crop_size", "seg.engine.max_steps", "seg.model.freeze_bn"}
     assert all(rule for _, _, rule in rules)
     assert RunConfig().seg.sampling == "uniform"  # the input is not changed
 
