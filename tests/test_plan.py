@@ -126,3 +126,25 @@ def test_print_config_shows_the_fingerprint_and_the_plan(tmp_path, capsys):
     cfg = yaml.safe_load(out)
     assert cfg["seg"]["sampling"] == "repeat_factor" and cfg["seg"]["aug"]["crop_size"] == 64
     assert cfg["seg"]["engine"]["epochs"] == 2 and cfg["seg"]["engine"]["max_steps"] is None
+
+
+def test_the_run_names_classes_without_images_once_even_behind_a_quiet_logger(tmp_path, caplog):
+    from PIL import Image
+
+    from sipe.data.custom import CustomDataset, warn_classes_without_images
+
+    for i in range(2):
+        Image.new("RGB", (32, 32)).save(tmp_path / f"im{i}.png")
+    (tmp_path / "labels.csv").write_text("image,labels\nim0.png,cat\nim1.png,cat\n")
+    quiet = logging.getLogger("sipe.data")
+    quiet.setLevel(logging.ERROR)  # as sipe.run.data holds back per-image warnings while it loads
+    try:
+        ds = CustomDataset(tmp_path, tmp_path / "labels.csv", class_names=["background", "cat", "cow"])
+    finally:
+        quiet.setLevel(logging.NOTSET)
+    run_log = logging.getLogger("sipe.run")
+    with caplog.at_level(logging.WARNING):
+        assert warn_classes_without_images(ds, run_log) == ["cow"]
+        warn_classes_without_images(ds, run_log)
+        CustomDataset(tmp_path, tmp_path / "labels.csv", class_names=["background", "cat", "cow"])
+    assert sum("no image" in r.getMessage() for r in caplog.records) == 1
