@@ -77,3 +77,35 @@ def test_weights_must_fit_the_dataset():
         SeededBatchSampler(4, 2, seed=0, weights=[1, 1, 1])
     with pytest.raises(ValueError, match="sampling weights"):
         SeededBatchSampler(4, 2, seed=0, weights=[0, 0, 0, 0])
+
+
+def test_seg_training_hands_repeat_factors_to_the_engine(tmp_path, monkeypatch):
+    import shutil
+
+    import sipe.seg.train as seg_train
+    from sipe.config import from_dict
+    from sipe.config.seg import SegTrainConfig
+    from sipe.data import generate_synthetic
+
+    root = generate_synthetic(tmp_path / "d", n_train=12, n_val=0, image_size=(40, 56), max_objects=1,
+                              class_weights=(80, 10, 5, 5), progress=False)
+    shutil.copytree(root / "SegmentationClass", tmp_path / "pseudo")
+    seen = {}
+
+    def fake_fit(model, train_set, *args, sample_weights=None, run_key=None, **kwargs):
+        seen.update(weights=sample_weights, run_key=run_key, n=len(train_set))
+        return model
+
+    monkeypatch.setattr(seg_train, "fit", fake_fit)
+    cfg = from_dict(SegTrainConfig, {
+        "pseudo_labels": str(tmp_path / "pseudo"), "sampling": "repeat_factor",
+        "data": {"kind": "synthetic", "root": str(root), "split": "train"},
+        "model": {"backbone": "resnet18", "weights": None, "output_stride": 16},
+        "engine": {"batch_size": 4, "num_workers": 0, "progress": False}})
+    seg_train.train_seg(cfg, tmp_path / "out")
+    w = np.asarray(seen["weights"])
+    assert w.shape == (seen["n"],) and w.min() == 1.0 and w.max() > 1.0
+    assert seen["run_key"]["sampling"] == "repeat_factor 0.3"
+    cfg.sampling = "uniform"
+    seg_train.train_seg(cfg, tmp_path / "out2")
+    assert seen["weights"] is None and "sampling" not in seen["run_key"]
