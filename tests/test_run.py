@@ -142,6 +142,7 @@ def test_salted_run_names_each_bad_photo_once_and_no_stage_sees_them(tiny_run):
     for name in ("cut", "notes"):
         named = [m for m in messages if m.startswith(f"skipping {name} ")]
         assert len(named) == 1, (name, [m for m in messages if name in m])
+    assert len([m for m in messages if "2 unreadable" in m]) == 1  # one summary, not one per stage
     listed = (out / "skipped.tsv").read_text().splitlines()
     assert listed[0] == "name\tpath\treason\tdetail"
     assert sorted(r.split("\t")[0] for r in listed[1:]) == ["cut", "notes"]
