@@ -52,7 +52,7 @@ class Folder:
 
     def __init__(self, root: Path, sizes: list[tuple[int, int]], num_classes: int = 21) -> None:
         self.root, self.class_names = root, ["background"] + [f"c{k}" for k in range(1, num_classes)]
-        self.names = [f"{i:04d}" for i in range(len(sizes))]
+        self.names, self.sizes = [f"{i:04d}" for i in range(len(sizes))], list(sizes)
         self.labels = np.zeros((len(sizes), num_classes - 1), np.float32)
         for i, (h, w) in enumerate(sizes):
             image, mask, _ = draw_synthetic_image(np.random.default_rng(100 + i), h, w, num_classes=6, max_objects=3)
@@ -123,9 +123,10 @@ def official_make_cam(model: torch.nn.Module, ds: Folder, out: Path, device: tor
     return time.perf_counter() - t0
 
 
-def timed_generate(model: torch.nn.Module, ds: Folder, out: Path, cfg: CamConfig, device: torch.device
-                   ) -> tuple[float, list[float]]:
-    """Seconds of one generate_cams call, and the time at which each IS-CAM file was written."""
+def timed_generate(model: torch.nn.Module, ds: Folder, out: Path, cfg: CamConfig, device: torch.device,
+                   live: bool = False) -> tuple[float, list[float]]:
+    """Seconds of one generate_cams call, and the seconds between one IS-CAM file and the next (with
+    ``live``, each printed as it comes with its image's size: a run cut short still shows them)."""
     import sipe.cams.generate as gen
 
     stamps, write = [], gen.write_cam_file
@@ -134,6 +135,10 @@ def timed_generate(model: torch.nn.Module, ds: Folder, out: Path, cfg: CamConfig
         write(path, *args, **kwargs)
         if Path(path).parent.name == "is_cam":
             stamps.append(time.perf_counter())
+            if live:
+                h, w = ds.sizes[ds.names.index(Path(path).stem)]
+                since = stamps[-2] if len(stamps) > 1 else t0
+                print(f"    image {len(stamps)} ({w}x{h}): {stamps[-1] - since:.2f} s", flush=True)
 
     gen.write_cam_file = stamped
     try:
@@ -206,6 +211,12 @@ def main() -> None:
     if device.type != "cuda":
         modes = [None]  # cudnn.benchmark: n/a on CPU
     print(f"machine: {machine(device)}", flush=True)
+    from tqdm import tqdm
+
+    import sipe.cams.generate as gen
+
+    # No progress bars: their carriage returns would swallow the per-image lines in a log.
+    gen.tqdm = lambda *a, **k: tqdm(*a, **{**k, "disable": True})
     model = probe_model(21, (500, 375))[0].to(device)  # random weights would give all-zero IS-CAMs
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as folder:
         rows, official, sizes = run_rows(args, device, model, Path(folder), batches, precisions, modes)
@@ -261,12 +272,12 @@ def one_row(args: argparse.Namespace, device: torch.device, model: torch.nn.Modu
     name = f"{label}-{precision}-b{batch}"
     # Warm-up on the first image only: other sizes stay first-seen, as in a real run.
     generate_cams(model, ds.first(), tmp / f"warm-{name}-{rnd}", CamConfig(**{**cfg.__dict__, "num_workers": 0}))
-    seconds, per_image = timed_generate(model, ds, tmp / f"{name}-{rnd}", cfg, device)
+    live = args.per_image and batch == ref_batch
+    seconds, per_image = timed_generate(model, ds, tmp / f"{name}-{rnd}", cfg, device, live)
     row = {"cudnn_benchmark": "n/a on CPU" if mode is None else ("on" if mode else "off"),
            "precision": precision, "batch_images": batch, "seconds": seconds, "images_per_s": len(ds) / seconds}
-    if batch == ref_batch and args.per_image:
+    if live:
         row["per_image_s"] = per_image
-        print(f"  {name} per image: " + " ".join(f"{t:.2f}" for t in per_image), flush=True)
     if batch == ref_batch:
         row["nonzero_share"] = nonzero_share(tmp / f"{name}-{rnd}" / "is_cam")
     else:

@@ -89,7 +89,8 @@ def test_batched_files_equal_one_at_a_time(model, tmp_path, monkeypatch):
             assert one == batched
 
 
-def test_batched_maps_match_the_single_image_function(model):
+@pytest.mark.parametrize("flip", [True, False])
+def test_batched_maps_match_the_single_image_function(model, flip):
     """fused_maps_batch on four same-size images equals each image's scale_batch + infer path."""
     ds = MixedSizes()
     prepared = prepare_for_inference(model, channels_last=False)
@@ -97,10 +98,10 @@ def test_batched_maps_match_the_single_image_function(model):
     scales = (1.0, 0.5)
     images = [ds.images[i] for i in idx]
     inputs = [[to_tensor(rescale_image(im, s)) for s in scales] for im in images]
-    got = fused_maps_batch(prepared, images, [ds.labels[i] for i in idx], inputs, scales, batch_images=4)
+    got = fused_maps_batch(prepared, images, [ds.labels[i] for i in idx], inputs, scales, flip, batch_images=4)
     for (keys, maps, cam), im, i in zip(got, images, idx, strict=True):
-        ref_keys, ref, _ = fused_maps(prepared, im, ds.labels[i], [scale_batch(im, s) for s in scales])
-        assert cam is None and np.array_equal(keys, ref_keys)
+        ref_keys, ref, _ = fused_maps(prepared, im, ds.labels[i], [scale_batch(im, s, flip) for s in scales], flip)
+        assert cam is None and np.array_equal(keys, ref_keys) and maps.shape == (len(keys), 48, 64)
         torch.testing.assert_close(maps, ref, atol=ATOL, rtol=0)
 
 
