@@ -5,9 +5,10 @@
 #  - the 0.3 images/s of generate_cams: the same folder of VOC sizes with cudnn.benchmark off, then on,
 #    each in a fresh process, every image's seconds printed (the first image of each new size shows
 #    what autotuning costs) -> generate_off.log / generate_on.log;
-#  - generate_cams images/s, batch_images 1 / 8 / 16, fp32 / bf16 / fp16, cudnn.benchmark off and on,
+#  - generate_cams images/s, batch_images 1 / 8 / 16, fp32 / bf16 / fp16 with cudnn.benchmark off, the
 #    batched files against batch 1's (byte-equal count, max abs diff), and the official make_cam's
 #    computation over the same folder (materialised IPE, network as built) for the ratio -> generate.log;
+#    then fp32 / fp16 with cudnn.benchmark on -> generate_cudnn_on.log;
 #  - `sipe run --config configs/demo.yaml` end to end on the GPU: wall time and metrics.json's stage
 #    seconds -> demo.log.
 #
@@ -51,16 +52,25 @@ echo "== benchmarks =="
 "$PY" benchmarks/gpu_check.py --out "$OUT" ${GPU_CHECK_QUICK:+--quick}
 bench=$?
 
+# GPU_CHECK_QUICK: fewer images (a smoke run of the same steps).
+n_diag=24; n_rate=48
+[ -n "${GPU_CHECK_QUICK:-}" ] && n_diag=6 && n_rate=8
+
 echo "== issue 29: generate_cams per image, cudnn.benchmark off then on (fresh processes) =="
 for mode in off on; do
-    timeout 150 "$PY" benchmarks/bench_generate.py --full --images 24 --batches 1 --precisions fp16 --workers 4 \
-        --cudnn-benchmark "$mode" --per-image --out "$OUT/generate_$mode" 2>&1 | tee "$OUT/generate_$mode.log"
+    timeout 100 "$PY" benchmarks/bench_generate.py --full --images "$n_diag" --batches 1 --precisions fp16 \
+        --workers 4 --cudnn-benchmark "$mode" --per-image --out "$OUT/generate_$mode" 2>&1 \
+        | tee "$OUT/generate_$mode.log"
 done
 
-echo "== issue 29: generate_cams images/s, batch 1 vs batched, fp32/bf16/fp16, cudnn.benchmark off/on, official make_cam =="
-timeout 240 "$PY" benchmarks/bench_generate.py --full --images 64 --batches 1,8,16 --precisions fp32,bf16,fp16 \
-    --workers 4 --cudnn-benchmark both --official --out "$OUT/generate" 2>&1 | tee "$OUT/generate.log"
+echo "== issue 29: generate_cams images/s, cudnn.benchmark off: batch 1 vs 8 vs 16, fp32/bf16/fp16, official make_cam =="
+timeout 180 "$PY" benchmarks/bench_generate.py --full --images "$n_rate" --batches 1,8,16 \
+    --precisions fp32,bf16,fp16 --workers 4 --cudnn-benchmark off --official --out "$OUT/generate" 2>&1 \
+    | tee "$OUT/generate.log"
 generate=${PIPESTATUS[0]}
+echo "== issue 29: the same with cudnn.benchmark on (fresh process: every shape autotuned once) =="
+timeout 120 "$PY" benchmarks/bench_generate.py --full --images "$n_rate" --batches 1,8,16 --precisions fp32,fp16 \
+    --workers 4 --cudnn-benchmark on --out "$OUT/generate_cudnn_on" 2>&1 | tee "$OUT/generate_cudnn_on.log"
 
 echo "== issue 29: sipe run --config configs/demo.yaml on the GPU =="
 rm -rf "$OUT/demo"
