@@ -119,7 +119,7 @@ class _RunStages:
         scales = c.scales if c.scales is not None else MethodConfig.from_checkpoint(self._meta).cam_scales
         model.to(resolve_device(self.cfg.train.engine.device))
         cam_cfg = CamConfig(scales=scales, flip=c.flip, save_cam=self.data.eval is not None, precision=c.precision,
-                            channels_last=c.channels_last, num_workers=c.num_workers)
+                            channels_last=c.channels_last, num_workers=c.num_workers, batch_images=c.batch_images)
         summary = generate_cams(model, dataset, out, cam_cfg)
         return int(summary["written"] + summary["existing"])
 
