@@ -17,6 +17,7 @@ from sipe.report import plots
 from sipe.report.collect import STAGES, TRAINING_TITLES, RunContents, collect_run
 from sipe.report.flags import all_flags
 from sipe.report.images import MAX_SIDE, build_rows, select_images
+from sipe.report.presence import presence_context
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +126,23 @@ def _curves(contents: RunContents) -> list[dict[str, str]]:
     return out
 
 
-def _times(contents: RunContents) -> tuple[list[tuple[str, Any]], str]:
-    seconds = (contents.metrics or {}).get("seconds")
+def _times(contents: RunContents) -> tuple[list[tuple[str, Any, str]], str]:
+    """(stage, seconds, which invocation ran it) rows of the wall-time table, and a note saying what they are."""
+    metrics = contents.metrics or {}
+    seconds, ran = metrics.get("seconds"), metrics.get("stages_this_invocation")
     if isinstance(seconds, dict) and seconds:
-        note = ("From metrics.json: the seconds of the last invocation (a resumed run counts only the "
-                "stages it redid).")
-        return list(seconds.items()), note
-    spans = [(TRAINING_TITLES.get(f, f), c.seconds) for f, c in contents.curves.items() if c.seconds is not None]
+        if not isinstance(ran, list):  # a metrics.json of an older sipe: no record of which invocation
+            return [(k, v, "") for k, v in seconds.items()], (
+                "From metrics.json: per stage, wall time of the invocation that ran it; the total adds them all.")
+        rows = [(k, v, "this" if k in ran else "earlier") for k, v in seconds.items() if k != "total"]
+        if "total" in seconds:
+            rows.append(("total", seconds["total"], "this"))
+        earlier = [k for k, _, when in rows if when == "earlier"]
+        note = ("From metrics.json: wall time per stage, of the invocation that ran it; the total counts only "
+                "the stages the last invocation ran (report excluded)")
+        note += f"; {', '.join(earlier)} ran in an earlier one." if earlier else "; it ran every stage."
+        return rows, note
+    spans = [(TRAINING_TITLES.get(f, f), c.seconds, "") for f, c in contents.curves.items() if c.seconds is not None]
     return spans, "Training stages only, from the first to the last TensorBoard event."
 
 
@@ -206,6 +217,7 @@ def render_report(
         "confusion_plot": confusion_plot,
         "confusion_title": confusion_title,
         **_per_class(contents),
+        **presence_context(contents),
         **images,
     }
     template = resources.files("sipe.report").joinpath("template.html.j2").read_text(encoding="utf-8")
