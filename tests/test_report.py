@@ -374,3 +374,21 @@ def test_presence_section_shows_scores_with_and_without_each_tag_and_false_posit
     # without presence.json there is no section
     (run / PRESENCE_FILE).unlink()
     assert '<section id="presence">' not in write_report_html(run, progress=False).read_text()
+
+
+def test_confusion_matrix_is_the_final_models_and_the_earlier_stages_fold_away(tmp_path):
+    run = tmp_path / "run"
+    classes = [{"name": n, "iou": 0.5, "precision": 0.5, "recall": 0.5, "pred_pixels": 10, "gt_pixels": 10}
+               for n in ("background", "cat")]
+    # IS-CAM scores best, but the page's matrix is the segmentation network's: the model a user keeps
+    for file, miou in (("eval_cam.json", 0.4), ("eval_is_cam.json", 0.7), ("eval_seg.json", 0.6)):
+        sio.write_text(run / file, json.dumps({"miou": miou, "classes": classes, "split": "val", "num_images": 2,
+                                               "confusion_matrix": [[5, 1], [2, 4]]}))
+    html = write_report_html(run, progress=False).read_text()
+    section = html[html.index('<section id="confusion">'):]
+    assert "The final model's: segmentation; the earlier stages' below." in section
+    assert re.findall(r'<details class="confusion-other"><summary>([^<]+)</summary>', section) == ["IS-CAM", "CAM"]
+    assert section.index('alt="confusion matrix of segmentation"') < section.index("<details")
+    (run / "eval_seg.json").unlink()  # without the segmentation network: the pseudo-label-free pipeline's last
+    section = write_report_html(run, progress=False).read_text().split('<section id="confusion">')[1]
+    assert "The final model's: IS-CAM;" in section

@@ -146,13 +146,22 @@ def _times(contents: RunContents) -> tuple[list[tuple[str, Any, str]], str]:
     return spans, "Training stages only, from the first to the last TensorBoard event."
 
 
-def _confusion(contents: RunContents, best: str | None) -> tuple[str | None, str]:
-    if best is None or "confusion_matrix" not in contents.evals[best]:
-        return None, ""
-    title = next(s.title for s in STAGES if s.key == best)
-    png = plots.confusion_heatmap(np.asarray(contents.evals[best]["confusion_matrix"]), _class_names(contents),
-                                  f"{title} (best mIoU)")
-    return _png_uri(png), title
+def _confusion(contents: RunContents) -> tuple[str | None, str, list[dict[str, str]]]:
+    """The confusion matrix of the final model (the last stage of :data:`STAGES` with one: the segmentation
+    network when it was evaluated) as a PNG data URI and its title, and every earlier stage's as
+    ``[{"title", "plot"}]`` (the page folds them away)."""
+    stages = [s for s in STAGES if "confusion_matrix" in (contents.evals.get(s.key) or {})]
+    if not stages:
+        return None, "", []
+    names = _class_names(contents)
+
+    def plot(stage: Any, suffix: str = "") -> str:
+        matrix = np.asarray(contents.evals[stage.key]["confusion_matrix"])
+        return _png_uri(plots.confusion_heatmap(matrix, names, f"{stage.title}{suffix}"))
+
+    final = stages[-1]
+    others = [{"title": s.title, "plot": plot(s)} for s in reversed(stages[:-1])]
+    return plot(final, " (the final model)"), final.title, others
 
 
 def _images(contents: RunContents, num_images: int, max_side: int, progress: bool) -> dict[str, Any]:
@@ -191,7 +200,7 @@ def render_report(
     info = contents.run_info or {}
     best = _best_stage(contents)
     times, times_note = _times(contents)
-    confusion_plot, confusion_title = _confusion(contents, best)
+    confusion_plot, confusion_title, confusion_others = _confusion(contents)
     images = _images(contents, num_images, max_side, progress)
     has_gt_cell = any(c.caption == "ground truth" for r in images["rows"] for c in r.cells)
     context: dict[str, Any] = {
@@ -216,6 +225,7 @@ def render_report(
         "curves": _curves(contents),
         "confusion_plot": confusion_plot,
         "confusion_title": confusion_title,
+        "confusion_others": confusion_others,
         **_per_class(contents),
         **presence_context(contents),
         **images,
