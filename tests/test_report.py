@@ -392,3 +392,12 @@ def test_confusion_matrix_is_the_final_models_and_the_earlier_stages_fold_away(t
     (run / "eval_seg.json").unlink()  # without the segmentation network: the pseudo-label-free pipeline's last
     section = write_report_html(run, progress=False).read_text().split('<section id="confusion">')[1]
     assert "The final model's: IS-CAM;" in section
+
+
+def test_a_run_from_random_weights_says_so_in_its_run_table(tmp_path):
+    run = tmp_path / "run"
+    sio.write_text(run / "run_info.json", json.dumps({"sipe_version": "0", "random_weights": ["train.model", "irn"]}))
+    html = write_report_html(run, progress=False).read_text()
+    assert "<tr><th>random weights</th><td>train.model, irn (weights: null): no pretrained backbone</td></tr>" in html
+    sio.write_text(run / "run_info.json", json.dumps({"sipe_version": "0"}))
+    assert "random weights</th>" not in write_report_html(run, progress=False).read_text()

@@ -146,6 +146,14 @@ def _times(contents: RunContents) -> tuple[list[tuple[str, Any, str]], str]:
     return spans, "Training stages only, from the first to the last TensorBoard event."
 
 
+def _random_weights(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run-info row that says which networks started from random weights (``run_info.json``)."""
+    keys = info.get("random_weights")
+    if not keys:
+        return []
+    return [("random weights", f"{', '.join(map(str, keys))} (weights: null): no pretrained backbone")]
+
+
 def _confusion(contents: RunContents) -> tuple[str | None, str, list[dict[str, str]]]:
     """The confusion matrix of the final model (the last stage of :data:`STAGES` with one: the segmentation
     network when it was evaluated) as a PNG data URI and its title, and every earlier stage's as
@@ -217,7 +225,7 @@ def render_report(
         "times": times,
         "times_note": times_note,
         "run_info": [(k, info[k]) for k in ("sipe_version", "git_commit", "torch_version", "python_version",
-                                            "command", "timestamp", "world_size") if k in info],
+                                            "command", "timestamp", "world_size") if k in info] + _random_weights(info),
         "config_text": contents.config_text,
         "config_lines": len((contents.config_text or "").splitlines()),
         "per_class_plot": None, "pr_plot": None, "per_class_stages": [], "per_class_rows": [],
