@@ -110,6 +110,7 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
     for stage in ("train", "cam_train", "eval_cams", "regions", "irn_train", "pseudo_labels", "seg_train",
                   "seg_eval", "export"):
         assert metrics["seconds"][stage] >= 0, stage
+    assert metrics["stages_this_invocation"][-1] == "export" and "train" in metrics["stages_this_invocation"]
     assert metrics["train_images_per_class"] == {"disc": 8, "square": 4}
     assert (out / "export" / "model.onnx").stat().st_size > 1000
     import markupsafe
@@ -120,6 +121,11 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
     html = (out / "report.html").read_text()
     assert "segmentation" in html and "IS-CAM" in html
     assert all(str(markupsafe.escape(f)) in html for f in degenerate_flags(collect_run(out)))
+    # the classifier's own scores of the training images, with their tags, and the page's section of them
+    presence = json.loads((out / "presence.json").read_text())
+    assert presence["class_names"] == ["disc", "square"] and len(presence["images"]) == 8
+    assert sum("square" in im["tags"] for im in presence["images"]) == 4
+    assert '<section id="presence">' in html and 'data-class="square"' in html
     # Each stage in its own folder; the evaluation images are the training images (no duplicate CAMs).
     assert {p.name for p in out.iterdir() if p.is_dir()} >= {"train", "cams_train", "regions_train", "irn",
                                                                "pseudo_train", "seg", "seg_val", "export"}
@@ -257,7 +263,14 @@ def test_until_stops_and_from_redoes_a_late_stage_with_its_changed_config(tiny_r
     assert not (copy / "metrics.json").exists()  # the report is redone too, but --until stopped before it
     assert main(["run", "--out", str(copy), *args, "seg.engine.lr=0.02"]) == 0  # goes on from export
     seg = json.loads((copy / "eval_seg.json").read_text())["miou"]
-    assert json.loads((copy / "metrics.json").read_text())["seg_miou"] == seg
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["seg_miou"] == seg
+    # wall times per invocation: every stage's own seconds, the total over what this one ran (export)
+    assert metrics["stages_this_invocation"] == ["export"]
+    assert metrics["seconds"]["total"] == metrics["seconds"]["export"]
+    assert metrics["seconds"]["train"] > 0
+    html = (copy / "report.html").read_text()
+    assert '<tr data-invocation="earlier"><td>train</td>' in html and "train, cam_train" in html
     assert stamps(copy)[copy / "eval_seg.json"] == after[copy / "eval_seg.json"]
 
 
