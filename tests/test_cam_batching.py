@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from sipe.cams.format import read_cam_file
+
 from sipe.cams.generate import CamConfig, _SizeGroups, generate_cams, output_path
 from sipe.cams.multiscale import (
     batch_chunk,
