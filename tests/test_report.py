@@ -54,7 +54,7 @@ def _fake_run(root: Path, n: int = 12, hw: tuple[int, int] = (375, 500), masks: 
                        np.concatenate([1 - fg.max(0, keepdims=True), fg]), kind="is_cam")
         sio.save_label_png(run / "pseudo_val" / f"{name}.png", shifted)
     sio.write_text(photos / "labels.csv", "\n".join(lines) + "\n")
-    writer = SummaryWriter(str(run / "sipe" / "tb"))
+    writer = SummaryWriter(str(run / "train" / "tb"))
     for step in range(1, 6):
         writer.add_scalar("train/loss_cls", 1.0 / step, step)
         writer.add_scalar("train/loss_gsc", 0.5 / step, step)
@@ -182,7 +182,7 @@ def test_collect_reads_every_tensorboard_point(tmp_path, caplog):
     # tensorboard's reader says "No path found after <file>" at INFO for each file: kept out of the run's log
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("tensorboard")]
     assert logging.getLogger("tensorboard").level == logging.NOTSET
-    steps, values = contents.curves["sipe"].scalars["train/loss_cls"]
+    steps, values = contents.curves["train"].scalars["train/loss_cls"]
     assert steps == [1, 2, 3, 4, 5] and values == pytest.approx([1 / s for s in steps])
     assert contents.dataset is None and contents.cam_dir == f["run"] / "cams_val"
 
