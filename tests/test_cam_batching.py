@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sipe.cams.format import read_cam_file
 
 from sipe.cams.generate import CamConfig, _SizeGroups, generate_cams, output_path
 from sipe.cams.multiscale import (
@@ -18,6 +17,7 @@ from sipe.cams.multiscale import (
     to_tensor,
 )
 from sipe.core.sipe_net import SIPENet
+from sipe.data.cam_format import read_cam_file
 from sipe.models import build_sipe
 
 # Batched convolutions may round differently from one image at a time (oneDNN picks kernels by batch
