@@ -37,7 +37,7 @@ def _run(path, x: np.ndarray) -> np.ndarray:
 
 def test_onnx_matches_pytorch_on_two_sizes(model, tmp_path):
     m, spec = model
-    path = export_onnx(m, tmp_path / "seg.onnx", opset=17, class_names=spec.class_names)
+    path = export_onnx(m, tmp_path / "seg.onnx", opset=17, class_names=spec.class_names, flip=False)
     proto = onnx.load(str(path))
     assert {o.domain: o.version for o in proto.opset_import}[""] == 17
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -109,7 +109,7 @@ def test_check_judges_the_difference_against_the_logits_scale(tmp_path, capsys):
         m.classifier[-1].weight.mul_(3e14)
     ckpt = save_seg_checkpoint(m, spec, tmp_path / "huge.pt")
     out = tmp_path / "huge.onnx"
-    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--check"]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--check", "--no-flip"]) == 0
     text = capsys.readouterr().out
     check = check_onnx(m, out)
     assert check.max_abs_logit > 1e12 and check.max_abs_diff > 1e-4  # the old absolute check failed here
@@ -132,3 +132,70 @@ def test_dynamo_exporter_opset_18(model, tmp_path):
     path = export_onnx(m, tmp_path / "d.onnx", opset=18, dynamo=True, sample_size=(64, 64))
     assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 18
     assert compare_onnx(m, path, sizes=[(64, 96), (77, 45)]) < 1e-4
+
+
+def test_the_default_graph_is_sipe_predicts_flip_averaged_probabilities(model, tmp_path):
+    from sipe.seg.predict import predict_probs
+
+    m, spec = model
+    path = export_onnx(m, tmp_path / "flip.onnx", class_names=spec.class_names)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probs"]
+    meta = session.get_modelmeta().custom_metadata_map
+    assert (meta["exif_transpose"], meta["color"], meta["flip"], meta["value_range"]) == ("true", "RGB", "true",
+                                                                                         "[0, 255]")
+    np.testing.assert_allclose(json.loads(meta["mean"]), [123.675, 116.28, 103.53], atol=1e-3)
+    np.testing.assert_allclose(json.loads(meta["std"]), [58.395, 57.12, 57.375], atol=1e-3)
+    image = np.random.default_rng(2).integers(0, 256, (53, 71, 3), dtype=np.uint8)
+    (probs,) = session.run(["probs"], {"image": image.astype(np.float32).transpose(2, 0, 1)[None]})
+    flipped = predict_probs(m, image, flip=True).numpy()
+    single = predict_probs(m, image, flip=False).numpy()
+    assert np.abs(flipped - single).max() > 1e-3  # the flip matters on this network, so the test can fail
+    np.testing.assert_allclose(probs[0], flipped, atol=1e-5, rtol=0)
+    check = check_onnx(m, path)
+    assert check.output == "probs" and check.problem() is None and "|probability|" in check.summary()
+    lean = export_onnx(m, tmp_path / "lean.onnx", flip=False)
+    lean_meta = ort.InferenceSession(str(lean), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert lean_meta.custom_metadata_map["flip"] == "false"
+
+
+def test_readme_snippet_reproduces_sipe_predict_on_an_exif_rotated_photo(model, tmp_path, capsys):
+    """The README's export snippet, run as written on a sideways-stored phone photo, gives `sipe predict`'s
+    probabilities (the Predictor `sipe predict` runs) within 1e-4, and its masks."""
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    from sipe.predictor import Predictor
+
+    m, spec = model
+    ckpt = save_seg_checkpoint(m, spec, tmp_path / "seg.pt")
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(onnx_path)]) == 0
+    rng = np.random.default_rng(3)
+    stored = np.kron(rng.integers(0, 256, (6, 10, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 48 x 80, stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees: upright it is 80 x 48
+    photo = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(photo, quality=95, exif=exif)
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Prediction and export"):readme.index("## Python API")]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(snippet.strip().splitlines()) <= 12
+    assert '"runs/mine/export/model.onnx"' in snippet and '"photo.jpg"' in snippet
+    code = snippet.replace('"runs/mine/export/model.onnx"', repr(str(onnx_path))).replace('"photo.jpg"',
+                                                                                          repr(str(photo)))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    probs, mask = scope["probs"], scope["mask"]
+    assert probs.shape == (1, 3, 80, 48) and scope["names"] == CLASSES
+
+    expected = Predictor.from_checkpoint(ckpt, device="cpu").predict(str(photo))
+    assert expected.maps.shape == (3, 80, 48)
+    np.testing.assert_allclose(probs[0], expected.maps, atol=1e-4, rtol=0)
+    assert (mask == expected.mask).mean() > 0.999
+    out = tmp_path / "pred"
+    assert main(["predict", str(photo), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
+    assert (np.asarray(Image.open(out / "phone.png")) == mask).mean() > 0.999

@@ -229,3 +229,41 @@ def test_heat_stats_measure_maps_inside_and_outside_the_labelled_objects():
     hot_bg.add(np.array([0, 1]), np.stack([maps[0], 1.0 - maps[0]]), mask)  # background channel (key 0) skipped
     assert hot_bg.report()["inside"] == pytest.approx(0.1) and hot_bg.report()["outside"] == pytest.approx(0.8)
     assert HeatStats().report() == {"inside": None, "outside": None}
+
+
+class _Photos:
+    """The dataset protocol write_presence reads: names, read_image, get_labels, class_names."""
+
+    class_names = NAMES
+
+    def __init__(self, n: int) -> None:
+        rng = np.random.default_rng(0)
+        self.images = [rng.integers(0, 256, (40 + 8 * (i % 2), 56, 3), dtype=np.uint8) for i in range(n)]
+        self.names = [f"im{i}" for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read_image(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def get_labels(self, i: int) -> np.ndarray:
+        return np.array([1.0, float(i % 3 == 0)] if i % 4 else [0.0, 0.0], np.float32)  # every 4th: no tag
+
+
+def test_write_presence_scores_the_images_with_their_tags(tmp_path):
+    from sipe.cams.presence import classifier_scores, write_presence
+    from sipe.models import build_sipe
+
+    model = build_sipe("resnet18", num_classes=3, weights=None).eval()
+    ds = _Photos(7)
+    data = write_presence(model, ds, tmp_path / PRESENCE_FILE, threshold=0.4, max_images=4)
+    assert json.loads((tmp_path / PRESENCE_FILE).read_text()) == data
+    assert data["class_names"] == ["circle", "square"] and data["score_threshold"] == 0.4
+    assert data["images_total"] == 7 and [im["name"] for im in data["images"]] == ["im0", "im2", "im4", "im6"]
+    assert [im["tags"] for im in data["images"]] == [[], ["circle"], [], ["circle", "square"]]
+    np.testing.assert_allclose(data["images"][1]["scores"], classifier_scores(model, ds.images[2]), atol=1e-6)
+    # a random network does not separate anything: the flag fires on the file it wrote
+    contents = _contents(tmp_path)
+    (contents.run_dir / PRESENCE_FILE).write_text((tmp_path / PRESENCE_FILE).read_text())
+    assert "classifier_not_separated" in _codes(contents)

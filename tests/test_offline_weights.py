@@ -52,3 +52,28 @@ def test_hf_hub_offline_skips_the_probe(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     check_hub_reachable("the weights")
+
+
+def test_unfetchable_torchvision_weights_name_the_three_ways_forward_in_one_line(monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    from sipe.models.weights import resnet_pretrained_state
+
+    def offline(self, *args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(InputError) as err:
+        resnet_pretrained_state("resnet18", "IMAGENET1K_V1")
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 700
+    assert "(1) a local weights file" in message and "/path/to/resnet18-f37072fd.pth" in message
+    assert "(2) a timm:<model> or module:function backbone with its own weights" in message
+    assert "(3) weights=null: random weights" in message and "cost most of the accuracy" in message
+
+
+def test_an_unreachable_hub_names_the_three_ways_forward_too(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(InputError, match=r"\(1\) a local weights file.*\(2\) a timm:<model>.*\(3\) weights=null"):
+        check_hub_reachable("the weights", timeout=1.0)

@@ -54,7 +54,7 @@ def _fake_run(root: Path, n: int = 12, hw: tuple[int, int] = (375, 500), masks: 
                        np.concatenate([1 - fg.max(0, keepdims=True), fg]), kind="is_cam")
         sio.save_label_png(run / "pseudo_val" / f"{name}.png", shifted)
     sio.write_text(photos / "labels.csv", "\n".join(lines) + "\n")
-    writer = SummaryWriter(str(run / "sipe" / "tb"))
+    writer = SummaryWriter(str(run / "train" / "tb"))
     for step in range(1, 6):
         writer.add_scalar("train/loss_cls", 1.0 / step, step)
         writer.add_scalar("train/loss_gsc", 0.5 / step, step)
@@ -182,7 +182,7 @@ def test_collect_reads_every_tensorboard_point(tmp_path, caplog):
     # tensorboard's reader says "No path found after <file>" at INFO for each file: kept out of the run's log
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("tensorboard")]
     assert logging.getLogger("tensorboard").level == logging.NOTSET
-    steps, values = contents.curves["sipe"].scalars["train/loss_cls"]
+    steps, values = contents.curves["train"].scalars["train/loss_cls"]
     assert steps == [1, 2, 3, 4, 5] and values == pytest.approx([1 / s for s in steps])
     assert contents.dataset is None and contents.cam_dir == f["run"] / "cams_val"
 
@@ -341,3 +341,63 @@ def test_summary_shows_false_positives_on_negatives(tmp_path):
     rows = _summary(RunContents(run_dir=tmp_path, evals={"is_cam": with_neg, "seg": without}))
     assert rows[0]["negatives"] == "2.00 % of pixels; 1 of 3 images with any"
     assert rows[1]["negatives"] is None
+
+
+def test_presence_section_shows_scores_with_and_without_each_tag_and_false_positives_on_negatives(tmp_path):
+    """presence.json (the classifier's scores of the training images) -> a histogram per class, a row per
+    class (means, false tags, misses) and the false positives on negatives where the model decides
+    presence: the classifier's own tags and the segmentation network."""
+    from sipe.report.flags import PRESENCE_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    images = [{"name": f"c{i}", "tags": ["cat"], "scores": [0.9, 0.2]} for i in range(3)]
+    images += [{"name": "miss", "tags": ["cat"], "scores": [0.3, 0.1]}]
+    images += [{"name": f"n{i}", "tags": [], "scores": [0.1, 0.7 if i < 2 else 0.2]} for i in range(5)]
+    sio.write_text(run / PRESENCE_FILE, json.dumps({"class_names": ["cat", "dog"], "score_threshold": 0.5,
+                                                    "images_total": 20, "images": images}))
+    classes = [{"name": n, "iou": 0.5, "pred_pixels": 10, "gt_pixels": 10} for n in ("background", "cat", "dog")]
+    sio.write_text(run / "eval_seg.json", json.dumps({
+        "miou": 0.5, "classes": classes, "split": "val", "num_images": 9,
+        "negatives": {"images": 4, "images_with_fp": 3, "fp_pixel_rate": 0.125}}))
+    html = write_report_html(run, progress=False).read_text()
+    section = html[html.index('<section id="presence">'):]
+    section = section[:section.index("</section>")]
+    assert 'alt="classifier score histograms per class" src="data:image/png;base64,' in section
+    cat = re.search(r'<tr data-class="cat">(.*?)</tr>', section, re.S).group(1)
+    assert re.findall(r'<td class="num">([^<]*)</td>', cat) == ["4", "0.750", "5", "0.100", "0", "1"]
+    dog = re.search(r'<tr data-class="dog">(.*?)</tr>', section, re.S).group(1)
+    assert re.findall(r'<td class="num">([^<]*)</td>', dog) == ["0", "–", "9", "0.300", "2", "0"]
+    assert "name a class on 2 of 5 training images without any tag" in section
+    assert "foreground on 3 of 4 evaluation images without any class (12.50 % of their pixels" in section
+    assert "of 9 of 20 training images" in section
+    # without presence.json there is no section
+    (run / PRESENCE_FILE).unlink()
+    assert '<section id="presence">' not in write_report_html(run, progress=False).read_text()
+
+
+def test_confusion_matrix_is_the_final_models_and_the_earlier_stages_fold_away(tmp_path):
+    run = tmp_path / "run"
+    classes = [{"name": n, "iou": 0.5, "precision": 0.5, "recall": 0.5, "pred_pixels": 10, "gt_pixels": 10}
+               for n in ("background", "cat")]
+    # IS-CAM scores best, but the page's matrix is the segmentation network's: the model a user keeps
+    for file, miou in (("eval_cam.json", 0.4), ("eval_is_cam.json", 0.7), ("eval_seg.json", 0.6)):
+        sio.write_text(run / file, json.dumps({"miou": miou, "classes": classes, "split": "val", "num_images": 2,
+                                               "confusion_matrix": [[5, 1], [2, 4]]}))
+    html = write_report_html(run, progress=False).read_text()
+    section = html[html.index('<section id="confusion">'):]
+    assert "The final model's: segmentation; the earlier stages' below." in section
+    assert re.findall(r'<details class="confusion-other"><summary>([^<]+)</summary>', section) == ["IS-CAM", "CAM"]
+    assert section.index('alt="confusion matrix of segmentation"') < section.index("<details")
+    (run / "eval_seg.json").unlink()  # without the segmentation network: the pseudo-label-free pipeline's last
+    section = write_report_html(run, progress=False).read_text().split('<section id="confusion">')[1]
+    assert "The final model's: IS-CAM;" in section
+
+
+def test_a_run_from_random_weights_says_so_in_its_run_table(tmp_path):
+    run = tmp_path / "run"
+    sio.write_text(run / "run_info.json", json.dumps({"sipe_version": "0", "random_weights": ["train.model", "irn"]}))
+    html = write_report_html(run, progress=False).read_text()
+    assert "<tr><th>random weights</th><td>train.model, irn (weights: null): no pretrained backbone</td></tr>" in html
+    sio.write_text(run / "run_info.json", json.dumps({"sipe_version": "0"}))
+    assert "random weights</th>" not in write_report_html(run, progress=False).read_text()

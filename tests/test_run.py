@@ -1,8 +1,10 @@
-"""``sipe run`` end to end on a tiny custom folder with masks: outputs, rerun, refusal, SIGKILL + resume."""
+"""``sipe run`` end to end on a tiny custom folder with masks, salted with a truncated JPEG and a text file named
+.jpg: outputs, each bad photo named once, rerun, refusal, a moved run folder, SIGKILL + resume."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -57,21 +59,47 @@ def tiny_run_args(root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def salt(root: Path) -> list[str]:
+    """Add a truncated JPEG (with a mask) and a text file named .jpg to the folder's labels; returns their rows."""
+    good = (root / "p0.jpg").read_bytes()
+    (root / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (root / "masks" / "cut.png").write_bytes((root / "masks" / "p0.png").read_bytes())
+    (root / "notes.jpg").write_text("not a photo\n")
+    rows = ["cut.jpg,disc", "notes.jpg,square"]
+    with (root / "labels.csv").open("a") as f:
+        f.write("\n".join(rows) + "\n")
+    return rows
+
+
 def stamps(folder: Path) -> dict[Path, tuple[int, int]]:
     return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """``sipe run`` on the tiny folder, once per module: (photo folder, run folder, overrides, seconds)."""
+    """``sipe run`` on the tiny salted folder, once per module: (photo folder, run folder, overrides, log lines)."""
     from sipe.cli import main
 
     root = photo_folder(tmp_path_factory.mktemp("photos"))
+    salt(root)
     out = tmp_path_factory.mktemp("run") / "run"
     args = tiny_run_args(root)
-    t0 = time.perf_counter()
-    assert main(["run", "--out", str(out), *args]) == 0
-    return root, out, args, time.perf_counter() - t0
+    records = _Records()
+    logging.getLogger("sipe").addHandler(records)
+    try:
+        assert main(["run", "--out", str(out), *args]) == 0
+    finally:
+        logging.getLogger("sipe").removeHandler(records)
+    return root, out, args, records.messages
 
 
 def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
@@ -82,6 +110,7 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
     for stage in ("train", "cam_train", "eval_cams", "regions", "irn_train", "pseudo_labels", "seg_train",
                   "seg_eval", "export"):
         assert metrics["seconds"][stage] >= 0, stage
+    assert metrics["stages_this_invocation"][-1] == "export" and "train" in metrics["stages_this_invocation"]
     assert metrics["train_images_per_class"] == {"disc": 8, "square": 4}
     assert (out / "export" / "model.onnx").stat().st_size > 1000
     import markupsafe
@@ -92,6 +121,11 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
     html = (out / "report.html").read_text()
     assert "segmentation" in html and "IS-CAM" in html
     assert all(str(markupsafe.escape(f)) in html for f in degenerate_flags(collect_run(out)))
+    # the classifier's own scores of the training images, with their tags, and the page's section of them
+    presence = json.loads((out / "presence.json").read_text())
+    assert presence["class_names"] == ["disc", "square"] and len(presence["images"]) == 8
+    assert sum("square" in im["tags"] for im in presence["images"]) == 4
+    assert '<section id="presence">' in html and 'data-class="square"' in html
     # Each stage in its own folder; the evaluation images are the training images (no duplicate CAMs).
     assert {p.name for p in out.iterdir() if p.is_dir()} >= {"train", "cams_train", "regions_train", "irn",
                                                                "pseudo_train", "seg", "seg_val", "export"}
@@ -103,40 +137,111 @@ def test_run_seg_checkpoint_predicts_with_sipe_predict(tiny_run, tmp_path):
     from sipe.cli import main
 
     root, out, _, _ = tiny_run
-    ckpt = json.loads((out / "metrics.json").read_text())["checkpoints"]["seg"]
-    assert main(["predict", "--checkpoint", ckpt, "--out", str(tmp_path / "pred"), str(root / "p0.jpg")]) == 0
+    ckpt = out / json.loads((out / "metrics.json").read_text())["checkpoints"]["seg"]  # relative to the run
+    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pred"), str(root / "p0.jpg")]) == 0
     pred = np.asarray(Image.open(next((tmp_path / "pred").rglob("p0*.png"))))
     assert pred.shape[:2] == (64, 80)
 
 
-def test_finished_run_reruns_in_seconds_and_says_so(tiny_run, caplog):
+def test_salted_run_names_each_bad_photo_once_and_no_stage_sees_them(tiny_run):
+    _, out, _, messages = tiny_run
+    for name in ("cut", "notes"):
+        named = [m for m in messages if m.startswith(f"skipping {name} ")]
+        assert len(named) == 1, (name, [m for m in messages if name in m])
+    assert len([m for m in messages if "2 unreadable" in m]) == 1  # one summary, not one per stage
+    listed = (out / "skipped.tsv").read_text().splitlines()
+    assert listed[0] == "name\tpath\treason\tdetail"
+    assert sorted(r.split("\t")[0] for r in listed[1:]) == ["cut", "notes"]
+    assert all(r.split("\t")[2] == "unreadable" for r in listed[1:])
+    # Every stage ran on the 8 readable photos only, the evaluation included.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_train_images"] == 8 and metrics["num_val_images"] == 8
+    assert len(list((out / "seg_val").glob("*.png"))) == 8 and not list(out.rglob("cut.png"))
+
+
+def test_finished_run_reruns_without_work_and_says_so(tiny_run, caplog):
     from sipe.cli import main
 
     _, out, args, _ = tiny_run
     before = stamps(out)
-    t0 = time.perf_counter()
     with caplog.at_level("INFO", logger="sipe.run"):
         assert main(["run", "--out", str(out), *args]) == 0
-    assert time.perf_counter() - t0 < 5.0
     assert "is complete" in caplog.text and "nothing to do" in caplog.text
     assert stamps(out) == before
 
 
-def test_rerun_with_other_data_is_refused_in_one_line_and_the_folder_is_unchanged(tiny_run, tmp_path, capsys):
+def test_removing_the_rows_of_skipped_photos_is_no_change(tiny_run, caplog):
+    """The data is judged by what the stages use: the labels file without the two unreadable photos' rows
+    describes the same run (nothing is redone), and so does the same folder under another root."""
     import shutil
 
     from sipe.cli import main
 
     root, out, args, _ = tiny_run
-    (root / "few.csv").write_text("image,labels\n" + "".join(f"p{i}.jpg,disc\n" for i in range(4)))
-    other = shutil.copytree(root, tmp_path / "other")  # the same photos under another root
+    labels = (root / "labels.csv").read_text()
     before = stamps(out)
-    for change in ("data.split=few.csv", f"data.root={other}"):
-        assert main(["run", "--out", str(out), *args, change]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1, err
-        assert "another configuration" in err and "use another --out or --from train" in err
-        assert stamps(out) == before
+    try:
+        (root / "labels.csv").write_text("".join(r + "\n" for r in labels.splitlines()
+                                                if not r.startswith(("cut.jpg", "notes.jpg"))))
+        with caplog.at_level("INFO", logger="sipe.run"):
+            assert main(["run", "--out", str(out), *args]) == 0
+        assert "is complete" in caplog.text
+        other = shutil.copytree(root, root.parent / "same_photos_elsewhere")
+        assert main(["run", "--out", str(out), *tiny_run_args(other)]) == 0
+    finally:
+        (root / "labels.csv").write_text(labels)
+    assert stamps(out) == before
+
+
+def test_rerun_with_other_data_is_refused_in_one_line_and_the_folder_is_unchanged(tiny_run, capsys):
+    from sipe.cli import main
+
+    root, out, args, _ = tiny_run
+    (root / "few.csv").write_text("image,labels\n" + "".join(f"p{i}.jpg,disc\n" for i in range(4)))
+    before = stamps(out)
+    assert main(["run", "--out", str(out), *args, "data.split=few.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "another configuration" in err and "use another --out or --from train" in err
+    assert stamps(out) == before
+    # New masks change what the evaluation measures, not what was trained: refused from the first evaluation.
+    mask = root / "masks" / "p3.png"
+    saved = mask.read_bytes()
+    try:
+        Image.fromarray(np.zeros((64, 80), np.uint8)).save(mask)
+        assert main(["run", "--out", str(out), *args]) == 2
+        assert "--from eval_cams" in capsys.readouterr().err
+    finally:
+        mask.write_bytes(saved)
+    assert stamps(out) == before
+
+
+def test_moved_run_folder_is_complete_and_redoes_a_late_stage_in_place(tiny_run, tmp_path, caplog):
+    import shutil
+
+    from sipe.cli import main
+
+    _, out, args, _ = tiny_run
+    copy = shutil.copytree(out, tmp_path / "copy")
+    moved = tmp_path / "moved"
+    copy.rename(moved)  # mv run moved
+    original = stamps(out)
+    with caplog.at_level("INFO", logger="sipe.run"):
+        assert main(["run", "--out", str(moved), *args]) == 0
+    assert "is complete" in caplog.text
+    records = "".join(p.read_text() for p in (moved / ".stages").glob("*.json"))
+    assert str(out) not in records
+    before = stamps(moved)
+    assert main(["run", "--out", str(moved), *args, "--from", "seg_train"]) == 0
+    after = stamps(moved)
+    # Later stages read the moved folder's own files: the original is untouched, the segmentation redone there.
+    assert stamps(out) == original
+    final = moved / "seg" / "checkpoints" / "final.pt"
+    assert after[final] != before[final]
+    kept = [p for p in before if "irn" in p.parts or "pseudo_train" in p.parts]
+    assert kept and all(after[p] == before[p] for p in kept)
+    metrics = json.loads((moved / "metrics.json").read_text())
+    assert (moved / metrics["checkpoints"]["seg"]).is_file()
 
 
 def test_until_stops_and_from_redoes_a_late_stage_with_its_changed_config(tiny_run, tmp_path):
@@ -158,7 +263,14 @@ def test_until_stops_and_from_redoes_a_late_stage_with_its_changed_config(tiny_r
     assert not (copy / "metrics.json").exists()  # the report is redone too, but --until stopped before it
     assert main(["run", "--out", str(copy), *args, "seg.engine.lr=0.02"]) == 0  # goes on from export
     seg = json.loads((copy / "eval_seg.json").read_text())["miou"]
-    assert json.loads((copy / "metrics.json").read_text())["seg_miou"] == seg
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["seg_miou"] == seg
+    # wall times per invocation: every stage's own seconds, the total over what this one ran (export)
+    assert metrics["stages_this_invocation"] == ["export"]
+    assert metrics["seconds"]["total"] == metrics["seconds"]["export"]
+    assert metrics["seconds"]["train"] > 0
+    html = (copy / "report.html").read_text()
+    assert '<tr data-invocation="earlier"><td>train</td>' in html and "train, cam_train" in html
     assert stamps(copy)[copy / "eval_seg.json"] == after[copy / "eval_seg.json"]
 
 
@@ -194,8 +306,7 @@ def test_sigkill_during_training_then_rerun_finishes(tmp_path):
     last = out / "train" / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(0.5)
+        time.sleep(0.2)  # last.pt is written atomically: once it exists, the kill lands after a checkpoint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert last.exists() and not (out / ".stages" / "train.json").exists()

@@ -135,27 +135,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
 
 
-def save_overlays(
-    out_dir: str | os.PathLike,
-    name: str,
-    image: np.ndarray,
-    maps: np.ndarray,
-    keys: Sequence[int],
-    class_names: Sequence[str],
-    alpha: float = 0.5,
-    include_background: bool = False,
-) -> list[Path]:
-    """Write one heat-map overlay PNG per class, ``out_dir/<name>_<class index>_<class name>.png``, atomically.
-
-    Arguments as :func:`cam_grid`. Returns the paths written.
+def save_overlays(out_dir: str | os.PathLike, name: str, image: np.ndarray, maps: np.ndarray,
+                  keys: Sequence[int], class_names: Sequence[str]) -> list[Path]:
+    """Write one heat-map overlay PNG per foreground class, ``out_dir/<name>_<class index>_<class name>.png``,
+    atomically (``sipe cam --overlays``). ``image`` (H, W, 3) uint8, ``maps`` (M, H, W) for ``keys``
+    (M,) class indices into ``class_names``. Returns the paths written.
     """
     image = _check_image(image)
     keys, maps = check_cam_arrays(keys, maps, size=image.shape[:2])
     paths = []
-    for i in _selected(keys, include_background):
+    for i in _selected(keys, include_background=False):
         k = int(keys[i])
         path = Path(out_dir) / f"{name}_{k}_{_safe(str(class_names[k]))}.png"
-        sio.save_image(path, heatmap_overlay(image, maps[i], alpha))
+        sio.save_image(path, heatmap_overlay(image, maps[i]))
         paths.append(path)
     return paths
 

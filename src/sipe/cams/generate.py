@@ -23,10 +23,12 @@ from tqdm import tqdm
 
 from sipe.cams.multiscale import (
     DEFAULT_SCALES,
-    fused_maps,
+    fused_maps_batch,
     prepare_for_inference,
     release_memory,
-    scale_batch,
+    rescale_image,
+    to_tensor,
+    with_flip,
 )
 from sipe.cams.presence import labels_from_scores, scores_of_batch
 from sipe.config import STRIDE
@@ -53,6 +55,9 @@ class CamConfig:
     channels_last: bool = False
     fold_bn: bool = True  # fold frozen batch norms into the convolutions (same maps within ~1e-6, faster)
     num_workers: int = 2
+    # Images of one size that go through the backbone together at scale 1.0 (fewer at larger scales, see
+    # sipe.cams.multiscale.batch_chunk); IPE still runs per image. 1: one image (and its flip) at a time.
+    batch_images: int = 1
     # Whose image-level labels select the IS-CAM channels: the dataset's, or the classifier's (its sigmoid
     # score above score_threshold), as for new images whose tags nobody knows.
     labels_from: str = "dataset"
@@ -65,6 +70,8 @@ class CamConfig:
             raise ValueError(f"labels_from must be 'dataset' or 'classifier', got {self.labels_from!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.batch_images, int) or self.batch_images < 1:
+            raise ValueError(f"batch_images must be an integer >= 1, got {self.batch_images!r}")
         self.scales = tuple(float(s) for s in self.scales)
 
 
@@ -76,8 +83,8 @@ def output_path(out_dir: str | os.PathLike, name: str, fmt: str = "npz") -> Path
 class _ScaledInputs(Dataset):
     """Decodes and rescales in DataLoader workers so that the network never waits for the CPU side."""
 
-    def __init__(self, dataset: Any, indices: Sequence[int], scales: Sequence[float], flip: bool) -> None:
-        self.dataset, self.indices, self.scales, self.flip = dataset, list(indices), scales, flip
+    def __init__(self, dataset: Any, indices: Sequence[int], scales: Sequence[float]) -> None:
+        self.dataset, self.indices, self.scales = dataset, list(indices), scales
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -97,8 +104,42 @@ class _ScaledInputs(Dataset):
             "name": name,
             "image": image,
             "labels": self.dataset.get_labels(idx),
-            "inputs": [scale_batch(image, s, self.flip) for s in self.scales],
+            # Without the flips (made where the batch is put together): half the memory to pass and hold.
+            "inputs": [to_tensor(rescale_image(image, s)) for s in self.scales],
         }
+
+
+class _SizeGroups:
+    """Decoded images waiting for others of their (H, W) so that they share the backbone's batches.
+
+    A group leaves when it holds ``batch`` images. When more than ``2 * batch`` images wait, the
+    smallest group leaves as it is (the one waiting longest among equals): images of a rare size go
+    one by one, and the memory held stays bounded. :meth:`drain` empties the rest at the end.
+    """
+
+    def __init__(self, batch: int) -> None:
+        self.batch, self.limit = batch, 2 * batch
+        self.groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self.pending = 0
+
+    def _pop(self, key: tuple[int, int]) -> list[dict[str, Any]]:
+        group = self.groups.pop(key)
+        self.pending -= len(group)
+        return group
+
+    def add(self, item: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """Queue ``item``; return the groups ready to run (possibly none)."""
+        key = tuple(item["image"].shape[:2])
+        self.groups.setdefault(key, []).append(item)
+        self.pending += 1
+        ready = [self._pop(key)] if len(self.groups[key]) >= self.batch else []
+        while self.pending > self.limit:
+            ready.append(self._pop(min(self.groups, key=lambda k: len(self.groups[k]))))
+        return ready
+
+    def drain(self) -> list[list[dict[str, Any]]]:
+        """Every group still waiting."""
+        return [self._pop(k) for k in list(self.groups)]
 
 
 def generate_cams(
@@ -115,7 +156,8 @@ def generate_cams(
     ``dataset`` is a :class:`sipe.data.seg_dataset.SegDataset`. An image without labels (a negative) gets an
     all-background IS-CAM (the background channel alone) and an empty CAM file. With
     ``cfg.labels_from="classifier"`` the network's own scores choose the channels instead of the
-    dataset's labels. Images that cannot be decoded or are
+    dataset's labels. With ``cfg.batch_images`` > 1, images of the same size share the backbone's
+    batches (:class:`_SizeGroups`; files are then written out of dataset order). Images that cannot be decoded or are
     smaller than the network stride are skipped and listed, with the dataset's own skips, in
     ``out_dir/skipped.tsv`` (``skipped_rank<r>.tsv`` under torchrun). Returns a summary dict
     (``written``, ``existing``, ``skipped``, ``skipped_names``).
@@ -132,25 +174,51 @@ def generate_cams(
     if existing:
         logger.info("%d of %d images already done in %s; resuming", existing, len(mine), out_dir)
     loader = DataLoader(
-        _ScaledInputs(dataset, todo, cfg.scales, cfg.flip),
+        _ScaledInputs(dataset, todo, cfg.scales),
         batch_size=None,
         num_workers=cfg.num_workers,
         pin_memory=next(model.parameters()).is_cuda,
     )
     skipped = SkipCounter("images")
     written = 0
-    for item in tqdm(loader, total=len(todo), desc=f"IS-CAM (rank {rank})", disable=rank != 0, unit="img"):
+    groups = _SizeGroups(cfg.batch_images)
+    bar = tqdm(total=len(todo), desc=f"IS-CAM (rank {rank})", disable=rank != 0, unit="img")
+    for item in loader:
         if "error" in item:
             skipped.add(item["name"], item["reason"], item["error"], path=item["path"])
+            bar.update(1)
             continue
-        labels = item["labels"]
         if cfg.labels_from == "classifier":
-            at_one = [x for s, x in zip(cfg.scales, item["inputs"], strict=True) if s == 1.0]
-            x = at_one[0] if at_one else scale_batch(item["image"], 1.0, cfg.flip)
-            labels = labels_from_scores(scores_of_batch(model, x), cfg.score_threshold)
-        keys, is_cam, cam = fused_maps(
-            model, item["image"], labels, item["inputs"], cfg.flip, autocast_dtype, cfg.save_cam
-        )
+            item["labels"] = _classifier_labels(model, item, cfg)
+        for group in groups.add(item):
+            written += _write_group(model, dataset, out_dir, cfg, group, autocast_dtype)
+            bar.update(len(group))
+    for group in groups.drain():
+        written += _write_group(model, dataset, out_dir, cfg, group, autocast_dtype)
+        bar.update(len(group))
+    bar.close()
+    skipped.log(len(mine))
+    write_skipped(out_dir, skipped, datasets=[dataset], rank=rank, world=world_size)  # + the dataset's drops
+    return {"written": written, "existing": existing, "skipped": len(skipped), "skipped_names": skipped.names}
+
+
+def _classifier_labels(model: SIPENet, item: dict[str, Any], cfg: CamConfig) -> Any:
+    """(K-1,) multi-hot: the classes the network's classifier finds in the item's image (scale 1.0 + flip)."""
+    at_one = [x for s, x in zip(cfg.scales, item["inputs"], strict=True) if s == 1.0]
+    x = at_one[0] if at_one else to_tensor(item["image"])
+    return labels_from_scores(scores_of_batch(model, with_flip(x, cfg.flip)), cfg.score_threshold)
+
+
+def _write_group(
+    model: SIPENet, dataset: Any, out_dir: Path, cfg: CamConfig, group: list[dict[str, Any]],
+    autocast_dtype: torch.dtype | None,
+) -> int:
+    """IS-CAM (and CAM, overlay) files of a group of decoded images; returns how many were written."""
+    results = fused_maps_batch(
+        model, [it["image"] for it in group], [it["labels"] for it in group], [it["inputs"] for it in group],
+        cfg.scales, cfg.flip, autocast_dtype, cfg.save_cam, cfg.batch_images,
+    )
+    for item, (keys, is_cam, cam) in zip(group, results, strict=True):
         is_cam = is_cam.cpu().numpy()
         write_cam_file(output_path(out_dir, item["name"], cfg.format), keys, is_cam, "is_cam")
         if cam is not None:
@@ -159,9 +227,6 @@ def generate_cams(
             from sipe.vis import save_overlays
 
             save_overlays(out_dir / "overlays", item["name"], item["image"], is_cam, keys, dataset.class_names)
-        written += 1
-        del item, is_cam, cam
-        release_memory()
-    skipped.log(len(mine))
-    write_skipped(out_dir, skipped, datasets=[dataset], rank=rank, world=world_size)  # + the dataset's drops
-    return {"written": written, "existing": existing, "skipped": len(skipped), "skipped_names": skipped.names}
+    del results
+    release_memory()
+    return len(group)

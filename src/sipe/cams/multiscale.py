@@ -19,7 +19,9 @@ from sipe.models.layers import FrozenBatchNorm2d, model_device
 __all__ = [
     "DEFAULT_SCALES",
     "fuse_scales",
+    "batch_chunk",
     "fused_maps",
+    "fused_maps_batch",
     "kept_classes",
     "model_memory_format",
     "multiscale_is_cam",
@@ -28,6 +30,7 @@ __all__ = [
     "rescale_image",
     "scale_batch",
     "to_tensor",
+    "with_flip",
 ]
 
 DEFAULT_SCALES = IS_CAM_SCALES  # the official fusion scales (home: sipe.config, the ablation switches)
@@ -47,10 +50,14 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(normalize(np.ascontiguousarray(image)))
 
 
+def with_flip(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    """(3, h, w) -> (2, 3, h, w) the image and its horizontal flip, or (1, 3, h, w)."""
+    return torch.stack([x, x.flip(-1)]) if flip else x[None]
+
+
 def scale_batch(image: np.ndarray, scale: float, flip: bool = True) -> torch.Tensor:
     """The network input for one scale: (2, 3, h, w) image + horizontal flip, or (1, 3, h, w)."""
-    x = to_tensor(rescale_image(image, scale))
-    return torch.stack([x, x.flip(-1)]) if flip else x[None]
+    return with_flip(to_tensor(rescale_image(image, scale)), flip)
 
 
 def kept_classes(labels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -153,6 +160,62 @@ def fused_maps(
             release_memory()  # what this scale freed, before the next (larger) one peaks
     size = image.shape[:2]
     return keys, fuse_scales(is_cams, size), fuse_scales(cams, size) if with_cam else None
+
+
+def batch_chunk(batch_images: int, scale: float) -> int:
+    """How many images go through the backbone together at ``scale``: ``batch_images`` at scale 1.0,
+    fewer at larger scales so that a batch holds about as many pixels (at least one image)."""
+    return max(1, int(batch_images / (scale * scale)))
+
+
+@torch.no_grad()
+def fused_maps_batch(
+    model: SIPENet,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    inputs: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[float],
+    flip: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    with_cam: bool = False,
+    batch_images: int = 1,
+) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+    """:func:`fused_maps` of several images, their backbone passes batched.
+
+    ``inputs[i][j]`` (3, h, w) is image ``i`` at ``scales[j]`` (:func:`to_tensor`, without its flip).
+    At each scale the images whose input has the same size go through the backbone together, at most
+    :func:`batch_chunk` of them (and their flips) at once; IPE runs on each image alone. Returns per
+    image what :func:`fused_maps` returns, in the order of ``images``.
+    """
+    device = model_device(model)
+    fmt = model_memory_format(model)
+    keys = [kept_classes(lab) for lab in labels]
+    sels = [torch.as_tensor(k, device=device) for k in keys]
+    labs = torch.as_tensor(np.stack([np.asarray(lab, dtype=np.float32).reshape(-1) for lab in labels]), device=device)
+    is_cams: list[list[torch.Tensor]] = [[] for _ in images]
+    cams: list[list[torch.Tensor]] = [[] for _ in images]
+    for j, scale in enumerate(scales):
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, per_scale in enumerate(inputs):
+            by_size.setdefault(tuple(per_scale[j].shape), []).append(i)
+        step = batch_chunk(batch_images, scale)
+        for members in by_size.values():
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                x = torch.stack([inputs[i][j] for i in chunk])
+                # The layout infer_batch takes: the images, then their flips.
+                x = torch.cat([x, x.flip(-1)]) if flip else x
+                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                outs = model.infer_batch(x, labs[chunk], fuse_flip=flip, autocast_dtype=autocast_dtype)
+                for i, (cam, is_cam) in zip(chunk, outs, strict=True):
+                    is_cams[i].append(is_cam[sels[i]])
+                    if with_cam:
+                        cams[i].append(cam[sels[i][1:]])
+                del x, outs
+                if device.type == "cpu":
+                    release_memory()
+    return [(keys[i], fuse_scales(is_cams[i], image.shape[:2]),
+             fuse_scales(cams[i], image.shape[:2]) if with_cam else None) for i, image in enumerate(images)]
 
 
 @torch.no_grad()

@@ -7,17 +7,23 @@ as present above a threshold (``method.score_threshold`` of the checkpoint, 0.5 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from sipe import io as sio
 from sipe.cams.multiscale import model_memory_format, scale_batch
 from sipe.core.sipe_net import SIPENet
 from sipe.errors import UsageError
 from sipe.models.layers import model_device
 
-__all__ = ["classifier_scores", "labels_from_names", "labels_from_scores", "scores_of_batch"]
+__all__ = ["classifier_scores", "labels_from_names", "labels_from_scores", "scores_of_batch", "write_presence"]
+
+MAX_PRESENCE_IMAGES = 1000  # enough for a score distribution per class; a larger split is sampled evenly
 
 
 @torch.no_grad()
@@ -68,3 +74,26 @@ def labels_from_names(
     if not out.any() and not allow_empty:
         raise UsageError("give at least one foreground class name (e.g. --labels cat,sofa)")
     return out
+
+
+def write_presence(
+    model: SIPENet, dataset: Any, path: str | os.PathLike, threshold: float = 0.5,
+    max_images: int = MAX_PRESENCE_IMAGES, flip: bool = True,
+) -> dict[str, Any]:
+    """Score the images of ``dataset`` (``names``, ``read_image(i)``, ``get_labels(i)``, ``class_names``)
+    with the classifier and write ``path`` atomically as JSON: ``{"class_names": [fg...], "score_threshold",
+    "images_total", "images": [{"name", "tags", "scores"}]}`` (the report's ``presence.json``: whether the
+    classifier tells the images with a tag from those without, and which untagged images it would tag).
+    At most ``max_images`` images, evenly spaced over the dataset; scores as :func:`classifier_scores`.
+    Returns the data written."""
+    n = len(dataset)
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(int)) if n else []
+    fg = list(dataset.class_names[1:])
+    images = []
+    for i in picks:
+        scores = classifier_scores(model, dataset.read_image(int(i)), flip)
+        tags = [fg[k] for k in np.flatnonzero(np.asarray(dataset.get_labels(int(i))) > 0)]
+        images.append({"name": dataset.names[int(i)], "tags": tags, "scores": [round(float(x), 6) for x in scores]})
+    data = {"class_names": fg, "score_threshold": float(threshold), "images_total": n, "images": images}
+    sio.write_text(path, json.dumps(data, indent=1) + "\n")
+    return data

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the checkpoint's method.score_threshold, 0.5)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
+    p.add_argument("--batch-images", type=int, default=1,
+                   help="images of one size that go through the backbone together (at scale 1.0; fewer at larger "
+                   "scales). Default 1: one image and its flip at a time")
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     check_dataset_args(args)
     if args.score_threshold is not None and args.labels_from != "classifier":
         raise UsageError("--score-threshold applies to --labels-from classifier only")
+    if args.batch_images < 1:
+        raise UsageError(f"--batch-images must be >= 1, got {args.batch_images}")
     if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
         raise UsageError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
     # Checked before torch loads, so that a wrong path or dataset is reported at once.
@@ -81,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         channels_last=args.channels_last,
         num_workers=args.workers,
+        batch_images=args.batch_images,
         labels_from=args.labels_from,
         score_threshold=method.score_threshold if args.score_threshold is None else args.score_threshold,
     )

@@ -39,6 +39,7 @@ from sipe.config.common import RESNETS, TIMM_PREFIX
 from sipe.config.common import backbone_kind as _name_kind
 from sipe.models.layers import hold_batchnorm_statistics
 from sipe.models.weights import (
+    OFFLINE_WAYS,
     check_hub_reachable,
     load_matching_weights,
     read_state_dict,
@@ -216,8 +217,8 @@ def _timm_body(name: str, weights: str | os.PathLike | None, options: Mapping[st
         if pretrained:
             raise BackboneError(
                 f"timm could not fetch the pretrained weights of {model_name!r} ({type(exc).__name__}: {exc}); "
-                "this machine may be offline: download the weights elsewhere and pass the file as "
-                "model.weights=/path/file.safetensors; refusing to continue with random weights"
+                f"this machine may be offline, refusing to continue with random weights; {OFFLINE_WAYS} (for (1): "
+                "model.weights=/path/file.safetensors)"
             ) from exc
         raise BackboneError(
             f"timm cannot build {model_name!r} as a features_only model ({type(exc).__name__}: {exc})"

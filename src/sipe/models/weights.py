@@ -19,6 +19,7 @@ from sipe.config.common import RESNETS
 __all__ = [
     "RESNETS",
     "HUB_PROBE_TIMEOUT_S",
+    "OFFLINE_WAYS",
     "check_hub_reachable",
     "check_resnet",
     "load_backbone_state_dict",
@@ -31,6 +32,12 @@ __all__ = [
 
 
 
+# The ways forward when pretrained weights cannot be fetched, said by every such error (one line).
+OFFLINE_WAYS = (
+    "three ways forward: (1) a local weights file as the weights option; (2) a timm:<model> or module:function "
+    "backbone with its own weights (timm's from the local cache with HF_HUB_OFFLINE=1); (3) weights=null: random "
+    "weights (run_info.json and the results page say so), which cost most of the accuracy"
+)
 HUB_PROBE_TIMEOUT_S = 3.0  # seconds one connection to the Hugging Face Hub may take before it counts as offline
 
 
@@ -68,8 +75,7 @@ def check_hub_reachable(what: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> None
         why = f"{type(outcome[0]).__name__}: {outcome[0]}" if outcome else f"no answer within {timeout:g} s"
         raise InputError(
             f"{what} are downloaded from {endpoint}, which cannot be reached ({why}); this machine may be "
-            "offline: pass a local file as the weights (.pth/.safetensors), or set HF_HUB_OFFLINE=1 to take them "
-            "from the local Hugging Face cache"
+            f"offline: {OFFLINE_WAYS}"
         )
 
 
@@ -162,10 +168,9 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
         except Exception as e:  # network or cache failures vary by platform; re-raised with the way out
             hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
             raise InputError(
-                f"could not fetch the pretrained weights {chosen} from {chosen.url} ({type(e).__name__}: {e}). "
-                f"This machine may be offline: download that file elsewhere and pass its local path as the "
-                f"weights option (/path/to/{Path(chosen.url).name}) or put it in {hub_dir}; refusing to continue "
-                "with random weights"
+                f"could not fetch the pretrained weights {chosen} from {chosen.url} ({type(e).__name__}: {e}); "
+                f"this machine may be offline, refusing to continue with random weights; {OFFLINE_WAYS} (for (1): "
+                f"/path/to/{Path(chosen.url).name}, or that file in {hub_dir})"
             ) from e
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 

@@ -17,6 +17,7 @@ from sipe.report import plots
 from sipe.report.collect import STAGES, TRAINING_TITLES, RunContents, collect_run
 from sipe.report.flags import all_flags
 from sipe.report.images import MAX_SIDE, build_rows, select_images
+from sipe.report.presence import presence_context
 
 logger = logging.getLogger(__name__)
 
@@ -125,23 +126,50 @@ def _curves(contents: RunContents) -> list[dict[str, str]]:
     return out
 
 
-def _times(contents: RunContents) -> tuple[list[tuple[str, Any]], str]:
-    seconds = (contents.metrics or {}).get("seconds")
+def _times(contents: RunContents) -> tuple[list[tuple[str, Any, str]], str]:
+    """(stage, seconds, which invocation ran it) rows of the wall-time table, and a note saying what they are."""
+    metrics = contents.metrics or {}
+    seconds, ran = metrics.get("seconds"), metrics.get("stages_this_invocation")
     if isinstance(seconds, dict) and seconds:
-        note = ("From metrics.json: the seconds of the last invocation (a resumed run counts only the "
-                "stages it redid).")
-        return list(seconds.items()), note
-    spans = [(TRAINING_TITLES.get(f, f), c.seconds) for f, c in contents.curves.items() if c.seconds is not None]
+        if not isinstance(ran, list):  # a metrics.json of an older sipe: no record of which invocation
+            return [(k, v, "") for k, v in seconds.items()], (
+                "From metrics.json: per stage, wall time of the invocation that ran it; the total adds them all.")
+        rows = [(k, v, "this" if k in ran else "earlier") for k, v in seconds.items() if k != "total"]
+        if "total" in seconds:
+            rows.append(("total", seconds["total"], "this"))
+        earlier = [k for k, _, when in rows if when == "earlier"]
+        note = ("From metrics.json: wall time per stage, of the invocation that ran it; the total counts only "
+                "the stages the last invocation ran (report excluded)")
+        note += f"; {', '.join(earlier)} ran in an earlier one." if earlier else "; it ran every stage."
+        return rows, note
+    spans = [(TRAINING_TITLES.get(f, f), c.seconds, "") for f, c in contents.curves.items() if c.seconds is not None]
     return spans, "Training stages only, from the first to the last TensorBoard event."
 
 
-def _confusion(contents: RunContents, best: str | None) -> tuple[str | None, str]:
-    if best is None or "confusion_matrix" not in contents.evals[best]:
-        return None, ""
-    title = next(s.title for s in STAGES if s.key == best)
-    png = plots.confusion_heatmap(np.asarray(contents.evals[best]["confusion_matrix"]), _class_names(contents),
-                                  f"{title} (best mIoU)")
-    return _png_uri(png), title
+def _random_weights(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run-info row that says which networks started from random weights (``run_info.json``)."""
+    keys = info.get("random_weights")
+    if not keys:
+        return []
+    return [("random weights", f"{', '.join(map(str, keys))} (weights: null): no pretrained backbone")]
+
+
+def _confusion(contents: RunContents) -> tuple[str | None, str, list[dict[str, str]]]:
+    """The confusion matrix of the final model (the last stage of :data:`STAGES` with one: the segmentation
+    network when it was evaluated) as a PNG data URI and its title, and every earlier stage's as
+    ``[{"title", "plot"}]`` (the page folds them away)."""
+    stages = [s for s in STAGES if "confusion_matrix" in (contents.evals.get(s.key) or {})]
+    if not stages:
+        return None, "", []
+    names = _class_names(contents)
+
+    def plot(stage: Any, suffix: str = "") -> str:
+        matrix = np.asarray(contents.evals[stage.key]["confusion_matrix"])
+        return _png_uri(plots.confusion_heatmap(matrix, names, f"{stage.title}{suffix}"))
+
+    final = stages[-1]
+    others = [{"title": s.title, "plot": plot(s)} for s in reversed(stages[:-1])]
+    return plot(final, " (the final model)"), final.title, others
 
 
 def _images(contents: RunContents, num_images: int, max_side: int, progress: bool) -> dict[str, Any]:
@@ -180,7 +208,7 @@ def render_report(
     info = contents.run_info or {}
     best = _best_stage(contents)
     times, times_note = _times(contents)
-    confusion_plot, confusion_title = _confusion(contents, best)
+    confusion_plot, confusion_title, confusion_others = _confusion(contents)
     images = _images(contents, num_images, max_side, progress)
     has_gt_cell = any(c.caption == "ground truth" for r in images["rows"] for c in r.cells)
     context: dict[str, Any] = {
@@ -197,7 +225,7 @@ def render_report(
         "times": times,
         "times_note": times_note,
         "run_info": [(k, info[k]) for k in ("sipe_version", "git_commit", "torch_version", "python_version",
-                                            "command", "timestamp", "world_size") if k in info],
+                                            "command", "timestamp", "world_size") if k in info] + _random_weights(info),
         "config_text": contents.config_text,
         "config_lines": len((contents.config_text or "").splitlines()),
         "per_class_plot": None, "pr_plot": None, "per_class_stages": [], "per_class_rows": [],
@@ -205,7 +233,9 @@ def render_report(
         "curves": _curves(contents),
         "confusion_plot": confusion_plot,
         "confusion_title": confusion_title,
+        "confusion_others": confusion_others,
         **_per_class(contents),
+        **presence_context(contents),
         **images,
     }
     template = resources.files("sipe.report").joinpath("template.html.j2").read_text(encoding="utf-8")

@@ -31,7 +31,9 @@ __all__ = [
     "SEG_GAP_TOLERANCE",
     "all_flags",
     "degenerate_flags",
+    "read_presence",
     "run_flags",
+    "score_groups",
 ]
 
 MIN_TRAIN_IMAGES = 5  # fewer training images of a class than this: its results say little
@@ -186,7 +188,9 @@ def _loss_flags(contents: RunContents) -> list[dict[str, str]]:
     return out
 
 
-def _read_presence(run_dir: Path) -> dict[str, Any] | None:
+def read_presence(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir``'s ``presence.json`` (the classifier's scores of images tagged and not), ``None`` when absent
+    or unreadable."""
     path = run_dir / PRESENCE_FILE
     if not path.is_file():
         return None
@@ -211,7 +215,7 @@ def score_groups(presence: dict[str, Any]) -> dict[str, tuple[list[float], list[
 
 
 def _presence_flags(contents: RunContents) -> list[dict[str, str]]:
-    presence = _read_presence(contents.run_dir)
+    presence = read_presence(contents.run_dir)
     if presence is None:
         return []
     bad = []

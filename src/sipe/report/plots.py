@@ -123,6 +123,31 @@ def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str
     return _png(fig)
 
 
+def score_distributions(groups: dict[str, tuple[Sequence[float], Sequence[float]]], threshold: float) -> bytes:
+    """One small histogram per class of the classifier's scores in [0, 1]: ``groups[name]`` = (scores of the
+    images tagged with the class, of those not), the decision threshold as a dashed line."""
+    plt = _pyplot()
+    names = list(groups)
+    cols = min(max(len(names), 1), 5)
+    rows = -(-max(len(names), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
+    bins = np.linspace(0.0, 1.0, 21)
+    for ax, name in zip(axes.flat, names, strict=False):
+        pos, neg = groups[name]
+        ax.hist(neg, bins=bins, color="tab:gray", alpha=0.6, label=f"without ({len(neg)})")
+        ax.hist(pos, bins=bins, color="tab:green", alpha=0.6, label=f"with ({len(pos)})")
+        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.supxlabel("classifier score (sigmoid)", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def palette_css(index: int) -> str:
     """``rgb(r, g, b)`` of class ``index`` in the VOC palette (the colours of the label thumbnails)."""
     r, g, b = voc_palette()[index]

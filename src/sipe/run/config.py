@@ -79,6 +79,7 @@ class CamSection:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     num_workers: int = 2
+    batch_images: int = 1  # images of one size per backbone pass at scale 1.0 (sipe.cams.generate.CamConfig)
 
 
 @dataclass

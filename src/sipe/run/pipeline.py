@@ -202,6 +202,8 @@ class Pipeline:
         if not changed:
             return
         first = self._first_affected(changed)
+        if first is not None:  # name a stage that runs: --from it redoes what the change affects
+            first = next((i for i in range(first, len(self.stages)) if self.stages[i].enabled), None)
         if first is None or not any(self.started(s) for s in self.stages[first:]):
             return
         start_at = self.names().index(start) if start is not None else None

@@ -119,7 +119,7 @@ class _RunStages:
         scales = c.scales if c.scales is not None else MethodConfig.from_checkpoint(self._meta).cam_scales
         model.to(resolve_device(self.cfg.train.engine.device))
         cam_cfg = CamConfig(scales=scales, flip=c.flip, save_cam=self.data.eval is not None, precision=c.precision,
-                            channels_last=c.channels_last, num_workers=c.num_workers)
+                            channels_last=c.channels_last, num_workers=c.num_workers, batch_images=c.batch_images)
         summary = generate_cams(model, dataset, out, cam_cfg)
         return int(summary["written"] + summary["existing"])
 
@@ -234,9 +234,17 @@ class _RunStages:
         if self.data.eval is not None:
             metrics["num_val_images"] = len(self.data.eval)
         timings = self.pipe.timings
-        metrics["seconds"] = {**timings, "total": round(sum(timings.values()), 1)}
+        # Every stage's own seconds; the total only over the stages this invocation ran (a resumed run's earlier
+        # stages are named in "stages_this_invocation" by their absence).
+        metrics["seconds"] = {**timings, "total": round(sum(timings[s] for s in self.pipe.ran), 1)}
+        metrics["stages_this_invocation"] = list(self.pipe.ran)
         # Checks of the run's own numbers (sipe.report.flags); the page shows the same list at its top.
-        from sipe.report.flags import run_flags
+        from sipe.cams.presence import write_presence
+        from sipe.config import MethodConfig
+        from sipe.report.flags import PRESENCE_FILE, run_flags
+
+        model = self._sipe_model()  # its classifier's scores of the training images, tagged and not
+        write_presence(model, train, self.out / PRESENCE_FILE, MethodConfig.from_checkpoint(self._meta).score_threshold)
 
         metrics["flags"] = run_flags(self.out, metrics, eval_on_train=self.data.eval_in_train)
         io.write_text(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -296,7 +304,7 @@ def _build(cfg: RunConfig, out: str | os.PathLike, data: RunData | None) -> tupl
               enabled=has_seg_eval, why=no_masks),
         Stage("export", s.export, ("export",), ("export",), enabled=cfg.export.onnx and onnx,
               why=EXPORT_HINT if cfg.export.onnx else "export.onnx=false"),
-        Stage("report", s.report, ("eval",), ("metrics.json", "report.html")),
+        Stage("report", s.report, ("eval",), ("metrics.json", "report.html", "presence.json")),
     ]
     config = to_dict(cfg)
     if data is not None:

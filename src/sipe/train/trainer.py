@@ -197,7 +197,8 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
 
     out_dir = Path(out_dir)
     setup_distributed(cfg.engine.device)  # before any rank-dependent step below
-    data = data if data is not None else training_data(cfg)
+    given = data is not None  # then the caller has reported what its datasets skipped
+    data = data if given else training_data(cfg)
     train_base, k = data.train, data.num_classes
     val_fn = None
     if data.val is not None:
@@ -236,7 +237,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
         val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta, run_config=cfg, run_key=run_key,
         on_start=lambda: train_base.skipped.write_tsv(out_dir / SKIPPED_FILE), sample_weights=weights)
-    if is_main_process() and len(train_base.skipped):
+    if is_main_process() and len(train_base.skipped) and not given:
         train_base.skipped.log(len(train_base) + len(train_base.skipped))
     final = out_dir / "checkpoints" / "final.pt"
     return final if final.exists() else out_dir / "checkpoints" / "last.pt"
