@@ -179,6 +179,16 @@ class SegTrainConfig:
     head_bias_lr_mult: float | None = None
     head_bias_weight_decay: float | None = None
     aux_weight: float = 0.5  # weight of the auxiliary loss when model.aux
+    # Which images a step sees: uniform (each once per epoch) or repeat_factor (LVIS / detectron2's
+    # RepeatFactorTrainingSampler: an image holding a class found in fewer than a fraction
+    # repeat_threshold of the images is drawn sqrt(repeat_threshold / fraction) times as often), so that
+    # a skewed folder's rare classes are not drowned by the majority class (docs/skewed.md).
+    sampling: Literal["uniform", "repeat_factor"] = "uniform"
+    repeat_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0 < self.repeat_threshold <= 1:
+            raise ValueError(f"repeat_threshold must be in (0, 1], got {self.repeat_threshold}")
 
     def pseudo_label_dir(self) -> Path:
         """``pseudo_labels`` as a folder that exists; raises (naming the fix) when unset or missing."""

@@ -4,6 +4,7 @@ config errors are reported before torch loads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sipe.config.common import AugConfig, DataConfig, MethodConfig, ModelConfig
 from sipe.config.engine import TrainConfig
@@ -28,6 +29,14 @@ class SIPETrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)  # the paper's ablation switches
     engine: TrainConfig = field(default_factory=_official_engine)
     new_lr_mult: float = 10.0  # lr multiplier of the new layers (classifier, side convs)
+    # uniform (official: each image once per epoch) or repeat_factor (images holding a class found in fewer
+    # than a fraction repeat_threshold of the images drawn more often; as seg.sampling, docs/skewed.md)
+    sampling: Literal["uniform", "repeat_factor"] = "uniform"
+    repeat_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0 < self.repeat_threshold <= 1:
+            raise ValueError(f"repeat_threshold must be in (0, 1], got {self.repeat_threshold}")
 
 
 def _pretrain_engine() -> TrainConfig:

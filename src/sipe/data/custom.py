@@ -27,6 +27,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +35,27 @@ from .errors import DatasetError, EmptySplitError, LikelyTypoError, UnknownClass
 from .labelmap import normalize_class_names
 from .seg_dataset import SegDataset
 
-__all__ = ["CustomDataset", "check_class_typos", "read_labels_file"]
+__all__ = ["CustomDataset", "check_class_typos", "read_labels_file", "warn_classes_without_images"]
 
 logger = logging.getLogger("sipe.data")
+
+
+_WARNED: set[tuple[str, ...]] = set()  # (source, classes): each named once per process
+
+
+def warn_classes_without_images(ds: Any, log: logging.Logger = logger) -> list[str]:
+    """The foreground classes of ``ds`` that no image holds, named in one warning with the fix (once per
+    source and process; a logger that drops warnings leaves it to the next call). Returns them."""
+    labels = np.stack([np.asarray(ds.get_labels(i)) > 0 for i in range(len(ds))]) if len(ds) else None
+    names = list(ds.class_names)[1:]
+    empty = names if labels is None else [names[k] for k in np.flatnonzero(~labels.any(axis=0))]
+    key = (str(getattr(ds, "source", "")), *empty)
+    if empty and key not in _WARNED and log.isEnabledFor(logging.WARNING):
+        _WARNED.add(key)
+        # A class nobody labelled can be neither learned nor scored: say so at the start, not on the page.
+        log.warning("%d of %d classes have no image in %s: %s; label images of them, or drop them from "
+                    "class_names", len(empty), len(names), getattr(ds, "source", "the dataset"), ", ".join(empty))
+    return empty
 
 
 def _split_labels(cell: str) -> list[str]:
@@ -270,6 +289,7 @@ class CustomDataset(SegDataset):
             with_masks=with_masks,
             skip_unlabeled=skip_unlabeled,
         )
+        warn_classes_without_images(self)
 
     def _mask_hint(self) -> str:
         if self.mask_dir is None:

@@ -212,6 +212,7 @@ def draw_synthetic_image(
     part_scale: float = 0.5,
     return_regions: bool = False,
     min_objects: int = 1,
+    class_weights: tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Draw one image.
 
@@ -225,6 +226,8 @@ def draw_synthetic_image(
             per-count shrink (x0.85 for two objects, x0.75 for three or more).
         part_scale: part radius as a fraction of the body's semi-minor axis.
         return_regions: also return each object's visible ``body`` and ``part`` (H, W) bool maps.
+        class_weights: relative frequency of each class among the objects (a skewed set, e.g.
+            ``(60, 20, 10, 5)``); ``None``: uniform (the demo).
 
     Returns:
         image (H, W, 3) uint8, mask (H, W) uint8 (class index per pixel, body + part), and one dict
@@ -255,7 +258,7 @@ def draw_synthetic_image(
             continue  # no room left: fewer objects, labels follow what was drawn
         cy, cx = centre
         placed.append((cy, cx, extent))
-        cls = int(rng.integers(1, num_classes + 1))
+        cls = int(rng.integers(1, num_classes + 1)) if class_weights is None else _weighted_class(rng, class_weights)
         # Everything of this object is computed in its window only.
         y0, y1 = max(0, int(cy - extent) - 2), min(h, int(cy + extent) + 3)
         x0, x1 = max(0, int(cx - extent) - 2), min(w, int(cx + extent) + 3)
@@ -268,6 +271,12 @@ def draw_synthetic_image(
     # Sensor noise over everything, so objects are not flat colour.
     img += _noise(rng, (h, w, 3), 5.0)
     return np.round(img).clip(0, 255).astype(np.uint8), mask, objects
+
+
+def _weighted_class(rng: np.random.Generator, weights: tuple[float, ...]) -> int:
+    """A class index 1..len(weights) drawn with probabilities proportional to ``weights``."""
+    p = np.asarray(weights, np.float64)
+    return int(rng.choice(len(p), p=p / p.sum())) + 1
 
 
 def _voc_xml(name: str, h: int, w: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
@@ -295,6 +304,7 @@ def generate_synthetic(
     body_radius: tuple[float, float] = (0.18, 0.27),
     part_scale: float = 0.5,
     progress: bool = True,
+    class_weights: tuple[float, ...] | None = None,
 ) -> Path:
     """Write the synthetic data set to ``root`` (layout in the module docstring) and return ``root``.
 
@@ -302,7 +312,8 @@ def generate_synthetic(
         seed: the data set is a pure function of ``seed`` and the other arguments.
         n_train, n_val: images in ``train`` and ``val``.
         image_size: side length, or ``(lo, hi)``: height and width each uniform in [lo, hi].
-        num_classes, max_objects, body_radius, part_scale: see :func:`draw_synthetic_image`.
+        num_classes, max_objects, body_radius, part_scale, class_weights: see :func:`draw_synthetic_image`
+            (``class_weights``: one positive weight per class, a skewed set; tests and docs/skewed.md).
 
     A root already holding a data set made with the same arguments is reused as is.
     """
@@ -315,6 +326,8 @@ def generate_synthetic(
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     class_names = synthetic_class_names(num_classes)
+    if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) <= 0):
+        raise ValueError(f"class_weights must be {num_classes} positive numbers, got {list(class_weights)}")
     params = {
         "version": _VERSION,
         "seed": int(seed),
@@ -327,6 +340,8 @@ def generate_synthetic(
         "part_scale": float(part_scale),
         "class_names": class_names,
     }
+    if class_weights is not None:  # absent when uniform: the demo's existing sets stay valid
+        params["class_weights"] = [float(x) for x in class_weights]
     meta_file = root / "synthetic.json"
     try:
         if json.loads(meta_file.read_text(encoding="utf-8")) == params:
@@ -344,7 +359,8 @@ def generate_synthetic(
         h = int(rng.integers(lo, hi + 1))
         w = int(rng.integers(lo, hi + 1))
         image, mask, objects = draw_synthetic_image(
-            rng, h, w, num_classes=num_classes, max_objects=max_objects, body_radius=body_radius, part_scale=part_scale
+            rng, h, w, num_classes=num_classes, max_objects=max_objects, body_radius=body_radius, part_scale=part_scale,
+            class_weights=class_weights,
         )
         name = f"{split}_{i:05d}"
         buf = io.BytesIO()

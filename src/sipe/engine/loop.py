@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +87,12 @@ class _Stepper:
         return out, loss, lr
 
 
-def _plan(num_samples: int, cfg: TrainConfig, info: DistInfo) -> tuple[SeededBatchSampler, int]:
-    """This rank's batch sampler and the run's number of optimiser steps."""
+def _plan(num_samples: int, cfg: TrainConfig, info: DistInfo,
+          weights: Sequence[float] | None = None) -> tuple[SeededBatchSampler, int]:
+    """This rank's batch sampler (weighted draws with ``weights``) and the run's number of optimiser steps."""
     if cfg.log_every < 1:
         raise ValueError(f"engine.log_every must be >= 1, got {cfg.log_every}")
-    sampler = SeededBatchSampler(num_samples, cfg.batch_size, cfg.seed, info.rank, info.world_size)
+    sampler = SeededBatchSampler(num_samples, cfg.batch_size, cfg.seed, info.rank, info.world_size, weights)
     spe = sampler.batches_per_epoch
     max_steps = cfg.max_steps if cfg.max_steps is not None else spe * cfg.epochs
     if max_steps < 1:
@@ -186,6 +187,7 @@ def fit(
     run_config: Any = None,
     run_key: Mapping[str, Any] | None = None,
     on_start: Callable[[], None] | None = None,
+    sample_weights: Sequence[float] | None = None,
 ) -> nn.Module:
     """Train ``model`` on ``train_set`` and return the (unwrapped) trained model on every rank.
 
@@ -206,10 +208,14 @@ def fit(
     differs stops with one line (:class:`sipe.errors.InputError`) before anything is written. Only then
     are ``run_config`` (``out_dir/config.yaml`` and ``run_info.json``) and ``on_start()`` (rank 0: a
     stage's own files) written.
+
+    ``sample_weights`` (one per item of ``train_set``): each epoch draws its items with replacement in
+    proportion to them (class-aware sampling, :func:`sipe.engine.sampler.repeat_factors`) instead of a
+    permutation; ``None``: every item once per epoch.
     """
     out_dir = Path(out_dir)
     info = setup_distributed(cfg.device)
-    sampler, max_steps = _plan(len(train_set), cfg, info)
+    sampler, max_steps = _plan(len(train_set), cfg, info, sample_weights)
     model.to(info.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

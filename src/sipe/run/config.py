@@ -51,6 +51,9 @@ class SyntheticSection:
     # Objects a few stride-16 cells wide even at scale 1.0, so that image-specific prototypes have
     # room to work (the paper's VOC objects span tens of cells).
     body_radius: tuple[float, float] = (0.26, 0.36)
+    # Relative frequency of each class among the objects, e.g. [60, 20, 10, 5] (a skewed set,
+    # docs/skewed.md); null: uniform, the demo's balanced classes.
+    class_weights: tuple[float, ...] | None = None
 
 
 @dataclass

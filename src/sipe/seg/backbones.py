@@ -9,6 +9,7 @@ torchvision's ``DeepLabV3`` (and :class:`sipe.seg.deeplabv2.DeepLabV2`) expect o
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -21,7 +22,10 @@ from torchvision.models._utils import IntermediateLayerGetter
 from sipe.config.common import backbone_kind
 from sipe.models.registry import build_backbone
 
-__all__ = ["RegistryBody", "freeze_backbone_batchnorm", "registry_body", "resnet_body", "sync_batchnorm"]
+__all__ = ["RegistryBody", "declares_pretrained", "freeze_backbone_batchnorm", "registry_body", "resnet_body",
+           "sync_batchnorm", "untrained_batchnorm"]
+
+log = logging.getLogger(__name__)
 
 
 class RegistryBody(nn.Module):
@@ -74,15 +78,40 @@ def resnet_body(resnet: nn.Module, aux: bool = False) -> IntermediateLayerGetter
     return IntermediateLayerGetter(resnet, return_layers=return_layers)
 
 
+def declares_pretrained(body: nn.Module) -> bool:
+    """Whether a ``module:function`` body says it starts from trained weights: the module its factory
+    returned has ``pretrained = True`` (a factory that loads its own ImageNet weights), so that
+    ``model.freeze_bn: null`` freezes its batch norm as it would for ``model.weights``."""
+    net = getattr(body, "net", None)  # RegistryBody -> FeatureBackbone -> the factory's module
+    return getattr(getattr(net, "body", None), "pretrained", False) is True
+
+
+def untrained_batchnorm(module: nn.Module) -> list[str]:
+    """Names of the batch norms inside ``module`` whose statistics are still the initial ones (mean 0,
+    variance 1 in every channel): never estimated on data, so that freezing them fixes an identity."""
+    return [name for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.running_mean is not None and bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())]
+
+
 def freeze_backbone_batchnorm(model: nn.Module) -> None:
     """``model.freeze_bn`` of a DeepLab: every batch norm of ``model.backbone`` keeps its statistics and
     its affine parameters fixed. A torchvision ResNet gets :class:`sipe.models.layers.FrozenBatchNorm2d`
     (as before); a registry body (:class:`RegistryBody`) keeps its own layers (timm's ``BatchNormAct2d``
     carries its activation) held in eval mode by the registry's ``freeze_bn`` and their affine
-    parameters switched off."""
+    parameters switched off. Warns when every one of them holds initial statistics (a random body:
+    frozen, they normalise nothing and the network trains without normalisation, docs/skewed.md)."""
     from sipe.models.layers import freeze_batchnorm
 
     body = model.backbone
+    norms = [m for m in body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms and len(untrained_batchnorm(body)) == len(norms):
+        log.warning(
+            "model.freeze_bn freezes the backbone's %d batch norms, but their statistics are the initial ones "
+            "(mean 0, variance 1: the body has no trained weights), so they normalise nothing; set "
+            "model.freeze_bn=false, or give model.weights (a module:function factory that loads its own "
+            "weights: give its module pretrained = True)", len(norms),
+        )
     if not isinstance(body, RegistryBody):
         freeze_batchnorm(body)
         return

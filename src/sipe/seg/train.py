@@ -32,8 +32,9 @@ from sipe.data.labelmap import check_label_map
 from sipe.data.skiplist import SKIPPED_FILE, SkipCounter
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
+from sipe.engine.sampler import repeat_factors
 from sipe.seg.architectures import architecture
-from sipe.seg.backbones import freeze_backbone_batchnorm, sync_batchnorm
+from sipe.seg.backbones import declares_pretrained, freeze_backbone_batchnorm, sync_batchnorm
 from sipe.seg.deeplabv3 import param_groups
 from sipe.seg.interface import input_normalization
 from sipe.seg.losses import IGNORE, make_step_fn, seg_loss
@@ -131,7 +132,9 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
     """Build the network and set up its batch norm for this run (frozen / synchronised)."""
     m = cfg.model
     model = architecture(m.arch).build(m, num_classes)
-    if m.frozen_bn():
+    # null: frozen when the body starts from weights, given as model.weights or declared by the body itself
+    frozen = m.freeze_bn if m.freeze_bn is not None else m.frozen_bn() or declares_pretrained(model.backbone)
+    if frozen:
         freeze_backbone_batchnorm(model)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
     synced = False
@@ -140,7 +143,7 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
             # Frozen layers are left alone: only the modules that still learn are synchronised.
             for name in ("backbone", "classifier", "aux_classifier"):
                 sub = getattr(model, name, None)
-                if sub is not None and not (name == "backbone" and m.frozen_bn()):
+                if sub is not None and not (name == "backbone" and frozen):
                     setattr(model, name, sync_batchnorm(sub))
             synced = True
         else:
@@ -236,6 +239,17 @@ def planned_engine(engine: SegEngineConfig, num_samples: int) -> SegEngineConfig
     return dataclasses.replace(engine, max_steps=engine.min_steps)
 
 
+def sampling_weights(images: Any, threshold: float) -> np.ndarray:
+    """(N,) repeat factors of ``images`` (:func:`sipe.engine.sampler.repeat_factors`) from their image-level
+    labels, logged: how often the rarest class is seen more than under uniform sampling."""
+    labels = np.stack([np.asarray(images.get_labels(i)) > 0 for i in range(len(images))])
+    factors = repeat_factors(labels, threshold)
+    if is_main_process():
+        log.info("repeat-factor sampling (threshold %g): images drawn up to %.1fx as often, %d of %d boosted",
+                 threshold, float(factors.max()), int((factors > 1).sum()), len(factors))
+    return factors
+
+
 def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | None = None) -> Path:
     """Train a segmentation network on pseudo masks; returns the path of the final checkpoint
     (``out_dir/checkpoints/final.pt``, or ``last.pt`` when stopped early by ``engine.stop_after``).
@@ -270,14 +284,19 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | Non
             len(train_set), len(class_names),
         )
     meta = {"model_spec": spec.to_dict(), "class_names": class_names, "seg_config": to_dict(cfg)}
+    run_key = {"classes": class_names, "data": images_fingerprint(base),
+               "model.arch": cfg.model.arch, "model.backbone": cfg.model.backbone}
+    weights = None
+    if cfg.sampling != "uniform":
+        weights = sampling_weights(train_set.base, cfg.repeat_threshold)
+        run_key["sampling"] = f"{cfg.sampling} {cfg.repeat_threshold:g}"  # another draw: not the same run
     fit(
         model, train_set, step_fn, groups, planned_engine(cfg.engine, len(train_set)), out_dir, val_fn=val_fn,
         val_name="validation segmentation mIoU", meta=meta,
         # config.yaml, run_info.json and skipped.tsv: written by fit once the rerun check passed.
         run_config=cfg,
-        run_key={"classes": class_names, "data": images_fingerprint(base),
-                 "model.arch": cfg.model.arch, "model.backbone": cfg.model.backbone},
-        on_start=lambda: _write_skipped(out_dir, base.skipped, train_set.skipped),
+        run_key=run_key, on_start=lambda: _write_skipped(out_dir, base.skipped, train_set.skipped),
+        sample_weights=weights,
     )
     final = out_dir / "checkpoints" / "final.pt"
     return final if final.is_file() else out_dir / "checkpoints" / "last.pt"
