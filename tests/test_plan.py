@@ -119,13 +119,19 @@ def test_print_config_shows_the_fingerprint_and_the_plan(tmp_path, capsys):
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     args = ["run", "--out", str(tmp_path / "run"), "--print-config", "data.kind=custom", f"data.root={tmp_path}",
             "data.split=labels.csv", "train.engine.batch_size=2", "seg.engine.epochs=2"]
-    assert main(args) == 0
+    assert main([*args, "plan=true"]) == 0
     out = capsys.readouterr().out
     assert "# data fingerprint: 10 images" in out and "cat 9, dog 1" in out
     assert "# derived: seg.sampling=repeat_factor  (imbalance 9.0 >= 4" in out
     cfg = yaml.safe_load(out)
     assert cfg["seg"]["sampling"] == "repeat_factor" and cfg["seg"]["aug"]["crop_size"] == 64
     assert cfg["seg"]["engine"]["epochs"] == 2 and cfg["seg"]["engine"]["max_steps"] is None
+    # Off by default (not yet measured on real folders): shown, not applied.
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "# derived: seg.sampling=repeat_factor" in out and "plan not applied (plan=false" in out
+    cfg = yaml.safe_load(out)
+    assert cfg["seg"]["sampling"] == "uniform" and cfg["plan"] is False
 
 
 def test_the_run_names_classes_without_images_once_even_behind_a_quiet_logger(tmp_path, caplog):

@@ -62,9 +62,14 @@ def run_config(config: str | None, overrides: list[str], out: str, print_only: b
     if data is not None:
         # Settings derived from the folder's statistics (sipe.run.plan); the user's own keys win.
         fingerprint = dataset_fingerprint(data.train)
-        cfg, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
+        planned, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
+        log = logging.getLogger("sipe.run")
         for line in plan_lines(fingerprint, rules):
-            logging.getLogger("sipe.run").info(line.lstrip("# "))
+            log.info(line.lstrip("# "))
+        if cfg.plan:
+            cfg = planned
+        elif rules:
+            log.info("plan not applied (plan=false, the default): plan=true applies the values above")
     metrics = run_pipeline(cfg, out, start, until, data=data)
     print_summary(metrics, out)
     return 0
@@ -88,6 +93,9 @@ def _print_with_plan(cfg: Any, resolved: Any, config: str | None, overrides: lis
         return print_config(resolved)
     planned, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
     print("\n".join(plan_lines(fingerprint, rules)))
+    if not cfg.plan:
+        print("# plan not applied (plan=false, the default); plan=true applies the values above")
+        return print_config(resolved)
     return print_config(resolve(planned, out))
 
 

@@ -51,6 +51,9 @@ class RunData:
             self.training = training_data(cfg.train)  # checks classes and batch size
         self.train = self.training.train
         self._note(self.train)
+        from sipe.data.custom import warn_classes_without_images
+
+        warn_classes_without_images(self.train, logger)  # after the quiet load, which would hide it
         split, seg_split = eval_splits(cfg)
         self.eval = self._masked(split) if split is not None else None
         self.seg_eval = None

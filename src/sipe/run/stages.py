@@ -79,7 +79,8 @@ class _RunStages:
         assert s is not None
         return str(generate_synthetic(self.out / SYNTHETIC_DIR, seed=s.seed, n_train=s.n_train, n_val=s.n_val,
                                       image_size=s.image_size, num_classes=s.num_classes,
-                                      max_objects=s.max_objects, body_radius=s.body_radius))
+                                      max_objects=s.max_objects, body_radius=s.body_radius,
+                                      class_weights=s.class_weights))
 
     def pretrain(self) -> str:
         from sipe.data import SyntheticBackgrounds
