@@ -19,6 +19,7 @@ from sipe.cams.multiscale import (
 from sipe.core.sipe_net import SIPENet
 from sipe.data.cam_format import read_cam_file
 from sipe.models import build_sipe
+from test_cam import FakeDataset
 
 # Batched convolutions may round differently from one image at a time (oneDNN picks kernels by batch
 # size): measured up to 3e-7 on these maps (ResNet-18, fp32), 0 for images that went alone.
@@ -27,24 +28,14 @@ SIZES = [(48, 64), (64, 48), (48, 64), (48, 64), (64, 48), (40, 56), (48, 64), (
 RARE = {"img5", "img8"}  # the only images of their size
 
 
-class MixedSizes:
-    class_names = ["background", "a", "b", "c"]
+class MixedSizes(FakeDataset):
+    """tests/test_cam.py's fake dataset with images of several sizes, some of them alone in theirs."""
 
     def __init__(self, sizes=SIZES):
+        super().__init__(n=len(sizes))
         rng = np.random.default_rng(0)
         self.images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-        self.names = [f"img{i}" for i in range(len(sizes))]
-        self.labels = np.eye(3, dtype=np.float32)[np.arange(len(sizes)) % 3]
         self.labels[::2, 2] = 1  # some images with two classes
-
-    def __len__(self):
-        return len(self.names)
-
-    def read_image(self, i):
-        return self.images[i]
-
-    def get_labels(self, i):
-        return self.labels[i].copy()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from sipe import io as sio
 from sipe.cli import main
 from sipe.data.cam_format import read_cam_file, write_cam_file
 from sipe.errors import RefusedFileError
+from test_cli_errors import _one_line
 from test_run import photo_folder, tiny_run_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,14 +62,7 @@ def hostile_npy(path: Path, marker: Path, payload: type = RunsCode) -> Path:
     return path
 
 
-def one_error_line(capsys, *expected: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, err
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
+one_error_line = _one_line  # the CLI's one-line error, as tests/test_cli_errors.py checks it
 
 
 @pytest.fixture
