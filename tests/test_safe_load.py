@@ -179,18 +179,23 @@ def run_folder(tmp_path_factory) -> Path:
     return out
 
 
-def test_sipe_and_resume_checkpoints_load_with_weights_only(run_folder):
+def test_sipe_and_resume_checkpoints_load_with_weights_only(run_folder, tmp_path):
     from sipe.models.checkpoint import checkpoint_kind, load_checkpoint
 
-    ckpts = sorted((run_folder / "train" / "checkpoints").glob("*.pt"))
-    assert {p.name for p in ckpts} >= {"last.pt", "final.pt"}
+    # A finished stage keeps final.pt only; a stopped one keeps last.pt with the optimiser state to resume from.
+    assert [p.name for p in (run_folder / "train" / "checkpoints").glob("*.pt")] == ["final.pt"]
+    stopped = tmp_path / "stopped"
+    root = photo_folder(tmp_path / "photos")
+    assert main(["run", "--out", str(stopped), "--until", "train", *tiny_run_args(root),
+                 "train.engine.stop_after=1"]) == 0
+    ckpts = [run_folder / "train" / "checkpoints" / "final.pt", stopped / "train" / "checkpoints" / "last.pt"]
     for path in ckpts:
         ckpt = torch.load(path, weights_only=True)  # no allow-list needed: tensors and plain values only
         assert checkpoint_kind(ckpt) == "sipe" and ckpt["meta"]["class_names"][1:] == ["disc", "square"]
         model, _ = load_checkpoint(path)
         assert model.num_classes == 3
-    last = sio.read_checkpoint(run_folder / "train" / "checkpoints" / "last.pt")
-    assert last["optimizer"]["state"] and last["step"] == last["max_steps"] and "run_key" in last
+    last = sio.read_checkpoint(ckpts[1])
+    assert last["optimizer"]["state"] and last["step"] == 1 < last["max_steps"] and "run_key" in last
 
 
 def test_irn_and_seg_checkpoints_load_with_weights_only(run_folder):
