@@ -84,7 +84,7 @@ def test_every_flag_has_code_stage_and_a_stated_threshold(tmp_path):
     by = {f["code"]: f for f in flags}
     assert "3.6 % mIoU is below the plain CAM's 40.0 %" in by["is_cam_below_cam"]["message"]
     assert "flagged beyond 1.0" in by["is_cam_below_cam"]["message"]
-    assert "0.95 is the highest of the sweep (0.00-0.95)" in by["cam_threshold_at_end"]["message"]
+    assert "0.95 is at the highest end of the sweep (0.00-0.95" in by["cam_threshold_at_end"]["message"]
 
 
 @pytest.mark.parametrize(("is_cam", "flagged"), [(0.40 - ISCAM_TOLERANCE - 0.001, True),
@@ -95,7 +95,8 @@ def test_is_cam_below_cam(tmp_path, is_cam, flagged):
     assert ("is_cam_below_cam" in _codes(_contents(tmp_path, evals=evals))) is flagged
 
 
-@pytest.mark.parametrize(("threshold", "flagged"), [(0.0, True), (0.01, False), (0.94, False), (0.95, True)])
+@pytest.mark.parametrize(("threshold", "flagged"), [(0.0, True), (0.05, True), (0.06, False), (0.89, False),
+                                                   (0.90, True), (0.93, True), (0.95, True)])
 def test_cam_threshold_at_an_end_of_the_sweep(tmp_path, threshold, flagged):
     evals = _healthy_evals()
     evals["cam"]["threshold"] = threshold

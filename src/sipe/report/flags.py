@@ -43,6 +43,9 @@ MIN_TRAIN_IMAGES = 5  # fewer training images of a class than this: its results 
 SEG_GAP_TOLERANCE = 0.01
 # IS-CAM more than this below the plain CAM (mIoU): the method made the maps worse (the demo: +21 points).
 ISCAM_TOLERANCE = 0.01
+# The best CAM threshold this close to an end of the sweep (0.00-0.95): the maps separate nothing; a healthy
+# demo's lies at 0.15-0.74 (README).
+END_MARGIN = 0.05
 # A foreground class predicted on at least this share of all evaluated pixels "is everywhere" (unless its
 # ground truth covers as much): a network calling every pixel one class.
 EVERYWHERE_SHARE = 0.9
@@ -151,12 +154,13 @@ def _cam_flags(contents: RunContents) -> list[dict[str, str]]:
             f"(-{_pts(cam['miou'] - is_cam['miou'])} points; flagged beyond {_pts(ISCAM_TOLERANCE)}): the method "
             "made the maps worse. Train longer, from pretrained weights, or check the tags.")))
     sweep = [s["threshold"] for s in (cam or {}).get("sweep") or []]
-    if cam and len(sweep) > 1 and cam.get("threshold") in (min(sweep), max(sweep)):
-        end = "lowest" if cam["threshold"] == min(sweep) else "highest"
+    t = (cam or {}).get("threshold")
+    if cam and len(sweep) > 1 and t is not None and min(t - min(sweep), max(sweep) - t) <= END_MARGIN + 1e-9:
+        end = "lowest" if t - min(sweep) <= max(sweep) - t else "highest"
         out.append(_flag("cam_threshold_at_end", "cam", (
-            f"CAM: the best background threshold {cam['threshold']:.2f} is the {end} of the sweep "
-            f"({min(sweep):.2f}-{max(sweep):.2f}): the maps do not separate objects from background at any "
-            "threshold tried, and the CAM mIoU is that of an extreme.")))
+            f"CAM: the best background threshold {t:.2f} is at the {end} end of the sweep "
+            f"({min(sweep):.2f}-{max(sweep):.2f}; flagged within {END_MARGIN:.2f} of an end): the maps do not "
+            "separate objects from background at any threshold tried, and the CAM mIoU is that of an extreme.")))
     for stage in STAGES:
         heat = (contents.evals.get(stage.key) or {}).get("heat") or {}
         inside, outside = heat.get("inside"), heat.get("outside")
