@@ -17,7 +17,7 @@ from sipe.refine.crf import (
     make_confident_regions,
     make_crf_labels,
 )
-from sipe.refine.random_walk import dense_random_walk, random_walk
+from sipe.refine.random_walk import Walk, dense_random_walk, random_walk
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,13 +192,13 @@ def test_sparse_random_walk_equals_dense(backend: str, exp_times: int) -> None:
     g = torch.Generator().manual_seed(exp_times)
     cams = torch.rand(3, 20, 20, generator=g)
     edge = torch.rand(1, 20, 20, generator=g) ** 3
-    dense = dense_random_walk(cams, edge, exp_times=exp_times)  # float64, the official formula
-    exact = random_walk(cams, edge, exp_times=exp_times, backend=backend, dtype=torch.float64)
+    dense = dense_random_walk(cams, edge, Walk(exp_times=exp_times))  # float64, the official formula
+    exact = random_walk(cams, edge, Walk(exp_times=exp_times), backend=backend, dtype=torch.float64)
     assert exact.shape == (3, 20, 20)
     assert (exact - dense).abs().max() < 1e-5
     # float32 (default) drifts like the official float32 matrix powers do.
-    fast = random_walk(cams, edge, exp_times=exp_times, backend=backend)
-    official32 = dense_random_walk(cams, edge, exp_times=exp_times, dtype=torch.float32)
+    fast = random_walk(cams, edge, Walk(exp_times=exp_times), backend=backend)
+    official32 = dense_random_walk(cams, edge, Walk(exp_times=exp_times), dtype=torch.float32)
     assert (fast - dense).abs().max() < 1e-4
     assert (official32 - dense).abs().max() < 1e-4
 

@@ -182,13 +182,14 @@ def run_labels(args: argparse.Namespace) -> int:
 
     from sipe.engine import setup_distributed
     from sipe.refine.pseudo import make_pseudo_labels
+    from sipe.refine.random_walk import Walk
     from sipe.refine.train_irn import load_irn
 
     info = setup_distributed(args.device)
     try:
         model = load_irn(args.irn).to(info.device)
-        stats = make_pseudo_labels(model, dataset, args.cam_dir, args.out, beta=args.beta,
-                                   exp_times=args.exp_times, radius=args.radius, canvas=args.canvas,
+        stats = make_pseudo_labels(model, dataset, args.cam_dir, args.out, canvas=args.canvas,
+                                   walk=Walk(beta=args.beta, exp_times=args.exp_times, radius=args.radius),
                                    overwrite=args.overwrite)
     finally:
         if info.distributed:

@@ -15,6 +15,7 @@ import numpy as np
 
 from sipe.data.cam_format import read_is_cam
 from sipe.refine._runner import RunStats, run_label_job
+from sipe.refine.random_walk import OFFICIAL_WALK, Walk
 
 __all__ = ["METHODS", "make_argmax_labels", "make_labels"]
 
@@ -34,13 +35,13 @@ def make_argmax_labels(dataset: Any, cam_dir: str | os.PathLike, out_dir: str | 
 
 
 def make_labels(method: str, dataset: Any, cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                irn: str | os.PathLike | None = None, device: str = "auto", beta: float = 10.0, exp_times: int = 8,
-                radius: int = 5, num_workers: int | None = None) -> RunStats:
+                irn: str | os.PathLike | None = None, device: str = "auto", walk: Walk = OFFICIAL_WALK,
+                num_workers: int | None = None) -> RunStats:
     """Pseudo masks ``out_dir/<name>.png`` of ``dataset``'s images from the IS-CAMs in ``cam_dir``.
 
     Args:
-        method: ``irn`` (needs ``irn``, the path of a trained IRN; ``beta``, ``exp_times``, ``radius`` are
-            the random walk's), ``crf`` or ``none`` (``num_workers`` processes for these two).
+        method: ``irn`` (needs ``irn``, the path of a trained IRN, and takes ``walk``, the random walk's
+            settings), ``crf`` or ``none`` (``num_workers`` processes for these two).
     """
     if method == "irn":
         if irn is None:
@@ -50,7 +51,7 @@ def make_labels(method: str, dataset: Any, cam_dir: str | os.PathLike, out_dir: 
         from sipe.refine.train_irn import load_irn
 
         model = load_irn(irn).to(resolve_device(device))
-        return make_pseudo_labels(model, dataset, cam_dir, out_dir, beta=beta, exp_times=exp_times, radius=radius)
+        return make_pseudo_labels(model, dataset, cam_dir, out_dir, walk=walk)
     if method == "crf":
         from sipe.refine.crf import make_crf_labels
 

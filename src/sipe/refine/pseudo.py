@@ -21,7 +21,7 @@ from sipe.data.cam_format import check_cam_arrays, read_is_cam
 from sipe.models.layers import model_device
 from sipe.refine._runner import RunStats, run_label_job
 from sipe.refine.irn import IRN, STRIDE
-from sipe.refine.random_walk import random_walk
+from sipe.refine.random_walk import OFFICIAL_WALK, Walk, random_walk
 
 _MULTIPLE = 16  # the backbone's output stride: padded sizes keep every stage aligned
 
@@ -63,9 +63,7 @@ def pseudo_label(
     keys: np.ndarray,
     maps: np.ndarray,
     *,
-    beta: float = 10,
-    exp_times: int = 8,
-    radius: int = 5,
+    walk: Walk = OFFICIAL_WALK,
     cam_power: float = 1.5,
     canvas: int = 0,
 ) -> np.ndarray:
@@ -76,6 +74,7 @@ def pseudo_label(
         image: (H, W, 3) uint8 RGB.
         keys: (M,) class ids of the map channels, ``keys[0] == 0``.
         maps: (M, H, W) IS-CAM scores at image size.
+        walk: the random walk's beta, exp_times, radius (:class:`sipe.refine.random_walk.Walk`).
 
     Returns:
         (H, W) uint8 class ids.
@@ -85,7 +84,7 @@ def pseudo_label(
     edge = irn_boundary(model, image, canvas=canvas)
     cams = torch.from_numpy(maps).to(edge.device)[None]
     cams = F.interpolate(cams, size=edge.shape[-2:], mode="bilinear", align_corners=False)[0].pow(cam_power)
-    rw = random_walk(cams, edge, beta=beta, exp_times=exp_times, radius=radius)
+    rw = random_walk(cams, edge, walk)
     up = F.interpolate(rw[None], scale_factor=STRIDE, mode="bilinear", align_corners=False)[0, :, :h, :w]
     # The official division by the global max cannot change the argmax, so it is left out.
     pred = up.argmax(dim=0).cpu().numpy()
@@ -103,9 +102,7 @@ def make_pseudo_labels(
     cam_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    beta: float = 10,
-    exp_times: int = 8,
-    radius: int = 5,
+    walk: Walk = OFFICIAL_WALK,
     canvas: int = 0,
     overwrite: bool = False,
 ) -> RunStats:
@@ -114,6 +111,6 @@ def make_pseudo_labels(
     Existing files are kept (resume). Under torchrun rank r takes every world-th image starting
     at r; the model runs on its current device.
     """
-    options = {"beta": beta, "exp_times": exp_times, "radius": radius, "canvas": canvas}
+    options = {"walk": walk, "canvas": canvas}
     job = functools.partial(_pseudo_job, model=model, cam_dir=str(cam_dir), options=options)
     return run_label_job(dataset, job, out_dir, num_workers=0, overwrite=overwrite, desc="pseudo labels")

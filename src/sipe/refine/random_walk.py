@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -21,6 +22,20 @@ import torch.nn.functional as F
 from sipe.refine.affinity import edge_to_affinity, pair_paths
 
 Backend = Literal["auto", "scipy", "torch"]
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The random walk's settings, which travel together from the config to every function here (defaults:
+    the official ones). ``beta``: affinity exponent; ``exp_times``: log2 of the number of steps; ``radius``:
+    neighbourhood radius of the transition at the boundary grid (stride 4)."""
+
+    beta: float = 10.0
+    exp_times: int = 8
+    radius: int = 5
+
+
+OFFICIAL_WALK = Walk()
 
 
 def _check(cams: torch.Tensor, edge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,16 +110,8 @@ def _scipy_steps(s: sp.csr_matrix, y: np.ndarray, steps: int, threads: int) -> n
     return y
 
 
-def random_walk(
-    cams: torch.Tensor,
-    edge: torch.Tensor,
-    beta: float = 10,
-    exp_times: int = 8,
-    radius: int = 5,
-    *,
-    backend: Backend = "auto",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+def random_walk(cams: torch.Tensor, edge: torch.Tensor, walk: Walk = OFFICIAL_WALK, *, backend: Backend = "auto",
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Propagate class maps over the boundary map (the official ``propagate_to_edge``).
 
     The maps are multiplied by ``1 - edge``, then ``2 ** exp_times`` random-walk steps with the
@@ -115,9 +122,7 @@ def random_walk(
     Args:
         cams: (C, h, w) non-negative class maps at the boundary grid (stride 4).
         edge: (1, h, w) boundary probabilities in [0, 1].
-        beta: affinity exponent.
-        exp_times: log2 of the number of steps.
-        radius: neighbourhood radius of the transition.
+        walk: beta, exp_times, radius (:class:`Walk`).
         backend: ``"scipy"`` (CPU sparse matrix, the fastest on CPU), ``"torch"`` (torch sparse
             CSR on the tensors' device) or ``"auto"`` (scipy for CPU tensors, torch otherwise).
         dtype: precision of the walk. 256 float32 steps drift by ~5e-5 relative from the exact
@@ -127,6 +132,7 @@ def random_walk(
         (C, h, w) float32 propagated maps on the device of ``cams``.
     """
     cams, edge = _check(cams, edge)
+    beta, exp_times, radius = walk.beta, walk.exp_times, walk.radius
     c, h, w = cams.shape
     if backend == "auto":
         backend = "scipy" if cams.device.type == "cpu" else "torch"
@@ -153,19 +159,14 @@ def random_walk(
     return out.t().reshape(c, h, w).float().contiguous()
 
 
-def dense_random_walk(
-    cams: torch.Tensor,
-    edge: torch.Tensor,
-    beta: float = 10,
-    exp_times: int = 8,
-    radius: int = 5,
-    dtype: torch.dtype = torch.float64,
-) -> torch.Tensor:
+def dense_random_walk(cams: torch.Tensor, edge: torch.Tensor, walk: Walk = OFFICIAL_WALK,
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Reference: the official dense formula (matrix squared ``exp_times`` times). Tests only.
 
     Memory is (h w)^2; use on small maps. Args and result as :func:`random_walk`.
     """
     cams, edge = _check(cams, edge)
+    beta, exp_times, radius = walk.beta, walk.exp_times, walk.radius
     c, h, w = cams.shape
     n = h * w
     rf = pair_paths(radius).margin

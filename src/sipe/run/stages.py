@@ -169,9 +169,11 @@ class _RunStages:
 
         r = self.cfg.refine
         irn = self._result("irn_train") if r.method == "irn" else None
-        return sum(make_labels(r.method, dataset, cam_dir, out, irn=irn, device=self.cfg.irn.engine.device,
-                               beta=r.beta, exp_times=r.exp_times, radius=r.radius, num_workers=r.num_workers).total
-                   for dataset, cam_dir, out in self._label_sets())
+        from sipe.refine.random_walk import Walk
+
+        walk = Walk(beta=r.beta, exp_times=r.exp_times, radius=r.radius)
+        return sum(make_labels(r.method, dataset, cam_dir, out, irn=irn, device=self.cfg.irn.engine.device, walk=walk,
+                               num_workers=r.num_workers).total for dataset, cam_dir, out in self._label_sets())
 
     def eval_pseudo(self) -> dict[str, Any]:
         from sipe.metrics import evaluate_label_dir, write_report
