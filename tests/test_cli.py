@@ -41,8 +41,8 @@ def test_every_dataset_command_speaks_the_same_options():
         dev = commands[name]._option_string_actions["--device"]
         assert dev.default == "auto" and dev.type is commands["cam"]._option_string_actions["--device"].type, name
     configured = {name for name, p in commands.items() if "--print-config" in p._option_string_actions}
-    assert configured == {"train", "seg train", "refine train-irn", "run"}
-    for name in configured - {"run"}:  # sipe run resumes by itself, stage by stage (--from / --until)
+    assert configured == {"train", "seg train", "refine train-irn", "run", "demo"}
+    for name in configured - {"run", "demo"}:  # sipe run resumes by itself, stage by stage (--from / --until)
         assert {"--config", "--resume", "--no-resume"} <= set(commands[name]._option_string_actions), name
 
 

@@ -154,7 +154,10 @@ def test_a_changed_demo_key_is_redone_from_the_first_stage_that_uses_it(tmp_path
     cfg = resolve(load_config(RunConfig, DEMO_CONFIG), tmp_path)
     pipe = build_run_pipeline(cfg, tmp_path)  # generated data: nothing is read before its stage
     assert pipe.names() == STAGES
-    first = {key: pipe.names()[pipe._first_affected([key])] for key in pipe.config}
+    stage_of = {key: pipe._first_affected([key]) for key in pipe.config}
+    # plan selects seg settings before the pipeline is built; they are keyed in the seg section themselves.
+    assert [k for k, i in stage_of.items() if i is None] == ["plan"]
+    first = {key: pipe.names()[i] for key, i in stage_of.items() if i is not None}
     assert set(first) >= {".".join(k) for k in [("seg", "engine", "lr"), ("irn", "crop_size"), ("synthetic", "seed")]}
     assert first["seg.engine.lr"] == first["seg.model.backbone"] == "seg_train"
     assert first["irn.crop_size"] == "irn_train" and first["refine.exp_times"] == "regions"

@@ -142,8 +142,9 @@ def test_sipe_train_rerun_on_other_data_keeps_the_run_folder(tmp_path, capsys):
     five = _photos(tmp_path / "five", 5)
     capsys.readouterr()
     assert main(_train(five, run, classes + ", " + synthetic_class_names(5)[-1])) == 1
-    _one_line(capsys, f"sipe train: error: {run} was trained with 5 classes (background, ", f"data.root={four}",
-              "this run has 6 classes", f"data.root={five}", f"delete {run / 'checkpoints'} to start over")
+    # The data is named by what the stage uses (count and hash), not where it lies: a moved folder is the same.
+    _one_line(capsys, f"sipe train: error: {run} was trained with 5 classes (background, ", "data=6 images ",
+              "this run has 6 classes", f"delete {run / 'checkpoints'} to start over")
     assert _snapshot(run) == before
 
     # The same data again: the run resumes (and only now rewrites config.yaml and run_info.json).

@@ -73,7 +73,7 @@ def test_pretrained_weights_offline_raise_with_the_way_out(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(InputError, match="pass its local path") as err:
+    with pytest.raises(InputError, match="three ways forward: \\(1\\) a local weights file") as err:
         build_deeplab(3, "resnet18", weights_backbone="IMAGENET1K_V1")
     assert "resnet18-f37072fd.pth" in str(err.value)
     with pytest.raises(ValueError, match="unknown backbone weights"):
