@@ -107,3 +107,14 @@ def test_a_moved_run_folder_is_complete_and_its_results_point_inside_it(tmp_path
     assert moved.calls == [] and results["a"] == str((tmp_path / "moved" / "a" / "result.txt").resolve())
     moved.pipeline(_with(data={"root": str(tmp_path / "moved" / "data")})).run(start="c")
     assert moved.calls == ["c"] and (tmp_path / "moved" / "c" / "result.txt").is_file()
+
+
+def test_a_relative_run_folder_records_its_results_relative_to_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake = Fake(Path("runs") / "mine")  # as `sipe run --out runs/mine` gives it
+    fake.pipeline(CONFIG).run()
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "mine" / ".stages").glob("?.json")]
+    assert {r["result"] for r in records} == {f"<run>/{s}/result.txt" for s in "abc"}
+    (tmp_path / "runs" / "mine").rename(tmp_path / "runs" / "moved")
+    results = Fake(Path("runs") / "moved").pipeline(CONFIG).run()
+    assert results["a"] == str(tmp_path / "runs" / "moved" / "a" / "result.txt")

@@ -82,9 +82,10 @@ def relative_to_run(value: Any, out: Path) -> Any:
     """``value`` with every string that is a path inside ``out`` written as ``<run>/rel/path`` (lists, dicts
     recursed), so that records and keys do not depend on where the run folder lies."""
     if isinstance(value, str):
-        root = str(out.resolve())
-        if value == root or value.startswith(root + os.sep):
-            return RUN_PREFIX + os.path.relpath(value, root)
+        # The run folder as resolved, or as given (a relative --out gives relative paths under it).
+        for root in {str(out.resolve()), os.path.normpath(str(out))}:
+            if value == root or value.startswith(root + os.sep):
+                return RUN_PREFIX + os.path.relpath(value, root)
         return value
     if isinstance(value, Mapping):
         return {k: relative_to_run(v, out) for k, v in value.items()}
