@@ -121,6 +121,11 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
     html = (out / "report.html").read_text()
     assert "segmentation" in html and "IS-CAM" in html
     assert all(str(markupsafe.escape(f)) in html for f in degenerate_flags(collect_run(out)))
+    # This run failed (random weights, a few photos) and says so, in metrics.json and at the top of the page.
+    codes = {f["code"] for f in metrics["flags"]}
+    assert {"random_weights", "eval_on_training_images", "is_cam_below_cam"} <= codes, codes
+    assert codes & {"classifier_loss_flat", "classifier_not_separated"}, codes
+    assert all(f'data-code="{f["code"]}"' in html for f in metrics["flags"])
     # the classifier's own scores of the training images, with their tags, and the page's section of them
     presence = json.loads((out / "presence.json").read_text())
     assert presence["class_names"] == ["disc", "square"] and len(presence["images"]) == 8
