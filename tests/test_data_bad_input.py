@@ -404,3 +404,24 @@ def test_dataset_roots_that_do_not_exist(tmp_path: Path) -> None:
     with pytest.raises(D.DatasetRootError, match=r"instances_val2014\.json does not exist"):
         D.COCODataset(tmp_path, "val")
     assert issubclass(D.DatasetRootError, FileNotFoundError)
+
+
+def test_a_stage_narrows_its_copy_of_a_dataset_not_the_callers(tmp_path):
+    """SegDataset.copy: train_irn and train_seg drop images from their own copy (issue 25: no stage changes an
+    object another stage reads)."""
+    from PIL import Image
+
+    from sipe.data.custom import CustomDataset
+    from sipe.refine.train_irn import usable_images
+
+    for i in range(3):
+        Image.new("RGB", (40, 40), (40 * i, 90, 120)).save(tmp_path / f"im{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "labels.csv").write_text("image,labels\nim0.png,cat\nim1.png,dog\nim2.png,cat\nbad.png,dog\n")
+    ds = CustomDataset(tmp_path, tmp_path / "labels.csv")
+    usable = usable_images(ds)
+    assert usable.names == ["im0", "im1", "im2"] and usable.skipped.names == ["bad"]
+    assert len(ds) == 4 and ds.skipped.names == []  # the caller's dataset and list as they were
+    own = ds.copy()
+    own.drop_small(16)
+    assert len(own) == 3 and len(ds) == 4 and not len(ds.skipped)

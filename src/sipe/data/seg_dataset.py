@@ -175,6 +175,13 @@ class SegDataset:
         out.label_matrix = self.label_matrix[idx]
         return out
 
+    def copy(self) -> SegDataset:
+        """A copy with its own skip list: dropping images from it changes neither this dataset nor its list
+        (a stage narrows its copy without changing what another stage reads)."""
+        out = self.subset(range(len(self)))
+        out.skipped = copy.deepcopy(self.skipped)
+        return out
+
     def _keep(self, keep: np.ndarray) -> None:
         idx = np.flatnonzero(keep)
         self.names = [self.names[i] for i in idx]

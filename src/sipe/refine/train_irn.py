@@ -11,7 +11,6 @@ weight decay 1e-4, effective momentum 1e-4 (the official optimiser quirk, see
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import os
@@ -59,11 +58,8 @@ def usable_images(dataset: Any, label_dir: str | os.PathLike | None = None) -> A
     """
     from sipe.config import STRIDE as BACKBONE_STRIDE
 
-    if hasattr(dataset, "subset"):
-        skipped = copy.deepcopy(dataset.skipped)
-        dataset = dataset.subset(range(len(dataset)))
-        dataset.skipped = skipped  # the copy's own list: no stage changes what another reads
-    if hasattr(dataset, "drop_small"):
+    if hasattr(dataset, "drop_small"):  # a sipe dataset: narrowed on a copy
+        dataset = dataset.copy()
         dataset.drop_small(BACKBONE_STRIDE)
     if label_dir is not None and hasattr(dataset, "drop_skipped_earlier"):
         dataset.drop_skipped_earlier(label_dir)

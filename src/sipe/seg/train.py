@@ -10,7 +10,6 @@ everything else (checkpoints, resume, AMP, DDP, TensorBoard, progress) from ``si
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -166,8 +165,7 @@ def training_images(cfg: SegTrainConfig, images: Any | None = None) -> Any:
         base = dataset_from_config(cfg.data, cfg.data.split, with_masks=False)
         base.drop_small(cfg.data.min_size)
     else:
-        base = images.subset(range(len(images)))
-        base.skipped = copy.deepcopy(images.skipped)  # the copy's own list: the caller's stays as it is
+        base = images.copy()  # the caller's dataset and skip list stay as they are
     base.drop_skipped_earlier(cfg.pseudo_label_dir())
     return base
 
