@@ -245,3 +245,15 @@ def test_torchvision_weight_names_are_refused_for_other_backbones_at_config_time
     monkeypatch.chdir(tmp_path)
     (tmp_path / "WEIGHTS").write_bytes(b"")  # a file that happens to have such a name is a file
     load_config(ModelConfig, None, ["backbone=timm:convnext_atto", "weights=WEIGHTS"])
+
+
+def test_synthetic_negatives_in_pretraining_need_the_synthetic_section(tmp_path):
+    from sipe.config import ConfigError
+    from sipe.run.config import DEMO_CONFIG, RunConfig, resolve
+
+    cfg = load_config(RunConfig, DEMO_CONFIG, ["data.kind=custom"])
+    cfg.synthetic = None  # a user's folder with the demo's pretraining section copied over
+    with pytest.raises(ConfigError, match="pretrain.background_images=80 draws synthetic object-free images"):
+        resolve(cfg, tmp_path)
+    cfg.pretrain.background_images = 0
+    assert resolve(cfg, tmp_path).pretrain.background_images == 0

@@ -45,58 +45,51 @@ def run_config(config: str | None, overrides: list[str], out: str, print_only: b
                start: str | None = None, until: str | None = None) -> int:
     """``sipe run`` (and ``sipe demo``, with the demo's config file): load, check, run, print the mIoUs."""
     # Config and datasets are checked before torch loads, so that their errors come in a second.
-    from sipe.cli._common import setup_logging
+    from sipe.cli._common import print_config, setup_logging
     from sipe.config import load_config
     from sipe.run.config import RunConfig, resolve
     from sipe.run.data import run_data
-    from sipe.run.plan import dataset_fingerprint, derive_plan, explicit_keys, plan_lines
 
     cfg = load_config(RunConfig, config, overrides)
     resolved = resolve(cfg, out)
     if print_only:
-        return _print_with_plan(cfg, resolved, config, overrides, out)
+        if resolved.synthetic is not None:
+            print("# data fingerprint: the synthetic data does not exist yet; the plan is derived when it does")
+            return print_config(resolved)
+        try:
+            data = run_data(resolved)
+        except (OSError, ValueError) as err:  # the dataset errors subclass these
+            print(f"# data fingerprint: not computed, the data cannot be read ({str(err).splitlines()[0]})")
+            return print_config(resolved)
+        planned, lines = _plan(cfg, data, config, overrides)
+        print("\n".join(lines))
+        return print_config(resolve(planned, out))
     setup_logging()
     from sipe.run.stages import run_pipeline
 
     data = run_data(resolved) if resolved.synthetic is None else None  # generated data: by its first stage
     if data is not None:
-        # Settings derived from the folder's statistics (sipe.run.plan); the user's own keys win.
-        fingerprint = dataset_fingerprint(data.train)
-        planned, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
-        log = logging.getLogger("sipe.run")
-        for line in plan_lines(fingerprint, rules):
-            log.info(line.lstrip("# "))
-        if cfg.plan:
-            cfg = planned
-        elif rules:
-            log.info("plan not applied (plan=false, the default): plan=true applies the values above")
+        cfg, lines = _plan(cfg, data, config, overrides)
+        for line in lines:
+            logging.getLogger("sipe.run").info(line.lstrip("# "))
     metrics = run_pipeline(cfg, out, start, until, data=data)
     print_summary(metrics, out)
     return 0
 
 
-def _print_with_plan(cfg: Any, resolved: Any, config: str | None, overrides: list[str], out: str) -> int:
-    """``--print-config``: the data fingerprint and derived plan (as YAML comments, each value with its
-    rule) above the configuration it gives; a folder that cannot be read yet is said so in one comment."""
-    from sipe.cli._common import print_config
-    from sipe.run.config import resolve
-    from sipe.run.data import run_data
+def _plan(cfg: Any, data: Any, config: str | None, overrides: list[str]) -> tuple[Any, list[str]]:
+    """The configuration to run (``cfg`` with the settings derived from the folder's statistics when
+    ``plan=true``; the user's own keys win) and the lines that say what the plan sets (YAML comments)."""
     from sipe.run.plan import dataset_fingerprint, derive_plan, explicit_keys, plan_lines
 
-    if resolved.synthetic is not None:
-        print("# data fingerprint: the synthetic data does not exist yet; the plan is derived when it does")
-        return print_config(resolved)
-    try:
-        fingerprint = dataset_fingerprint(run_data(resolved).train)
-    except (OSError, ValueError) as err:  # the dataset errors subclass these
-        print(f"# data fingerprint: not computed, the data cannot be read ({str(err).splitlines()[0]})")
-        return print_config(resolved)
+    fingerprint = dataset_fingerprint(data.train)
     planned, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
-    print("\n".join(plan_lines(fingerprint, rules)))
-    if not cfg.plan:
-        print("# plan not applied (plan=false, the default); plan=true applies the values above")
-        return print_config(resolved)
-    return print_config(resolve(planned, out))
+    lines = plan_lines(fingerprint, rules)
+    if cfg.plan:
+        return planned, lines
+    if rules:
+        lines.append("# plan not applied (plan=false, the default); plan=true applies the values above")
+    return cfg, lines
 
 
 def print_summary(metrics: dict, out: str) -> None:

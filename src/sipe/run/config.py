@@ -150,8 +150,9 @@ def resolve(cfg: RunConfig, out: str | os.PathLike | None = None) -> RunConfig:
     ``seg.data``), ``seed`` where it applies and, given the run folder, the paths inside it (the generated
     data, the pretrained weights, the pseudo-label folder the segmentation stage trains on).
 
-    Raises :class:`ConfigError` for a ``synthetic`` section without ``data.kind=synthetic`` and for
-    :data:`PRETRAINED` weights without a ``pretrain`` section.
+    Raises :class:`ConfigError` for a ``synthetic`` section without ``data.kind=synthetic``, for
+    :data:`PRETRAINED` weights without a ``pretrain`` section and for synthetic negatives in pretraining
+    without a ``synthetic`` section.
     """
     cfg = copy.deepcopy(cfg)
     run = Path(out).resolve() if out is not None else None
@@ -161,6 +162,9 @@ def resolve(cfg: RunConfig, out: str | os.PathLike | None = None) -> RunConfig:
                               "set data.kind=synthetic or drop the synthetic section")
         if run is not None:
             cfg.data.root = str(run / SYNTHETIC_DIR)
+    if cfg.pretrain is not None and cfg.pretrain.background_images > 0 and cfg.synthetic is None:
+        raise ConfigError(f"pretrain.background_images={cfg.pretrain.background_images} draws synthetic object-free "
+                          "images, which needs a synthetic section; set it to 0 for your own data")
     if cfg.seed is not None:
         for section in (cfg.synthetic, cfg.pretrain and cfg.pretrain.engine, cfg.irn.engine, cfg.seg.engine):
             if section is not None:

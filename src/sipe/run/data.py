@@ -86,8 +86,6 @@ class RunData:
         """The training images with their ground-truth masks, or ``None`` unless every one has a mask."""
         from sipe.data import dataset_from_config
 
-        if self.eval_in_train:
-            return self.eval
         try:
             ds = dataset_from_config(self.cfg.data, self.cfg.data.split, with_masks=True)
         except FileNotFoundError:

@@ -66,6 +66,12 @@ class _RunStages:
             self._data.write_skipped(self.out)
         return self._data
 
+    def write_skipped(self) -> None:
+        """``OUT/skipped.tsv`` now, when the datasets are loaded already (else when the data stage's output is
+        first read)."""
+        if self._data is not None:
+            self._data.write_skipped(self.out)
+
     def _result(self, stage: str) -> Any:
         assert self.pipe is not None
         return self.pipe.results[stage]
@@ -90,7 +96,7 @@ class _RunStages:
         assert p is not None
         negatives = None
         if p.background_images > 0:
-            assert s is not None  # checked by check_run_config
+            assert s is not None  # resolve() refuses background_images without a synthetic section
             negatives = SyntheticBackgrounds(p.background_images, s.num_classes, seed=s.seed, image_size=s.image_size)
         path = pretrain_classifier(self.data.train, self.out / PRETRAINED_FILE.parent, p, negatives=negatives)
         assert Path(path).resolve() == (self.out / PRETRAINED_FILE).resolve(), path
@@ -166,11 +172,10 @@ class _RunStages:
 
     def pseudo_labels(self) -> int:
         from sipe.refine.labels import make_labels
+        from sipe.refine.random_walk import Walk
 
         r = self.cfg.refine
         irn = self._result("irn_train") if r.method == "irn" else None
-        from sipe.refine.random_walk import Walk
-
         walk = Walk(beta=r.beta, exp_times=r.exp_times, radius=r.radius)
         return sum(make_labels(r.method, dataset, cam_dir, out, irn=irn, device=self.cfg.irn.engine.device, walk=walk,
                                num_workers=r.num_workers).total for dataset, cam_dir, out in self._label_sets())
@@ -182,8 +187,9 @@ class _RunStages:
         report = evaluate_label_dir(self.eval_pseudo_dir, ds)
         write_report(self.out / "eval_pseudo_labels.json", {"split": ds.source, **report})
         out = {"pseudo_label_miou": report["miou"]}
+        # Where the evaluation images are not the training images: the labels the segmentation network trains on.
         train = self.data.masked_train() if not self.data.eval_in_train else None
-        if train is not None:  # what the segmentation network trains on, where the training images have masks
+        if train is not None:
             out["pseudo_label_train_miou"] = evaluate_label_dir(self.out / "pseudo_train", train)["miou"]
         return out
 
@@ -346,8 +352,7 @@ def run_pipeline(cfg: RunConfig, out: str | os.PathLike, start: str | None = Non
         save_run_info(out, cfg)  # after the thread count is set: run_info.json records it
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)
-        if work._data is not None:  # else written when the data stage's output is first read
-            work._data.write_skipped(out)
+        work.write_skipped()
 
     if cfg.export.onnx and not pipe.stage("export").enabled:
         logger.info("ONNX export off: %s", EXPORT_HINT)
