@@ -72,7 +72,7 @@ TINY_DEMO = [
     "irn.crop_size=64", "irn.radius=5", "irn.engine.epochs=1", "irn.engine.batch_size=4", "irn.engine.num_workers=0",
     "irn.engine.progress=false", "seg.aug.crop_size=48", "seg.engine.epochs=1", "seg.engine.min_steps=null",
     "seg.engine.batch_size=4", "seg.engine.num_workers=0", "seg.engine.progress=false", "eval.num_overlays=2",
-    "eval.num_workers=0", "pretrain.background_images=4", "export.onnx=false",
+    "eval.num_workers=0", "pretrain.background_images=4", "export.onnx=false", "num_threads=2",
 ]
 
 

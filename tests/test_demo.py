@@ -44,9 +44,9 @@ def test_configs_demo_yaml_is_the_file_sipe_demo_runs():
     cfg = load_config(RunConfig, path)
     # Every stage's backbone and weights are written in the file, not filled in by code.
     text = yaml.safe_load(path.read_text())
-    assert text["pretrain"]["backbone"] == "resnet18"
+    assert text["pretrain"]["backbone"] == "resnet10"
     for section in (text["train"]["model"], text["irn"], text["seg"]["model"]):
-        assert section["backbone"] == "resnet18" and section["weights"] == "stage:pretrain"
+        assert section["backbone"] == "resnet10" and section["weights"] == "stage:pretrain"
     resolved = resolve(cfg, "/tmp/demo_out")
     pretrained = str(Path("/tmp/demo_out").resolve() / "pretrain" / "backbone.pth")
     assert resolved.train.model.weights == resolved.irn.weights == resolved.seg.model.weights == pretrained
@@ -112,19 +112,21 @@ def test_printed_demo_config_is_what_every_stage_ran_with(tiny_demo, capsys):
     pretrain = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
     assert pretrain == printed["pretrain"]
     for section in (printed["train"]["model"], printed["irn"], printed["seg"]["model"]):
-        assert section["backbone"] == "resnet18"
+        assert section["backbone"] == "resnet10"
         assert section["weights"] == str((out / "pretrain" / "backbone.pth").resolve())
 
 
 @pytest.mark.slow
-def test_tiny_demo_pins_its_thread_count_so_the_callers_does_not_matter(tiny_demo, tmp_path):
+def test_num_threads_pins_the_thread_count_so_the_callers_does_not_matter(tiny_demo, tmp_path):
     """Measured (docs/reproducibility.md): 1 and 2 intra-op threads give different weights, the same
-    count gives identical ones. The demo sets its own count (num_threads=2), so a caller with another
-    default gets the session run's numbers bit for bit."""
+    count gives identical ones. The demo uses every core by default (num_threads: null); a run with
+    num_threads=2 (the tiny demo's, the README's reference rows') gets the same numbers bit for bit
+    whatever the caller's own thread count."""
     import hashlib
 
     import torch
 
+    assert load_config(RunConfig, DEMO_CONFIG).num_threads is None
     cfg, out, metrics = tiny_demo
     assert cfg.num_threads == 2
 

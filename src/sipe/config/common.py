@@ -15,6 +15,7 @@ from sipe.core.options import Structure
 __all__ = [
     "IS_CAM_SCALES",
     "RESNETS",
+    "UNPUBLISHED_RESNETS",
     "STRIDE",
     "TIMM_PREFIX",
     "AugConfig",
@@ -29,7 +30,9 @@ STRIDE = 16  # output stride of the adapted ResNet; crops must be multiples of i
 IS_CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # the official make_cam's IS-CAM fusion scales
 
 # The one table of torchvision ResNets sipe builds: backbone name -> depth (weights enum ResNet{depth}_Weights).
-RESNETS: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+RESNETS: dict[str, int] = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+# ResNets torchvision builds but publishes no weights for: only local files (or null) as their weights.
+UNPUBLISHED_RESNETS = frozenset({"resnet10"})
 TIMM_PREFIX = "timm:"
 # torchvision's weights enum names (IMAGENET1K_V1, DEFAULT, COCO_WITH_VOC_LABELS_V1): capitals, digits, _
 _TORCHVISION_WEIGHTS = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -57,6 +60,10 @@ def check_backbone_weights(backbone: str, weights: str | None, key: str = "model
 
     Torch-free, so that the stage configs, whose defaults are ResNet weights, refuse the mix at once.
     """
+    named = weights is not None and _TORCHVISION_WEIGHTS.fullmatch(weights) and not os.path.exists(weights)
+    if backbone in UNPUBLISHED_RESNETS and named:
+        raise ValueError(f"{key}={weights}: torchvision publishes no weights for {backbone}; set {key} to a local "
+                         ".pth/.safetensors file (e.g. a run's pretrain stage: stage:pretrain) or null (random)")
     if weights is None or backbone_kind(backbone) == "resnet" or weights == "timm":
         return
     if _TORCHVISION_WEIGHTS.fullmatch(weights) and not os.path.exists(weights):

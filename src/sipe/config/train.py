@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sipe.config.common import AugConfig, DataConfig, MethodConfig, ModelConfig
+from sipe.config.common import RESNETS, AugConfig, DataConfig, MethodConfig, ModelConfig
 from sipe.config.engine import TrainConfig
 
 __all__ = ["PretrainConfig", "SIPETrainConfig"]
@@ -49,7 +49,12 @@ def _pretrain_engine() -> TrainConfig:
 class PretrainConfig:
     """The demo's plain-classifier pretraining (:func:`sipe.train.pretrain.pretrain_classifier`)."""
 
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  # a torchvision ResNet (RESNETS): the stage trains a plain classifier
     resize_long: tuple[int, int] = (96, 160)
     crop_size: int = 128
     engine: TrainConfig = field(default_factory=_pretrain_engine)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in RESNETS:
+            raise ValueError(f"pretrain.backbone={self.backbone!r}: the classifier pretraining trains a torchvision "
+                             f"ResNet, one of {', '.join(RESNETS)}")

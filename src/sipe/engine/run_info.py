@@ -48,7 +48,7 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
 
 # Environment variables that change which kernels run, or how many threads split a reduction.
 NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
-                "ATEN_CPU_CAPABILITY", "ONEDNN_DEFAULT_FPMATH_MODE")
+                "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_DEFAULT_FPMATH_MODE")
 # CPU flags that decide which oneDNN / MKL / ATen kernels are picked (so the rounding of float sums).
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
               "amx_tile", "avx_vnni")

@@ -10,10 +10,9 @@ import os
 
 import torch
 from torch import nn
-from torchvision import models
 
 from sipe.models.layers import FrozenBatchNorm2d, freeze_batchnorm
-from sipe.models.weights import RESNETS, load_resnet_weights
+from sipe.models.weights import RESNETS, load_resnet_weights, torchvision_resnet
 
 _DEPTH_NAMES = {d: n for n, d in RESNETS.items()}
 
@@ -24,7 +23,7 @@ class ResNetBackbone(nn.Module):
     """torchvision ResNet adapted as the official SIPE backbone.
 
     Args:
-        depth: 18, 34, 50 or 101.
+        depth: 10, 18, 34, 50 or 101 (10: torchvision's ResNet with one BasicBlock per stage).
         weights: ``None`` (random), a torchvision weights name such as ``"IMAGENET1K_V1"``
             (the weights the paper used) or a local state-dict file for offline machines.
         strides: strides of (stem conv, layer2, layer3, layer4); the official (2, 2, 2, 1) gives
@@ -49,7 +48,7 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if depth not in _DEPTH_NAMES:
             raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_DEPTH_NAMES)}")
-        net = getattr(models, _DEPTH_NAMES[depth])(weights=None)
+        net = torchvision_resnet(_DEPTH_NAMES[depth])
         load_resnet_weights(net, _DEPTH_NAMES[depth], weights)
         self.depth = depth
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool

@@ -8,7 +8,7 @@ from torch import nn
 
 from sipe.config.common import RESNETS
 from sipe.models.registry import BackboneError
-from sipe.models.weights import load_resnet_weights
+from sipe.models.weights import load_resnet_weights, torchvision_resnet
 
 __all__ = ["build_dilated_resnet"]
 
@@ -33,23 +33,20 @@ def build_dilated_resnet(
     """The torchvision ResNet ``name`` as DeepLab uses it: ``layer4`` dilated (rate 2, output stride 16),
     or ``layer3`` and ``layer4`` (rates 2 and 4, output stride 8), with its ``fc`` left in place.
 
-    ResNet-50/101 through torchvision's ``replace_stride_with_dilation``; ResNet-18/34 (``BasicBlock``,
+    ResNet-50/101 through torchvision's ``replace_stride_with_dilation``; ResNet-10/18/34 (``BasicBlock``,
     which torchvision refuses to dilate) the same way by hand. ``weights``: as
     :func:`sipe.models.weights.load_resnet_weights` takes them (``None``: random initialisation).
     ``forward`` is torchvision's: use its stages (``layer1`` ... ``layer4``) through
     ``IntermediateLayerGetter``.
     """
-    import torchvision  # here, so that the registry imports without it until a ResNet is built
-
     if name not in RESNETS:
         raise BackboneError(f"{name!r} is not a ResNet; choose one of {', '.join(RESNETS)}")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-    ctor = getattr(torchvision.models, name)
     if name in ("resnet50", "resnet101"):
-        resnet = ctor(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
+        resnet = torchvision_resnet(name, replace_stride_with_dilation=[False, output_stride == 8, True])
     else:
-        resnet = ctor(weights=None)
+        resnet = torchvision_resnet(name)
         if output_stride == 8:
             _dilate_basic_layer(resnet.layer3, 1, 2)
             _dilate_basic_layer(resnet.layer4, 2, 4)

@@ -60,16 +60,17 @@ def official_to_sipe(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
 
 
 def backbone_name(state: Mapping[str, torch.Tensor]) -> str:
-    """The torchvision ResNet a canonical SIPE state dict was built on (``resnet18`` ... ``resnet101``)."""
+    """The torchvision ResNet a canonical SIPE state dict was built on (``resnet10`` ... ``resnet101``)."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer3\.(\d+)\.", k))}
     if not blocks:
         raise ValueError("checkpoint has no encoder.layer3.* / resnet50.layer3.* weights: not a SIPE ResNet checkpoint")
     bottleneck = "encoder.layer3.0.conv3.weight" in state
-    depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get((max(blocks) + 1, bottleneck))
+    depths = {(1, False): 10, (2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}
+    depth = depths.get((max(blocks) + 1, bottleneck))
     if depth is None:
         raise ValueError(
             f"checkpoint's layer3 has {max(blocks) + 1} {'bottleneck' if bottleneck else 'basic'} blocks; "
-            "expected a ResNet-18/34/50/101"
+            "expected a ResNet-10/18/34/50/101"
         )
     return f"resnet{depth}"
 

@@ -2,7 +2,7 @@
 
 Names (``model.backbone``):
 
-- ``resnet18`` | ``resnet34`` | ``resnet50`` | ``resnet101``: a torchvision ResNet adapted as the
+- ``resnet10`` | ``resnet18`` | ``resnet34`` | ``resnet50`` | ``resnet101``: a torchvision ResNet adapted as the
   official code (:class:`sipe.models.backbone.ResNetBackbone`);
 - ``timm:<model>``: any timm model that supports ``features_only`` and ``output_stride=16``
   (``pip install 'sipe[timm]'``); the four maps are the stages at strides 4, 8, 16 and the last one

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: configs check backbone 
     import torch
     from torch import nn
 
-from sipe.config.common import RESNETS
+from sipe.config.common import RESNETS, UNPUBLISHED_RESNETS
 
 __all__ = [
     "RESNETS",
@@ -28,6 +28,7 @@ __all__ = [
     "load_resnet_weights",
     "read_state_dict",
     "resnet_pretrained_state",
+    "torchvision_resnet",
 ]
 
 
@@ -85,6 +86,20 @@ def check_resnet(name: str) -> None:
     :mod:`sipe.models.registry`)."""
     if name not in RESNETS:
         raise UsageError(f"{name!r} is not a torchvision ResNet; choose one of {', '.join(RESNETS)}")
+
+
+def torchvision_resnet(name: str, **kwargs: object) -> nn.Module:
+    """The torchvision ResNet ``name`` (see :data:`RESNETS`) with random weights; ``kwargs`` go to its
+    builder (``num_classes``, ``replace_stride_with_dilation``). ``resnet10`` is torchvision's ``ResNet``
+    class with one ``BasicBlock`` per stage (half a ResNet-18's arithmetic), which torchvision names no
+    builder or weights for."""
+    import torchvision
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    check_resnet(name)
+    if name == "resnet10":
+        return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+    return getattr(torchvision.models, name)(weights=None, **kwargs)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -146,14 +161,21 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
     if weights is None:
         return None
     text = str(weights)
-    enum_name = f"ResNet{RESNETS[name]}_Weights"
-    enum = getattr(torchvision.models, enum_name)
     if Path(text).is_file():
         state = load_backbone_state_dict(text)
+    elif name in UNPUBLISHED_RESNETS:
+        if _names_a_file(text):
+            raise FileNotFoundError(f"weights file {text} does not exist; pass an existing file or null")
+        raise ValueError(
+            f"weights {text!r} for {name}: torchvision publishes no weights for {name}; pass a local state-dict "
+            f"file (e.g. the backbone.pth of a run's pretrain stage) or null for random initialisation"
+        )
     else:
+        enum_name = f"ResNet{RESNETS[name]}_Weights"
+        enum = getattr(torchvision.models, enum_name)
         member = text.split(".", 1)[1] if text.startswith(enum_name + ".") else text
         if member not in enum.__members__ and member != "DEFAULT":
-            if os.sep in text or text.endswith((".pth", ".pt", ".bin")):
+            if _names_a_file(text):
                 raise FileNotFoundError(
                     f"weights file {text} does not exist; pass the path of a downloaded torchvision checkpoint "
                     "(e.g. resnet50-0676ba61.pth) or null for random initialisation"
@@ -173,6 +195,10 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
                 f"/path/to/{Path(chosen.url).name}, or that file in {hub_dir})"
             ) from e
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def _names_a_file(text: str) -> bool:
+    return os.sep in text or text.endswith((".pth", ".pt", ".bin", ".safetensors"))
 
 
 def load_resnet_weights(resnet: nn.Module, name: str, weights: str | os.PathLike | None) -> None:

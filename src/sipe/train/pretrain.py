@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
-from torchvision import models
 
 from sipe.config.train import PretrainConfig
 from sipe.engine import fit, is_main_process
 from sipe.io import save_torch
+from sipe.models.weights import torchvision_resnet
 
 
 class ClassifierTrainSet(Dataset):
@@ -62,7 +62,7 @@ def pretrain_classifier(
     target = out_dir / "backbone.pth"
     if target.is_file():
         return target
-    net = getattr(models, cfg.backbone)(weights=None, num_classes=dataset.num_classes - 1)
+    net = torchvision_resnet(cfg.backbone, num_classes=dataset.num_classes - 1)
     groups = [{"params": list(net.parameters()), "lr_mult": 1.0}]
     images = dataset if negatives is None else ConcatDataset([dataset, negatives])
     trained = fit(net, ClassifierTrainSet(images, cfg.resize_long, cfg.crop_size), classifier_step, groups,
