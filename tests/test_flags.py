@@ -13,6 +13,7 @@ import yaml
 from sipe.report.collect import Curves, RunContents
 from sipe.report.flags import (
     BACKGROUND_IOU_MIN,
+    END_DROP,
     EVERYWHERE_SHARE,
     ISCAM_TOLERANCE,
     LOSS_DROP_MIN,
@@ -100,6 +101,16 @@ def test_is_cam_below_cam(tmp_path, is_cam, flagged):
 def test_cam_threshold_at_an_end_of_the_sweep(tmp_path, threshold, flagged):
     evals = _healthy_evals()
     evals["cam"]["threshold"] = threshold
+    assert ("cam_threshold_at_end" in _codes(_contents(tmp_path, evals=evals))) is flagged
+
+
+@pytest.mark.parametrize(("at_zero", "flagged"), [(0.408 - END_DROP - 0.001, False), (0.408 - END_DROP + 0.001, True)])
+def test_a_peak_near_the_end_that_the_sweep_resolves_is_not_flagged(tmp_path, at_zero, flagged):
+    """The demo's part-only CAMs peak at 0.05 (mIoU 0.408) and fall to 0.321 at 0.00: a real optimum."""
+    evals = _healthy_evals()
+    sweep = [{"threshold": round(t, 2), "miou": 0.3} for t in np.arange(96) / 100]
+    sweep[0]["miou"], sweep[5]["miou"] = at_zero, 0.408
+    evals["cam"].update(threshold=0.05, sweep=sweep)
     assert ("cam_threshold_at_end" in _codes(_contents(tmp_path, evals=evals))) is flagged
 
 
