@@ -56,22 +56,23 @@ def backbone_kind(name: str) -> str:
 
 def check_backbone_weights(backbone: str, weights: str | None, key: str = "model.weights") -> None:
     """Raise ``ValueError`` (naming the fix) when ``weights`` is a torchvision weights name such as
-    ``IMAGENET1K_V1`` for a backbone other than a torchvision ResNet (no file of that name exists).
+    ``IMAGENET1K_V1`` (no file of that name exists) for a backbone torchvision has no such weights for:
+    any backbone other than a torchvision ResNet, and the ResNets of :data:`UNPUBLISHED_RESNETS`.
 
     Torch-free, so that the stage configs, whose defaults are ResNet weights, refuse the mix at once.
     """
-    named = weights is not None and _TORCHVISION_WEIGHTS.fullmatch(weights) and not os.path.exists(weights)
-    if backbone in UNPUBLISHED_RESNETS and named:
+    if weights is None or not _TORCHVISION_WEIGHTS.fullmatch(weights) or os.path.exists(weights):
+        return
+    if backbone in UNPUBLISHED_RESNETS:
         raise ValueError(f"{key}={weights}: torchvision publishes no weights for {backbone}; set {key} to a local "
                          ".pth/.safetensors file (e.g. a run's pretrain stage: stage:pretrain) or null (random)")
-    if weights is None or backbone_kind(backbone) == "resnet" or weights == "timm":
+    if backbone_kind(backbone) == "resnet":
         return
-    if _TORCHVISION_WEIGHTS.fullmatch(weights) and not os.path.exists(weights):
-        choices = "a local .pth/.safetensors file, timm (timm's own weights, downloaded) or null (random)"
-        if backbone_kind(backbone) == "module":
-            choices = "a local .pth/.safetensors file or null (random)"
-        raise ValueError(f"{key}={weights} is a torchvision weights name, which only the ResNets take; for "
-                         f"{backbone} set {key} to {choices}")
+    choices = "a local .pth/.safetensors file, timm (timm's own weights, downloaded) or null (random)"
+    if backbone_kind(backbone) == "module":
+        choices = "a local .pth/.safetensors file or null (random)"
+    raise ValueError(f"{key}={weights} is a torchvision weights name, which only the ResNets take; for "
+                     f"{backbone} set {key} to {choices}")
 
 
 @dataclass

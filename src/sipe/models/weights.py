@@ -163,9 +163,11 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
     text = str(weights)
     if Path(text).is_file():
         state = load_backbone_state_dict(text)
+    elif os.sep in text or text.endswith((".pth", ".pt", ".bin", ".safetensors")):  # a path, not a name
+        what = ("an existing state-dict file" if name in UNPUBLISHED_RESNETS
+                else "the path of a downloaded torchvision checkpoint (e.g. resnet50-0676ba61.pth)")
+        raise FileNotFoundError(f"weights file {text} does not exist; pass {what} or null for random initialisation")
     elif name in UNPUBLISHED_RESNETS:
-        if _names_a_file(text):
-            raise FileNotFoundError(f"weights file {text} does not exist; pass an existing file or null")
         raise ValueError(
             f"weights {text!r} for {name}: torchvision publishes no weights for {name}; pass a local state-dict "
             f"file (e.g. the backbone.pth of a run's pretrain stage) or null for random initialisation"
@@ -175,11 +177,6 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
         enum = getattr(torchvision.models, enum_name)
         member = text.split(".", 1)[1] if text.startswith(enum_name + ".") else text
         if member not in enum.__members__ and member != "DEFAULT":
-            if _names_a_file(text):
-                raise FileNotFoundError(
-                    f"weights file {text} does not exist; pass the path of a downloaded torchvision checkpoint "
-                    "(e.g. resnet50-0676ba61.pth) or null for random initialisation"
-                )
             raise ValueError(
                 f"unknown weights {text!r} for {name} (unknown backbone weights are never replaced by random "
                 f"ones): pass a local state-dict file, null, or one of {', '.join(enum.__members__)} ({enum_name})"
@@ -195,10 +192,6 @@ def resnet_pretrained_state(name: str, weights: str | os.PathLike | None) -> dic
                 f"/path/to/{Path(chosen.url).name}, or that file in {hub_dir})"
             ) from e
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
-
-
-def _names_a_file(text: str) -> bool:
-    return os.sep in text or text.endswith((".pth", ".pt", ".bin", ".safetensors"))
 
 
 def load_resnet_weights(resnet: nn.Module, name: str, weights: str | os.PathLike | None) -> None:
