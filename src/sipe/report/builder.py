@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from importlib import resources
@@ -28,10 +27,6 @@ _HIDDEN_TAGS = ("train/images_per_s",)
 
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
-
-
-def _png_uri(png: bytes) -> str:
-    return f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}"
 
 
 def _summary(contents: RunContents) -> list[dict[str, Any]]:
@@ -82,7 +77,7 @@ def _per_class(contents: RunContents) -> dict[str, Any]:
                              f"classes, another report {len(names)}; evaluate every stage on the same dataset")
     series = {s.title: [c["iou"] for c in contents.evals[s.key]["classes"]] for s in stages}
     out: dict[str, Any] = {
-        "per_class_plot": _png_uri(plots.grouped_bars(names, series, "IoU", "IoU per class and stage")),
+        "per_class_plot": plots.png_uri(plots.grouped_bars(names, series, "IoU", "IoU per class and stage")),
         "per_class_stages": [s.title for s in stages],
         "pr_plot": None,
     }
@@ -90,7 +85,7 @@ def _per_class(contents: RunContents) -> dict[str, Any]:
     if is_cam is not None:
         pr = {"precision": [c["precision"] for c in is_cam["classes"]],
               "recall": [c["recall"] for c in is_cam["classes"]]}
-        out["pr_plot"] = _png_uri(plots.grouped_bars(names, pr, "share of pixels", "IS-CAM precision and recall"))
+        out["pr_plot"] = plots.png_uri(plots.grouped_bars(names, pr, "share of pixels", "IS-CAM precision and recall"))
     out["per_class_rows"] = [
         {
             "name": name,
@@ -112,7 +107,7 @@ def _sweep(contents: RunContents) -> str | None:
     is_cam = contents.evals.get("is_cam")
     png = plots.threshold_sweep([thr[i] for i in order], [cam["sweep"][i]["miou"] for i in order],
                                 cam["threshold"], is_cam["miou"] if is_cam else None)
-    return _png_uri(png)
+    return plots.png_uri(png)
 
 
 def _curves(contents: RunContents) -> list[dict[str, str]]:
@@ -122,7 +117,7 @@ def _curves(contents: RunContents) -> list[dict[str, str]]:
         if not scalars:
             continue
         title = TRAINING_TITLES.get(folder, folder)
-        out.append({"title": title, "folder": f"{folder}/tb", "plot": _png_uri(plots.training_curves(scalars))})
+        out.append({"title": title, "folder": f"{folder}/tb", "plot": plots.png_uri(plots.training_curves(scalars))})
     return out
 
 
@@ -165,7 +160,7 @@ def _confusion(contents: RunContents) -> tuple[str | None, str, list[dict[str, s
 
     def plot(stage: Any, suffix: str = "") -> str:
         matrix = np.asarray(contents.evals[stage.key]["confusion_matrix"])
-        return _png_uri(plots.confusion_heatmap(matrix, names, f"{stage.title}{suffix}"))
+        return plots.png_uri(plots.confusion_heatmap(matrix, names, f"{stage.title}{suffix}"))
 
     final = stages[-1]
     others = [{"title": s.title, "plot": plot(s)} for s in reversed(stages[:-1])]

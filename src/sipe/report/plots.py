@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
 
 import numpy as np
 
 from sipe.io import voc_palette
+
+
+def png_uri(png: bytes) -> str:
+    """The ``data:image/png;base64,...`` URI of PNG bytes (as every plot here returns), for an ``<img src>``."""
+    return f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}"
 
 
 def _pyplot():

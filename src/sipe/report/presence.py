@@ -8,7 +8,6 @@ image they are background by construction; their rows of the summary say nothing
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from sipe.report import plots
@@ -57,7 +56,7 @@ def presence_context(contents: RunContents) -> dict[str, Any]:
     png = plots.score_distributions(groups, threshold)
     scored, total = len(data["images"]), data.get("images_total", len(data["images"]))
     return {"presence": {
-        "plot": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        "plot": plots.png_uri(png),
         "rows": rows, "negatives": lines, "threshold": f"{threshold:g}",
         "note": (f"The classifier's sigmoid scores of {scored} of {total} training images ({PRESENCE_FILE}): these "
                  "images trained it, so a good separation here is an upper bound; no separation means it "
