@@ -31,7 +31,7 @@ from sipe.data.labelmap import check_label_map
 from sipe.data.skiplist import SKIPPED_FILE, SkipCounter
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
-from sipe.engine.sampler import repeat_factors
+from sipe.engine.sampler import image_repeat_factors
 from sipe.seg.architectures import architecture
 from sipe.seg.backbones import declares_pretrained, freeze_backbone_batchnorm, sync_batchnorm
 from sipe.seg.deeplabv3 import param_groups
@@ -131,8 +131,8 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
     """Build the network and set up its batch norm for this run (frozen / synchronised)."""
     m = cfg.model
     model = architecture(m.arch).build(m, num_classes)
-    # null: frozen when the body starts from weights, given as model.weights or declared by the body itself
-    frozen = m.freeze_bn if m.freeze_bn is not None else m.frozen_bn() or declares_pretrained(model.backbone)
+    # null: frozen when the body starts from weights, given as model.weights (frozen_bn) or declared by the body
+    frozen = m.frozen_bn() or (m.freeze_bn is None and declares_pretrained(model.backbone))
     if frozen:
         freeze_backbone_batchnorm(model)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
@@ -240,8 +240,7 @@ def planned_engine(engine: SegEngineConfig, num_samples: int) -> SegEngineConfig
 def sampling_weights(images: Any, threshold: float) -> np.ndarray:
     """(N,) repeat factors of ``images`` (:func:`sipe.engine.sampler.repeat_factors`) from their image-level
     labels, logged: how often the rarest class is seen more than under uniform sampling."""
-    labels = np.stack([np.asarray(images.get_labels(i)) > 0 for i in range(len(images))])
-    factors = repeat_factors(labels, threshold)
+    factors = image_repeat_factors(images, threshold)
     if is_main_process():
         log.info("repeat-factor sampling (threshold %g): images drawn up to %.1fx as often, %d of %d boosted",
                  threshold, float(factors.max()), int((factors > 1).sum()), len(factors))

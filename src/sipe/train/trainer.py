@@ -29,7 +29,7 @@ from sipe.config.train import SIPETrainConfig
 from sipe.data import SKIPPED_FILE
 from sipe.data.fingerprint import images_fingerprint
 from sipe.engine import fit, is_main_process, setup_distributed
-from sipe.engine.sampler import repeat_factors
+from sipe.engine.sampler import image_repeat_factors
 from sipe.models.layers import model_device
 from sipe.train.inputs import TrainingData, training_data
 
@@ -231,8 +231,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
                "model.backbone": cfg.model.backbone}
     weights = None
     if cfg.sampling != "uniform":
-        labels = np.stack([np.asarray(train_base.get_labels(i)) > 0 for i in range(len(train_base))])
-        weights = repeat_factors(labels, cfg.repeat_threshold)
+        weights = image_repeat_factors(train_base, cfg.repeat_threshold)
         run_key["sampling"] = f"{cfg.sampling} {cfg.repeat_threshold:g}"  # another draw: not the same run
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
         val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta, run_config=cfg, run_key=run_key,
