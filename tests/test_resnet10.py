@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from sipe.config import from_dict
+from sipe.config import ConfigError, from_dict
 from sipe.config.common import ModelConfig
 from sipe.config.seg import SegModelConfig
 from sipe.config.train import PretrainConfig
 from sipe.models.dilated_resnet import build_dilated_resnet
-from sipe.models.registry import build_backbone
+from sipe.models.registry import BackboneError, build_backbone
 from sipe.models.weights import RESNETS, resnet_pretrained_state, torchvision_resnet
 from sipe.refine.train_irn import build_irn
 from sipe.seg.deeplabv3 import build_deeplab
@@ -66,7 +66,7 @@ def test_resnet10_weights_from_a_local_file_and_names_refused(tmp_path):
     # A ResNet-18 state dict does not fit: missing keys named, never a partial load.
     r18 = {k: v for k, v in torchvision_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
     torch.save(r18, tmp_path / "r18.pth")
-    with pytest.raises(Exception, match="do not fit a torchvision resnet10"):
+    with pytest.raises(BackboneError, match="do not fit a torchvision resnet10"):
         build_backbone("resnet10", weights=tmp_path / "r18.pth")
 
 
@@ -74,7 +74,7 @@ def test_pretraining_config_takes_resnet10_and_refuses_other_bodies():
     cfg = from_dict(PretrainConfig, {"backbone": "resnet10"})
     net = torchvision_resnet(cfg.backbone, num_classes=4)
     assert net.fc.out_features == 4 and len(net.layer3) == 1
-    with pytest.raises(Exception, match="pretrain.backbone='timm:resnet18': the classifier pretraining trains a"):
+    with pytest.raises(ConfigError, match="pretrain.backbone='timm:resnet18': the classifier pretraining trains a"):
         from_dict(PretrainConfig, {"backbone": "timm:resnet18"})
 
 
