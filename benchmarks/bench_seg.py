@@ -30,7 +30,7 @@ from _measure import load_average  # noqa: E402
 from sipe.models.layers import freeze_batchnorm  # noqa: E402
 from sipe.seg.deeplabv2 import build_deeplabv2, param_groups  # noqa: E402
 from sipe.seg.deeplabv3 import build_deeplab  # noqa: E402
-from sipe.seg.losses import msc_step_fn  # noqa: E402
+from sipe.seg.losses import make_msc_step_fn  # noqa: E402
 from sipe.seg.predict import predict_probs  # noqa: E402
 from sipe.seg.train import make_step_fn  # noqa: E402
 from sipe.seg.train import param_groups as v3_param_groups  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     freeze_batchnorm(v2.backbone)
     v3 = build_deeplab(21, "resnet101", output_stride=args.v3_stride)
     nets = {
-        "DeepLabV2-R101 (OS 8, MSC 1/0.75/0.5)": (v2, msc_step_fn, param_groups(v2, 10.0, 20.0, 0.0)),
+        "DeepLabV2-R101 (OS 8, MSC 1/0.75/0.5)": (v2, make_msc_step_fn(), param_groups(v2, 10.0, 20.0, 0.0)),
         f"DeepLabV3-R101 (OS {args.v3_stride})": (v3, make_step_fn(), v3_param_groups(v3, 10.0)),
     }
     rng = np.random.default_rng(0)

@@ -184,8 +184,8 @@ def test_train_irn_on_a_timm_backbone_rebuilds_from_its_checkpoint(synthetic, tm
     assert main(["refine", "train-irn", "--dataset", "synthetic", "--root", str(synthetic), "--split", "train",
                  "--label-dir", str(synthetic / "SegmentationClass"), "--out", str(out), "backbone=timm:resnet18",
                  "backbone_options={channels: [16, 32, 64, 128]}", "weights=null", "crop_size=64", "radius=5",
-                 "mean_batch_size=2", "engine.batch_size=2", "engine.epochs=1", "engine.num_workers=0",
-                 "engine.device=cpu", "engine.progress=false"]) == 0
+                 "mean_batch_size=2", "displacement=true", "engine.batch_size=2", "engine.epochs=1",
+                 "engine.num_workers=0", "engine.device=cpu", "engine.progress=false"]) == 0
     capsys.readouterr()
     assert torch.load(out / "checkpoints" / "final.pt", weights_only=False)["step"] == 2  # 4 images, batch 2
     saved = torch.load(out / "irn.pt", weights_only=False)

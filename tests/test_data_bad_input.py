@@ -249,13 +249,15 @@ def test_masks_palette_indices_and_bad_masks(tmp_path: Path) -> None:
     assert D.read_mask(tmp_path / "ok16.png").tolist() == [[0, 255, 7]]
 
 
-def test_missing_masks_and_mask_size_mismatch(tmp_path: Path) -> None:
+def test_missing_masks_and_mask_size_mismatch(tmp_path: Path, caplog) -> None:
     (tmp_path / "a.png").write_bytes(_png_ok(20, 20))
     (tmp_path / "b.png").write_bytes(_png_ok(20, 20))
     (tmp_path / "l.csv").write_text("image,labels\na.png,cat\nb.png,cat\n")
     masks = tmp_path / "masks"
     save_label_png(masks / "a.png", np.zeros((10, 20), np.uint8))
-    ds = D.CustomDataset(tmp_path, tmp_path / "l.csv", mask_dir=masks)
+    with caplog.at_level("WARNING"):
+        ds = D.CustomDataset(tmp_path, tmp_path / "l.csv", mask_dir=masks)
+    assert "1 of 2 images have no mask in" in caplog.text and "(b); they are not scored" in caplog.text
     assert ds[1]["mask"] is None and ds.missing_masks() == ["b"]
     with pytest.raises(D.MissingMaskError, match=r"1 of 2 images .* no ground-truth mask: b\. Add <name>\.png"):
         ds.require_masks()

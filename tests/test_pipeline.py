@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sipe.run.pipeline import Pipeline, RunConfigChanged, Stage
+from sipe.run.pipeline import Pipeline, RunConfigChanged, Stage, flatten
 
 
 class Fake:
@@ -118,3 +118,28 @@ def test_a_relative_run_folder_records_its_results_relative_to_itself(tmp_path, 
     (tmp_path / "runs" / "mine").rename(tmp_path / "runs" / "moved")
     results = Fake(Path("runs") / "moved").pipeline(CONFIG).run()
     assert results["a"] == str(tmp_path / "runs" / "moved" / "a" / "result.txt")
+
+
+def test_a_key_added_later_keeps_old_folders_complete_while_it_holds_the_old_behaviour(tmp_path):
+    fake = Fake(tmp_path / "run")
+    fake.pipeline(CONFIG).run()  # a folder made before "b.mode" existed
+    legacy = {"b.mode": "old"}
+
+    def newer(mode: str) -> Pipeline:
+        return Pipeline(fake.out, fake.pipeline(CONFIG).stages, _with(b={"n": 2, "mode": mode}), legacy=legacy)
+
+    assert newer("old").complete()
+    with pytest.raises(RunConfigChanged, match=r"b\.mode: None -> 'new'\); use another --out or --from b$"):
+        newer("new").run()
+    newer("new").run(start="b")
+    assert fake.calls == ["a", "b", "c", "b", "c"]
+    assert newer("new").complete() and not newer("old").complete()
+
+
+def test_every_legacy_key_of_sipe_run_is_a_key_of_its_config():
+    from sipe.config import to_dict
+    from sipe.run.config import RunConfig, SyntheticSection
+    from sipe.run.stages import LEGACY_VALUES
+
+    keys = flatten(to_dict(RunConfig(synthetic=SyntheticSection())))
+    assert set(LEGACY_VALUES) <= set(keys), set(LEGACY_VALUES) - set(keys)

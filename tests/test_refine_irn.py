@@ -59,12 +59,12 @@ def make_items(root: Path, n: int = 8, seed: int = 0) -> list[dict]:
     return items
 
 
-def _cfg(**engine) -> IRNConfig:
+def _cfg(displacement: bool = True, **engine) -> IRNConfig:
     base = dict(epochs=2, batch_size=4, lr=0.1, momentum=1e-4, clip_grad_norm=None, num_workers=0,
                 log_every=1, device="cpu", progress=False)
     base.update(engine)
     return IRNConfig(backbone="resnet18", weights=None, crop_size=64, radius=5, mean_batch_size=4,
-                     engine=IRNEngineConfig(**base))
+                     displacement=displacement, engine=IRNEngineConfig(**base))
 
 
 def test_irn_shapes_frozen_backbone_and_mean_shift() -> None:
@@ -159,6 +159,42 @@ def test_irn_losses_fall_and_model_saved_with_mean_shift(tmp_path) -> None:
     model.eval()
     loaded.eval()
     torch.testing.assert_close(loaded(x)[1], model(x)[1])
+
+
+def test_without_the_displacement_branch_the_boundary_branch_and_pseudo_labels_are_the_same(tmp_path) -> None:
+    items = make_items(tmp_path)
+    paths = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        paths[flag] = train_irn(items, tmp_path / "labels", tmp_path / f"run_{flag}", _cfg(displacement=flag))
+    full, lean = load_irn(paths[True]), load_irn(paths[False])
+    assert full.displacement and not lean.displacement
+    assert not any(k.startswith("dp") for k in lean.state_dict())
+    fresh = build_irn("resnet18", displacement=False)
+    edge_keys = [k for k in full.state_dict() if k.startswith("edge")]
+    assert edge_keys and not torch.equal(fresh.state_dict()["edge_out.weight"], lean.state_dict()["edge_out.weight"])
+    for k in edge_keys:
+        assert torch.equal(full.state_dict()[k], lean.state_dict()[k]), k
+    assert "mean_shift" not in lean.state_dict() and full.mean_shift.abs().sum() > 0
+    assert [g["lr_mult"] for g in lean.param_groups()] == [1.0]
+    x = torch.randn(1, 3, 64, 64)
+    full.eval()
+    lean.eval()
+    edge, disp = lean(x)
+    assert disp is None and torch.equal(edge, full(x)[0]) and torch.equal(lean.boundary(x), edge)
+    for flag, model in ((True, full), (False, lean)):
+        make_pseudo_labels(model, items, tmp_path / "cams", tmp_path / f"pseudo_{flag}")
+    for item in items:
+        name = f"{item['name']}.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "pseudo_True" / name)),
+                              np.asarray(Image.open(tmp_path / "pseudo_False" / name)))
+    label = torch.from_numpy(items[0]["gt"][:64:4, :64:4].copy())[None]
+    terms = irn_losses(torch.zeros(1, 1, *label.shape[-2:]), None, *affinity_labels(label, 5), radius=5)
+    assert set(terms) == {"loss", "pos_bg", "pos_fg", "neg"}  # nothing logged for a branch that is not there
+    with pytest.raises(ValueError, match="no displacement branch"):
+        estimate_mean_shift(lean, items, crop_size=64, num_workers=0)
+    with pytest.raises(ValueError, match="displacement=True"):
+        train_irn(items, tmp_path / "labels", tmp_path / "mismatch", _cfg(displacement=False), model=full)
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:

@@ -153,6 +153,36 @@ def test_seg_loss_ignores_255_and_never_nan():
     assert seg_loss(logits, torch.full((1, 1, 2), 255)).item() == 0.0
 
 
+def test_frequency_weights_lift_rare_classes_by_the_inverse_square_root_and_keep_the_mean():
+    from sipe.seg.losses import frequency_weights
+
+    counts = np.array([700, 200, 90, 10, 0])
+    w = frequency_weights(counts).double()
+    share = torch.as_tensor(counts / counts.sum())
+    assert torch.isclose((share * w).sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.isclose(w[3] / w[0], torch.tensor(70.0 ** 0.5, dtype=torch.float64))
+    assert w[4] == 1.0 and bool((w[:4].diff() > 0).all())
+    with pytest.raises(ValueError, match="pixel counts"):
+        frequency_weights(np.zeros(3))
+
+
+def test_seg_loss_weighs_each_class_and_stays_per_labelled_pixel():
+    logits = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(1))
+    target[0, 0] = 255
+    assert torch.allclose(seg_loss(logits, target, torch.ones(3)), seg_loss(logits, target))
+    weight = torch.tensor([0.5, 2.0, 3.0])
+    nll = -torch.log_softmax(logits, 1).gather(1, target.clamp(max=2)[:, None])[:, 0]
+    keep = target != 255
+    expected = (weight[target[keep]] * nll[keep]).sum() / keep.sum()
+    assert torch.allclose(seg_loss(logits, target, weight), expected)
+    # The auxiliary head's loss is weighted too.
+    model = nn.Module()
+    model.forward = lambda x: {"out": logits, "aux": logits * 2}
+    out = make_step_fn(0.5, weight)(model, {"image": None, "label": target})
+    assert torch.allclose(out["aux"], seg_loss(logits * 2, target, weight))
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
@@ -184,6 +214,29 @@ def test_pseudo_label_dataset_items(synth, tmp_path):
     assert len(PseudoLabelDataset(base, partial, missing="skip")) == 5
     with pytest.raises(FileNotFoundError, match="does not exist"):
         PseudoLabelDataset(base, tmp_path / "nope")
+
+
+def test_pseudo_label_pixel_counts_and_the_logged_weights(synth, tmp_path, caplog):
+    from sipe.seg.train import loss_weights
+
+    base = _dataset(synth, "train")
+    labels = tmp_path / "labels"
+    for i, name in enumerate(base.names):
+        label = np.zeros((6, 5), np.uint8)
+        label[0, : i + 1] = 1
+        label[5, 0] = 255
+        save_label_png(labels / f"{name}.png", label)
+    ds = PseudoLabelDataset(base, labels)
+    n = len(base)
+    ones = sum(min(i + 1, 5) for i in range(n))  # a row of 5
+    expected = np.zeros(len(base.class_names), np.int64)
+    expected[:2] = [n * 29 - ones, ones]
+    assert np.array_equal(ds.pixel_counts(), expected)
+    assert loss_weights(ds, "none") is None
+    with caplog.at_level("INFO", logger="sipe.seg.train"):
+        w = loss_weights(ds, "inverse_sqrt_frequency")
+    assert w.shape == (len(base.class_names),) and w[1] > w[0] and bool((w[2:] == 1).all())
+    assert "loss weights (inverse_sqrt_frequency" in caplog.text
 
 
 def _mean_loss(model: nn.Module, ds: PseudoLabelDataset) -> float:

@@ -82,7 +82,7 @@ def tiny_arch(monkeypatch):
         calls["rebuild"] += 1
         return TinySeg(spec.num_classes, width=spec.output_stride * 4)
 
-    def step_fn(cfg: SegTrainConfig):
+    def step_fn(cfg: SegTrainConfig, weights):
         def step(model, batch):
             calls["step"] += 1
             ce = seg_loss(model(batch["image"])["out"], batch["label"])

@@ -21,7 +21,7 @@ from sipe.seg.deeplab_pytorch import load_deeplab_pytorch_weights
 from sipe.seg.deeplabv2 import DeepLabV2, build_deeplabv2, param_groups
 from sipe.seg.dense_crf import crf_refine_probs
 from sipe.seg.evaluate import evaluate_seg
-from sipe.seg.losses import msc_loss, msc_step_fn
+from sipe.seg.losses import make_msc_step_fn, msc_loss
 from sipe.seg.model import load_seg_checkpoint
 from sipe.seg.spec import SegModelSpec
 from sipe.seg.train import PseudoLabelDataset, SegTrainConfig, train_seg
@@ -246,7 +246,7 @@ def _loss(model: torch.nn.Module, ds: PseudoLabelDataset) -> float:
     with torch.no_grad():
         items = [ds[(i, 7)] for i in range(len(ds))]
         batch = {k: torch.stack([b[k] for b in items]) for k in ("image", "label")}
-        return float(msc_step_fn(model, batch)["loss"])
+        return float(make_msc_step_fn()(model, batch)["loss"])
 
 
 def test_training_lowers_the_msc_loss_and_resume_matches(synth, tmp_path):

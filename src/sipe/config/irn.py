@@ -42,6 +42,10 @@ class IRNConfig:
     scale_range: tuple[float, float] = (0.5, 1.5)
     flip: bool = True
     radius: int = 10  # pair radius of the affinity labels at stride 4
+    # Train IRN's displacement branch too (the official code does). SIPE's pseudo labels read the boundary
+    # branch alone, which the displacement branch does not touch (frozen backbone, separate losses), so
+    # leaving it out changes no pseudo label and saves most of IRN's head arithmetic and the mean-shift pass.
+    displacement: bool = False
     dp_lr_mult: float = 10.0  # displacement branch lr = 10 x boundary branch lr
     mean_batch_size: int = 8  # images per forward (per rank) when estimating the mean shift
     engine: IRNEngineConfig = field(default_factory=IRNEngineConfig)

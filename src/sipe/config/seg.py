@@ -185,6 +185,10 @@ class SegTrainConfig:
     # a skewed folder's rare classes are not drowned by the majority class (docs/skewed.md).
     sampling: Literal["uniform", "repeat_factor"] = "uniform"
     repeat_threshold: float = 0.3
+    # How each class's pixels count in the loss: none (every pixel alike) or inverse_sqrt_frequency (a class
+    # with share f of the training labels' pixels weighs f^-0.5, scaled to a mean of 1 over the pixels:
+    # sipe.seg.losses.frequency_weights), counted once from the pseudo labels before training (docs/skewed.md).
+    loss_weighting: Literal["none", "inverse_sqrt_frequency"] = "none"
 
     def __post_init__(self) -> None:
         if not 0 < self.repeat_threshold <= 1:

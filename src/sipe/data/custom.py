@@ -275,9 +275,11 @@ class CustomDataset(SegDataset):
                 mask_dir, "mask folder", "Pass the folder holding <name>.png masks, or no mask_dir."
             )
             mask_paths = [p if (p := self.mask_dir / f"{n}.png").is_file() else None for n in names]
-            n_missing = sum(p is None for p in mask_paths)
-            if n_missing:
-                logger.warning("%d of %d images have no mask in %s", n_missing, len(rows), self.mask_dir)
+            without = [n for n, p in zip(names, mask_paths, strict=True) if p is None]
+            if without:
+                # Named, so that a photo later dropped as unreadable is recognised here too.
+                logger.warning("%d of %d images have no mask in %s (%s); they are not scored", len(without),
+                               len(rows), self.mask_dir, list_some(without))
         super().__init__(
             class_names=classes,
             names=names,

@@ -56,9 +56,15 @@ class IRN(nn.Module):
     ``forward(x)`` with x (N, 3, H, W), H and W multiples of 16, returns the boundary logits
     (N, 1, H/4, W/4) and the displacement field (N, 2, H/4, W/4) (``mean_shift`` subtracted in
     eval mode, as the official ``MeanShift``).
+
+    ``displacement=False`` builds the boundary branch alone. The displacement branch serves IRN's instance
+    masks, which SIPE does not make; with the backbone frozen, the two branches share no parameter and their
+    losses are summed, so training it leaves the boundary branch, and the pseudo labels, unchanged to the bit
+    (``tests/test_refine_irn.py``) while costing most of the heads' arithmetic and the mean-shift pass.
     """
 
-    def __init__(self, backbone: nn.Module | None = None, *, weights: str | os.PathLike | None = None) -> None:
+    def __init__(self, backbone: nn.Module | None = None, *, weights: str | os.PathLike | None = None,
+                 displacement: bool = True) -> None:
         super().__init__()
         if backbone is None:
             from sipe.models.backbone import ResNetBackbone
@@ -78,6 +84,10 @@ class IRN(nn.Module):
         self.edge4 = _unit(c3, 32, 4, up=4)
         self.edge5 = _unit(c4, 32, 4, up=4)
         self.edge_out = nn.Conv2d(160, 1, 1, bias=True)
+        # Built after the boundary branch, so that its initial weights do not depend on this choice.
+        self.displacement = displacement
+        if not displacement:
+            return
         self.dp1 = _unit(c0, 64, 8)
         self.dp2 = _unit(c1, 128, 16)
         self.dp3 = _unit(c2, 256, 16)
@@ -92,13 +102,16 @@ class IRN(nn.Module):
         return [self.edge1, self.edge2, self.edge3, self.edge4, self.edge5, self.edge_out]
 
     def dp_modules(self) -> list[nn.Module]:
+        if not self.displacement:
+            return []
         return [self.dp1, self.dp2, self.dp3, self.dp4, self.dp5, self.dp6, self.dp7]
 
     def param_groups(self, dp_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         """Boundary branch at the base lr, displacement branch at ``dp_lr_mult`` x (official 10)."""
         edge = [p for m in self.edge_modules() for p in m.parameters()]
         dp = [p for m in self.dp_modules() for p in m.parameters()]
-        return [{"params": edge, "lr_mult": 1.0}, {"params": dp, "lr_mult": dp_lr_mult}]
+        groups = [{"params": edge, "lr_mult": 1.0}]
+        return groups + [{"params": dp, "lr_mult": dp_lr_mult}] if dp else groups
 
     def train(self, mode: bool = True) -> IRN:
         super().train(mode)
@@ -121,12 +134,25 @@ class IRN(nn.Module):
             x4 = b.layer4(x3)
         return [x0, x1, x2, x3, x4]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x0, x1, x2, x3, x4 = self.features(x)
+    def _edge(self, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
+              x4: torch.Tensor) -> torch.Tensor:
         h, w = x1.shape[-2:]
         e = [self.edge1(x0), self.edge2(x1)] + [m(f)[..., :h, :w] for m, f in
                                                ((self.edge3, x2), (self.edge4, x3), (self.edge5, x4))]
-        edge = self.edge_out(torch.cat(e, dim=1))
+        return self.edge_out(torch.cat(e, dim=1))
+
+    def boundary(self, x: torch.Tensor) -> torch.Tensor:
+        """Boundary logits (N, 1, H/4, W/4) of x (N, 3, H, W) without the displacement branch: all that
+        semantic pseudo labels read, at a fraction of ``forward``'s cost."""
+        return self._edge(*self.features(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Boundary logits and displacement field (``None`` for an IRN built without the branch)."""
+        x0, x1, x2, x3, x4 = self.features(x)
+        h, w = x1.shape[-2:]
+        edge = self._edge(x0, x1, x2, x3, x4)
+        if not self.displacement:
+            return edge, None
         d3 = self.dp3(x2)
         h8, w8 = d3.shape[-2:]
         deep = torch.cat([d3, self.dp4(x3)[..., :h8, :w8], self.dp5(x4)[..., :h8, :w8]], dim=1)
@@ -147,7 +173,7 @@ def _global_sum(t: torch.Tensor) -> torch.Tensor:
 
 def irn_losses(
     edge_logits: torch.Tensor,
-    disp: torch.Tensor,
+    disp: torch.Tensor | None,
     bg_pos: torch.Tensor,
     fg_pos: torch.Tensor,
     neg: torch.Tensor,
@@ -167,28 +193,32 @@ def irn_losses(
     values are the global batch's (the backward part carries the local gradient).
 
     Args:
-        edge_logits: (B, 1, h, w) boundary logits; disp: (B, 2, h, w) displacements.
+        edge_logits: (B, 1, h, w) boundary logits; disp: (B, 2, h, w) displacements, or ``None`` (an IRN
+            without the displacement branch: its two terms are 0).
         bg_pos, fg_pos, neg: (B, D, h - rf, w - 2 rf) pair labels from :func:`affinity_labels`.
 
     Returns:
-        ``loss`` plus detached ``pos_bg``, ``pos_fg``, ``neg``, ``dp_fg``, ``dp_bg``.
+        ``loss`` plus detached ``pos_bg``, ``pos_fg``, ``neg`` and, with ``disp``, ``dp_fg``, ``dp_bg``.
     """
     aff = edge_to_affinity(torch.sigmoid(edge_logits.float())[:, 0], radius)
     if aff.shape != bg_pos.shape:
         raise ValueError(f"pair labels {tuple(bg_pos.shape)} do not match the pair grid {tuple(aff.shape)}")
     pos_term = -torch.log(aff + 1e-5)
     neg_term = -torch.log(1.0 + 1e-5 - aff)
-    pd = pair_displacement(disp.float(), radius)  # (B, 2, D, hc, wc)
-    target = torch.as_tensor(pair_paths(radius).offsets, dtype=pd.dtype, device=pd.device).t()
-    dp_fg_term = (pd - target[None, :, :, None, None]).abs()
-    dp_bg_term = pd.abs()
+    if disp is None:
+        dp_fg_sum = dp_bg_sum = pos_term.new_zeros(())
+    else:
+        pd = pair_displacement(disp.float(), radius)  # (B, 2, D, hc, wc)
+        target = torch.as_tensor(pair_paths(radius).offsets, dtype=pd.dtype, device=pd.device).t()
+        dp_fg_sum = ((pd - target[None, :, :, None, None]).abs() * fg_pos.unsqueeze(1)).sum()
+        dp_bg_sum = (pd.abs() * bg_pos.unsqueeze(1)).sum()
 
     local = torch.stack([
         (bg_pos * pos_term).sum(),
         (fg_pos * pos_term).sum(),
         (neg * neg_term).sum(),
-        (dp_fg_term * fg_pos.unsqueeze(1)).sum(),
-        (dp_bg_term * bg_pos.unsqueeze(1)).sum(),
+        dp_fg_sum,
+        dp_bg_sum,
     ])
     counts = _global_sum(torch.stack([bg_pos.sum(), fg_pos.sum(), neg.sum()]).float())
     n_bg, n_fg, n_neg = counts.unbind()
@@ -200,4 +230,5 @@ def irn_losses(
     global_terms = _global_sum(terms.detach())
     loss = loss_local + ((global_terms * weights).sum() - loss_local.detach())
     pos_bg, pos_fg, neg_l, dp_fg, dp_bg = global_terms.unbind()
-    return {"loss": loss, "pos_bg": pos_bg, "pos_fg": pos_fg, "neg": neg_l, "dp_fg": dp_fg, "dp_bg": dp_bg}
+    out = {"loss": loss, "pos_bg": pos_bg, "pos_fg": pos_fg, "neg": neg_l}
+    return out if disp is None else {**out, "dp_fg": dp_fg, "dp_bg": dp_bg}

@@ -49,7 +49,7 @@ def irn_boundary(model: IRN, image: np.ndarray, canvas: int = 0) -> torch.Tensor
     x = torch.stack([x, x.flip(-1)])
     x = F.pad(x, (0, wp - w, 0, hp - h))  # zeros after normalisation, as the official padding
     model.eval()
-    edge, _ = model(x)
+    edge = model.boundary(x)
     fh, fw = (h - 1) // STRIDE + 1, (w - 1) // STRIDE + 1
     edge = edge[..., :fh, :fw].float()
     # Crop before undoing the flip so that both passes line up on the image's own grid.

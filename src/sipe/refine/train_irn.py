@@ -6,7 +6,9 @@ labels with 255); labels reduced to the stride-4 grid by nearest resizing; pairs
 10; batch 32, 3 epochs, poly SGD with lr 0.1 (boundary branch) and 1.0 (displacement branch),
 weight decay 1e-4, effective momentum 1e-4 (the official optimiser quirk, see
 :class:`sipe.engine.TrainConfig`), no gradient clipping. Afterwards the mean displacement over the
-``train`` images (top-left 512 crop) is stored in the model's ``mean_shift``.
+``train`` images (top-left 512 crop) is stored in the model's ``mean_shift``. The displacement branch and
+its mean shift are trained only with ``irn.displacement=true``: SIPE's pseudo labels read the boundary branch
+alone, which comes out the same to the bit either way (:class:`sipe.refine.irn.IRN`).
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ logger = logging.getLogger("sipe.refine")
 
 
 def build_irn(backbone: str = "resnet50", weights: str | os.PathLike | None = None,
-              options: dict[str, Any] | None = None) -> IRN:
+              options: dict[str, Any] | None = None, displacement: bool = True) -> IRN:
     """IRN on a registry backbone, frozen (statistics included): a ResNet (strides 2, 2, 2, 1), whose
     stem map the branches read besides the four stages, or a ``timm:<model>`` / ``module:function``
     backbone, whose first map stands in for the stem (:class:`sipe.refine.irn.IRN`).
-    ``options``: keyword arguments of ``timm.create_model`` / the user's factory."""
+    ``options``: keyword arguments of ``timm.create_model`` / the user's factory; ``displacement``: build the
+    displacement branch too."""
     from sipe.models import build_backbone
 
-    return IRN(build_backbone(backbone, weights, frozen_stages=4, freeze_bn=True, options=options))
+    return IRN(build_backbone(backbone, weights, frozen_stages=4, freeze_bn=True, options=options),
+               displacement=displacement)
 
 
 def usable_images(dataset: Any, label_dir: str | os.PathLike | None = None) -> Any:
@@ -117,7 +121,8 @@ class IRNTrainSet(Dataset):
 
 
 def irn_step(model: nn.Module, batch: dict[str, torch.Tensor], radius: int = 10) -> dict[str, torch.Tensor]:
-    """One IRN training forward: batch ``image`` (N, 3, S, S), ``label`` (N, S/4, S/4)."""
+    """One IRN training forward: batch ``image`` (N, 3, S, S), ``label`` (N, S/4, S/4); the displacement
+    losses are 0 for an IRN without that branch."""
     edge, disp = model(batch["image"])
     bg_pos, fg_pos, neg = affinity_labels(batch["label"], radius)
     return irn_losses(edge, disp, bg_pos, fg_pos, neg, radius)
@@ -152,6 +157,8 @@ def estimate_mean_shift(
     Under torch.distributed every rank takes every world-th image and the per-image means are
     summed over ranks, so the result does not depend on the number of processes.
     """
+    if not getattr(model, "displacement", True):
+        raise ValueError("this IRN has no displacement branch (irn.displacement=false): there is no mean shift")
     rank, world = rank_and_world()
     device = model_device(model)
     was_training = model.training
@@ -177,7 +184,7 @@ def estimate_mean_shift(
 def irn_meta(cfg: IRNConfig) -> dict[str, Any]:
     """The ``meta`` entry of IRN checkpoints: what :func:`load_irn` rebuilds the network from."""
     return {"kind": "irn", "backbone": cfg.backbone, "backbone_options": dict(cfg.backbone_options or {}),
-            "radius": cfg.radius}
+            "radius": cfg.radius, "displacement": cfg.displacement}
 
 
 def save_irn(model: IRN, path: str | os.PathLike, cfg: IRNConfig) -> None:
@@ -196,7 +203,9 @@ def load_irn(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     backbone = meta.get("backbone")
     if backbone is None:
         raise ValueError(f"{path} does not name its backbone (meta.backbone); it was not written by sipe IRN")
-    model = build_irn(backbone, weights=None, options=meta.get("backbone_options"))  # older files: none
+    # Files written before these keys: no options, and the displacement branch was always trained.
+    model = build_irn(backbone, weights=None, options=meta.get("backbone_options"),
+                      displacement=meta.get("displacement", True))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -238,7 +247,7 @@ def train_irn(
         # irn.pt is written last and atomically: it exists only when training and the mean shift are done.
         saved = read_checkpoint(done, made_by="sipe refine train-irn").get("config")
         if isinstance(saved, dict):
-            saved = {"backbone_options": None, **saved}  # written before the key existed
+            saved = {"backbone_options": None, "displacement": True, **saved}  # written before the keys existed
         if saved == to_dict(cfg):
             logger.info("IRN already trained with this config: %s (engine.resume=false retrains)", done)
             return done
@@ -248,7 +257,10 @@ def train_irn(
     if mean_set is not None:
         mean_set = usable_images(mean_set)
     if model is None:
-        model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options)
+        model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options, displacement=cfg.displacement)
+    elif model.displacement != cfg.displacement:
+        raise ValueError(f"the IRN given was built with displacement={model.displacement}, the config says "
+                         f"displacement={cfg.displacement}; build it with the config's setting")
     data = IRNTrainSet(train_set, label_dir, cfg)
     step = functools.partial(irn_step, radius=cfg.radius)
     # config.yaml and run_info.json are written by fit once the rerun check passed.
@@ -260,9 +272,11 @@ def train_irn(
 
     model = fit(model, data, step, model.param_groups(cfg.dp_lr_mult), cfg.engine, out_dir,
                 meta=irn_meta(cfg), run_config=cfg, run_key=run_key, on_start=write_skipped_list)
-    shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set, crop_size=cfg.crop_size,
-                                batch_size=cfg.mean_batch_size, num_workers=cfg.engine.num_workers)
-    model.mean_shift.copy_(shift)
+    if model.displacement:  # without the branch there is no displacement to centre
+        shift = estimate_mean_shift(model, mean_set if mean_set is not None else train_set,
+                                    crop_size=cfg.crop_size, batch_size=cfg.mean_batch_size,
+                                    num_workers=cfg.engine.num_workers)
+        model.mean_shift.copy_(shift)
     if is_main_process():
         save_irn(model, out_dir / "irn.pt", cfg)
     if dist.is_available() and dist.is_initialized():

@@ -8,7 +8,10 @@ copied and stays complete. A rerun skips every
 recorded stage and reuses its result; an interrupted stage resumes by its own means (training stages from
 ``checkpoints/last.pt``, per-image stages by skipping the images whose output exists). A rerun under
 another configuration stops before writing anything when a stage already started depends on what
-changed, unless ``--from`` that stage (or an earlier one) redoes it.
+changed, unless ``--from`` that stage (or an earlier one) redoes it. A key added to the configuration after
+a folder was made is absent from its records; ``legacy`` names such keys with the behaviour they stand for
+when absent (``LEGACY_VALUES`` for ``sipe run``), and a key holding that value is keyed as if absent, so that
+new keys do not invalidate old folders unless set otherwise.
 """
 
 from __future__ import annotations
@@ -73,9 +76,12 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def significant(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flattened ``config`` without the settings that do not change a stage's outputs (workers, logging)."""
-    return {k: v for k, v in flatten(config).items() if k.rsplit(".", 1)[-1] not in _INCIDENTAL}
+def significant(config: Mapping[str, Any], legacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The flattened ``config`` without the settings that do not change a stage's outputs (workers, logging),
+    nor the flattened keys of ``legacy`` that hold the value they stand for when absent."""
+    legacy = legacy or {}
+    return {k: v for k, v in flatten(config).items()
+            if k.rsplit(".", 1)[-1] not in _INCIDENTAL and not (k in legacy and legacy[k] == v)}
 
 
 def relative_to_run(value: Any, out: Path) -> Any:
@@ -124,11 +130,12 @@ class Pipeline:
     """
 
     def __init__(self, out: str | Path, stages: Sequence[Stage], config: Mapping[str, Any], command: str = "sipe run",
-                 derived: tuple[str, ...] = ()):
+                 derived: tuple[str, ...] = (), legacy: Mapping[str, Any] | None = None):
         self.out = Path(out)
         self.dir = self.out / RECORDS
         self.stages = list(stages)
-        self.config = relative_to_run(significant(config), self.out)
+        self.legacy = dict(legacy or {})  # flattened key -> what folders made before the key existed did
+        self.config = relative_to_run(significant(config, self.legacy), self.out)
         self.command = command
         self.derived = derived  # key prefixes copied or computed from other keys: named last when they differ
         self.timings: dict[str, float] = {}
@@ -187,9 +194,10 @@ class Pipeline:
 
     def _stored_config(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.dir / "config.json").read_text(encoding="utf-8"))
+            stored = json.loads((self.dir / "config.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None
+        return {k: v for k, v in stored.items() if not (k in self.legacy and self.legacy[k] == v)}
 
     def check_config(self, start: str | None = None) -> None:
         """Raise :class:`RunConfigChanged` (one line, before anything is written) when the folder's stored

@@ -266,6 +266,22 @@ class _RunStages:
         return metrics
 
 
+# Keys added after run folders existed, with what those folders did: a folder made before a key existed is
+# still complete under a config that keeps that behaviour (sipe.run.pipeline). A new key that changes what a
+# stage writes belongs here, with the value that reproduces the older outputs.
+LEGACY_VALUES: dict[str, Any] = {
+    "plan": False,
+    "synthetic.class_weights": None,
+    "train.sampling": "uniform",
+    "train.repeat_threshold": 0.3,
+    "cam.batch_images": 1,
+    "irn.displacement": True,  # the branch was always trained; without it the pseudo labels are the same
+    "seg.sampling": "uniform",
+    "seg.repeat_threshold": 0.3,
+    "seg.loss_weighting": "none",
+}
+
+
 def build_run_pipeline(cfg: RunConfig, out: str | os.PathLike, data: RunData | None = None) -> Pipeline:
     """The stages of ``sipe run`` for ``cfg`` (resolved with :func:`sipe.run.config.resolve`) on ``out``.
 
@@ -323,7 +339,7 @@ def _build(cfg: RunConfig, out: str | os.PathLike, data: RunData | None) -> tupl
             for key in _LOCATION_KEYS:
                 section.pop(key, None)
     derived = ("dataset.", "train.data.", "seg.data.", "seg.pseudo_labels")  # copies of data, its fingerprint
-    pipe = Pipeline(out, stages, config, command="sipe run", derived=derived)
+    pipe = Pipeline(out, stages, config, command="sipe run", derived=derived, legacy=LEGACY_VALUES)
     s.pipe = pipe
     return pipe, s
 

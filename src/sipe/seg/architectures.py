@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabV3
 
 from sipe.config.seg import SegModelConfig, SegTrainConfig
 from sipe.seg import deeplabv2, deeplabv3
 from sipe.seg.interface import NormalizedSegModel
-from sipe.seg.losses import StepFn, make_step_fn, msc_step_fn
+from sipe.seg.losses import StepFn, make_msc_step_fn, make_step_fn
 from sipe.seg.spec import SegModelSpec
 
 __all__ = ["ARCHITECTURES", "Architecture", "architecture", "build_from_spec", "onnx_wrapper"]
@@ -33,7 +34,7 @@ class Architecture:
 
     build: ``(model config, num_classes) -> network`` for training, initial weights loaded.
     rebuild: ``spec -> network``, randomly initialised (a checkpoint's state dict is loaded into it).
-    step_fn: ``train config -> step(model, batch)``, the engine's step function.
+    step_fn: ``(train config, class weights (K,) or None) -> step(model, batch)``, the engine's step function.
     param_groups: ``(network, train config) -> optimiser groups`` (with ``lr_mult``).
     spec_fields: ``(network, model config) -> {spec field: value}``, what the built network decided
         beyond the common fields (e.g. DeepLabV2's MSC scales).
@@ -43,7 +44,7 @@ class Architecture:
 
     build: Callable[[SegModelConfig, int], nn.Module]
     rebuild: Callable[[SegModelSpec], nn.Module]
-    step_fn: Callable[[SegTrainConfig], StepFn]
+    step_fn: Callable[[SegTrainConfig, torch.Tensor | None], StepFn]
     param_groups: Callable[[nn.Module, SegTrainConfig], list[dict]]
     spec_fields: Callable[[nn.Module, SegModelConfig], dict[str, Any]]
     model_type: type[nn.Module]
@@ -89,7 +90,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deeplabv3": Architecture(
         build=_build_v3,
         rebuild=_rebuild_v3,
-        step_fn=lambda cfg: make_step_fn(cfg.aux_weight),
+        step_fn=lambda cfg, weights: make_step_fn(cfg.aux_weight, weights),
         param_groups=lambda model, cfg: deeplabv3.param_groups(model, cfg.head_lr_mult),
         spec_fields=lambda model, m: {},
         model_type=DeepLabV3,
@@ -97,7 +98,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deeplabv2": Architecture(
         build=_build_v2,
         rebuild=_rebuild_v2,
-        step_fn=lambda cfg: msc_step_fn,
+        step_fn=lambda cfg, weights: make_msc_step_fn(weights),
         param_groups=lambda model, cfg: deeplabv2.param_groups(
             model, cfg.head_lr_mult, cfg.head_bias_lr_mult, cfg.head_bias_weight_decay
         ),

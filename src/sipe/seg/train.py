@@ -36,7 +36,7 @@ from sipe.seg.architectures import architecture
 from sipe.seg.backbones import declares_pretrained, freeze_backbone_batchnorm, sync_batchnorm
 from sipe.seg.deeplabv3 import param_groups
 from sipe.seg.interface import input_normalization
-from sipe.seg.losses import IGNORE, make_step_fn, seg_loss
+from sipe.seg.losses import IGNORE, frequency_weights, make_step_fn, seg_loss
 from sipe.seg.spec import SegModelSpec
 
 __all__ = [
@@ -100,6 +100,15 @@ class PseudoLabelDataset(Dataset):
             keep = sorted(set(range(len(base))) - set(absent))
             base = base.subset(keep)
         self.base = base
+
+    def pixel_counts(self) -> np.ndarray:
+        """(K,) int64 pixels of each class over every training image's pseudo label (255 not counted)."""
+        k = len(self.class_names)
+        counts = np.zeros(k, np.int64)
+        for name in self.base.names:
+            label = np.asarray(read_label_png(self.label_dir / f"{name}.png"))
+            counts += np.bincount(label.ravel(), minlength=256)[:k]
+        return counts
 
     def __len__(self) -> int:
         return len(self.base)
@@ -247,6 +256,23 @@ def sampling_weights(images: Any, threshold: float) -> np.ndarray:
     return factors
 
 
+def loss_weights(train_set: PseudoLabelDataset, rule: str) -> torch.Tensor | None:
+    """(K,) class weights of the loss under ``rule`` (``seg.loss_weighting``) from the training pseudo labels'
+    pixel counts, logged; ``None`` for ``none``."""
+    if rule == "none":
+        return None
+    if rule != "inverse_sqrt_frequency":
+        raise ValueError(f"seg.loss_weighting must be none or inverse_sqrt_frequency, got {rule!r}")
+    counts = train_set.pixel_counts()
+    weights = frequency_weights(counts, power=0.5)
+    if is_main_process():
+        share = counts / max(int(counts.sum()), 1)
+        log.info("loss weights (inverse_sqrt_frequency of the pseudo labels' pixels): %s", ", ".join(
+            f"{n} {w:.2f} ({100 * f:.1f} %)" for n, w, f in zip(train_set.class_names, weights.tolist(), share,
+                                                                strict=True)))
+    return weights
+
+
 def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | None = None) -> Path:
     """Train a segmentation network on pseudo masks; returns the path of the final checkpoint
     (``out_dir/checkpoints/final.pt``, or ``last.pt`` when stopped early by ``engine.stop_after``).
@@ -274,7 +300,8 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | Non
         normalization=input_normalization(model), scale_choices=cfg.aug.scale_choices,
     )
     spec = model_spec(cfg, model, class_names)
-    step_fn, groups = arch.step_fn(cfg), arch.param_groups(model, cfg)
+    class_weights = loss_weights(train_set, cfg.loss_weighting)
+    step_fn, groups = arch.step_fn(cfg, class_weights), arch.param_groups(model, cfg)
     if is_main_process():
         log.info(
             "training %s %s on %s (%d images, %d classes)", cfg.model.backbone, cfg.model.arch, base.source,
@@ -287,6 +314,8 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | Non
     if cfg.sampling != "uniform":
         weights = sampling_weights(train_set.base, cfg.repeat_threshold)
         run_key["sampling"] = f"{cfg.sampling} {cfg.repeat_threshold:g}"  # another draw: not the same run
+    if class_weights is not None:
+        run_key["loss_weighting"] = cfg.loss_weighting
     fit(
         model, train_set, step_fn, groups, planned_engine(cfg.engine, len(train_set)), out_dir, val_fn=val_fn,
         val_name="validation segmentation mIoU", meta=meta,
