@@ -40,8 +40,10 @@ def test_skewed_folder_gets_repeat_factor_sampling_and_rules():
     assert cfg.seg.aug.crop_size == 304  # shorter side 300 rounded up to 16
     assert cfg.seg.engine.max_steps == 500  # 30 epochs x 6 steps, raised to min_steps
     assert cfg.seg.model.freeze_bn is True
+    assert cfg.seg.loss_weighting == "inverse_sqrt_frequency"
     keys = {k for k, _, _ in rules}
-    assert keys == {"seg.sampling", "seg.aug.crop_size", "seg.engine.max_steps", "seg.model.freeze_bn"}
+    assert keys == {"seg.sampling", "seg.loss_weighting", "seg.aug.crop_size", "seg.engine.max_steps",
+                    "seg.model.freeze_bn"}
     assert all(rule for _, _, rule in rules)
     assert RunConfig().seg.sampling == "uniform"  # the input is not changed
 
@@ -49,14 +51,15 @@ def test_skewed_folder_gets_repeat_factor_sampling_and_rules():
 def test_balanced_folder_keeps_uniform_sampling():
     labels = np.eye(4, dtype=bool)[np.arange(100) % 4]
     cfg, _ = derive_plan(RunConfig(), fingerprint_of(labels, [(96, 160)] * 100, list("abcd")))
-    assert cfg.seg.sampling == "uniform"
+    assert cfg.seg.sampling == "uniform" and cfg.seg.loss_weighting == "none"
     assert cfg.seg.aug.crop_size == 96
 
 
 def test_explicit_keys_win(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("seg:\n  aug: {crop_size: 200}\n  engine: {epochs: 2}\n")
-    explicit = explicit_keys(config, ["seg.sampling=uniform", "seg.model={freeze_bn: false}"])
+    explicit = explicit_keys(config, ["seg.sampling=uniform", "seg.model={freeze_bn: false}",
+                                      "seg.loss_weighting=none"])
     assert {"seg.aug.crop_size", "seg.engine.epochs", "seg.sampling", "seg.model.freeze_bn"} <= explicit
     fp = fingerprint_of(_skewed(), [(300, 400)] * 100, list("abcd"))
     cfg, rules = derive_plan(RunConfig(), fp, explicit)
@@ -119,19 +122,20 @@ def test_print_config_shows_the_fingerprint_and_the_plan(tmp_path, capsys):
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     args = ["run", "--out", str(tmp_path / "run"), "--print-config", "data.kind=custom", f"data.root={tmp_path}",
             "data.split=labels.csv", "train.engine.batch_size=2", "seg.engine.epochs=2"]
-    assert main([*args, "plan=true"]) == 0
+    assert main(args) == 0  # the default
     out = capsys.readouterr().out
     assert "# data fingerprint: 10 images" in out and "cat 9, dog 1" in out
     assert "# derived: seg.sampling=repeat_factor  (imbalance 9.0 >= 4" in out
     cfg = yaml.safe_load(out)
     assert cfg["seg"]["sampling"] == "repeat_factor" and cfg["seg"]["aug"]["crop_size"] == 64
+    assert cfg["seg"]["loss_weighting"] == "inverse_sqrt_frequency"
     assert cfg["seg"]["engine"]["epochs"] == 2 and cfg["seg"]["engine"]["max_steps"] is None
-    # Off by default (not yet measured on real folders): shown, not applied.
-    assert main(args) == 0
+    # plan=false: shown, not applied.
+    assert main([*args, "plan=false"]) == 0
     out = capsys.readouterr().out
     assert "# derived: seg.sampling=repeat_factor" in out and "plan not applied (plan=false" in out
     cfg = yaml.safe_load(out)
-    assert cfg["seg"]["sampling"] == "uniform" and cfg["plan"] is False
+    assert cfg["seg"]["sampling"] == "uniform" and cfg["seg"]["loss_weighting"] == "none" and cfg["plan"] is False
 
 
 def test_the_run_names_classes_without_images_once_even_behind_a_quiet_logger(tmp_path, caplog):

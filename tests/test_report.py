@@ -401,3 +401,28 @@ def test_a_run_from_random_weights_says_so_in_its_run_table(tmp_path):
     assert "<tr><th>random weights</th><td>train.model, irn (weights: null): no pretrained backbone</td></tr>" in html
     sio.write_text(run / "run_info.json", json.dumps({"sipe_version": "0"}))
     assert "random weights</th>" not in write_report_html(run, progress=False).read_text()
+
+
+def test_the_plan_section_shows_the_fingerprint_and_each_derived_setting_with_its_rule(tmp_path):
+    from sipe.report.builder import render_report
+    from sipe.report.collect import RunContents
+    from sipe.run.config import RunConfig
+    from sipe.run.plan import derive_plan, fingerprint_of, plan_record
+
+    labels = np.zeros((50, 2), bool)
+    labels[:40, 0] = labels[40:45, 1] = True  # cat in 40 images, dog in 5, 5 negatives
+    fp = fingerprint_of(labels, [(120, 160)] * 50, ["cat", "dog"])
+    _, rules = derive_plan(RunConfig(), fp)
+    html = render_report(RunContents(run_dir=tmp_path, metrics={"plan": plan_record(fp, rules, applied=True)}),
+                         num_images=0, progress=False)
+    section = html[html.index('<section id="plan">'):]
+    section = section[: section.index("</section>")]
+    assert "50 training images (5 without a class), median size 120x160 px; imbalance 8.0" in section
+    assert "<td>dog</td><td class=\"num\">5</td>" in section
+    assert "<code>seg.loss_weighting</code></td><td><code>inverse_sqrt_frequency</code>" in section
+    assert "imbalance 8.0 &gt;= 4: a rare class&#39;s pixels weigh more" in section and "Applied" in section
+    off = render_report(RunContents(run_dir=tmp_path, metrics={"plan": plan_record(fp, rules, applied=False)}),
+                        num_images=0, progress=False)
+    assert "Not applied (plan=false)" in off
+    assert '<section id="plan">' not in render_report(RunContents(run_dir=tmp_path, metrics={}), num_images=0,
+                                                      progress=False)

@@ -131,6 +131,12 @@ def test_run_writes_model_onnx_report_and_the_four_mious(tiny_run):
     assert presence["class_names"] == ["disc", "square"] and len(presence["images"]) == 8
     assert sum("square" in im["tags"] for im in presence["images"]) == 4
     assert '<section id="presence">' in html and 'data-class="square"' in html
+    # the data fingerprint and the plan derived from it (applied: plan is on by default)
+    plan = metrics["plan"]
+    assert plan["applied"] and plan["fingerprint"]["images_per_class"] == [8, 4]
+    rule = {"key": "seg.loss_weighting", "value": "none", "rule": "imbalance 2.0 < 4: every pixel alike"}
+    assert rule in plan["rules"]
+    assert '<section id="plan">' in html
     # Each stage in its own folder; the evaluation images are the training images (no duplicate CAMs).
     assert {p.name for p in out.iterdir() if p.is_dir()} >= {"train", "cams_train", "regions_train", "irn",
                                                                "pseudo_train", "seg", "seg_val", "export"}

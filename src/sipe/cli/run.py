@@ -54,42 +54,45 @@ def run_config(config: str | None, overrides: list[str], out: str, print_only: b
     resolved = resolve(cfg, out)
     if print_only:
         if resolved.synthetic is not None:
-            print("# data fingerprint: the synthetic data does not exist yet; the plan is derived when it does")
+            print("# data fingerprint: none, the synthetic data does not exist yet (no plan: its keys decide)")
             return print_config(resolved)
         try:
             data = run_data(resolved)
         except (OSError, ValueError) as err:  # the dataset errors subclass these
             print(f"# data fingerprint: not computed, the data cannot be read ({str(err).splitlines()[0]})")
             return print_config(resolved)
-        planned, lines = _plan(cfg, data, config, overrides)
+        planned, lines, _ = _plan(cfg, data, config, overrides)
         print("\n".join(lines))
         return print_config(resolve(planned, out))
     setup_logging()
     from sipe.run.stages import run_pipeline
 
     data = run_data(resolved) if resolved.synthetic is None else None  # generated data: by its first stage
+    plan = None
     if data is not None:
-        cfg, lines = _plan(cfg, data, config, overrides)
+        cfg, lines, plan = _plan(cfg, data, config, overrides)
         for line in lines:
             logging.getLogger("sipe.run").info(line.lstrip("# "))
-    metrics = run_pipeline(cfg, out, start, until, data=data)
+    metrics = run_pipeline(cfg, out, start, until, data=data, plan=plan)
     print_summary(metrics, out)
     return 0
 
 
-def _plan(cfg: Any, data: Any, config: str | None, overrides: list[str]) -> tuple[Any, list[str]]:
-    """The configuration to run (``cfg`` with the settings derived from the folder's statistics when
-    ``plan=true``; the user's own keys win) and the lines that say what the plan sets (YAML comments)."""
-    from sipe.run.plan import dataset_fingerprint, derive_plan, explicit_keys, plan_lines
+def _plan(cfg: Any, data: Any, config: str | None, overrides: list[str]) -> tuple[Any, list[str], dict[str, Any]]:
+    """The configuration to run (``cfg`` with the settings derived from the folder's statistics unless
+    ``plan=false``; the user's own keys win), the lines that say what the plan sets (YAML comments) and the
+    same as data (:func:`sipe.run.plan.plan_record`, for ``metrics.json`` and the results page)."""
+    from sipe.run.plan import dataset_fingerprint, derive_plan, explicit_keys, plan_lines, plan_record
 
     fingerprint = dataset_fingerprint(data.train)
     planned, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
     lines = plan_lines(fingerprint, rules)
+    record = plan_record(fingerprint, rules, applied=cfg.plan)
     if cfg.plan:
-        return planned, lines
+        return planned, lines, record
     if rules:
-        lines.append("# plan not applied (plan=false, the default); plan=true applies the values above")
-    return cfg, lines
+        lines.append("# plan not applied (plan=false); without it, plan=true (the default) applies the values above")
+    return cfg, lines, record
 
 
 def print_summary(metrics: dict, out: str) -> None:

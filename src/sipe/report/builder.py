@@ -141,6 +141,26 @@ def _times(contents: RunContents) -> tuple[list[tuple[str, Any, str]], str]:
     return spans, "Training stages only, from the first to the last TensorBoard event."
 
 
+def _plan(contents: RunContents) -> dict[str, Any] | None:
+    """The data fingerprint and the derived settings of ``metrics.json`` (``sipe run`` on a folder), or None."""
+    plan = (contents.metrics or {}).get("plan")
+    if not plan:
+        return None
+    fp = plan["fingerprint"]
+    size = fp.get("median_size")
+    summary = (f"{fp['num_images']} training images ({fp['negatives']} without a class)"
+               + (f", median size {size[0]}x{size[1]} px" if size else "")
+               + f"; imbalance {fp['imbalance']:.1f} (images of the most frequent class / of the rarest with any).")
+    if not plan["rules"]:
+        note = "Every setting the plan derives was set by the configuration, which always wins."
+    elif plan["applied"]:
+        note = "Applied; a key set in the configuration or on the command line is never changed (sipe.run.plan)."
+    else:
+        note = "Not applied (plan=false): the run used the configuration's values."
+    return {"summary": summary, "per_class": list(zip(fp["class_names"], fp["images_per_class"], strict=True)),
+            "rules": plan["rules"], "note": note}
+
+
 def _random_weights(info: dict[str, Any]) -> list[tuple[str, str]]:
     """The run-info row that says which networks started from random weights (``run_info.json``)."""
     keys = info.get("random_weights")
@@ -224,6 +244,7 @@ def render_report(
         "config_text": contents.config_text,
         "config_lines": len((contents.config_text or "").splitlines()),
         "per_class_plot": None, "pr_plot": None, "per_class_stages": [], "per_class_rows": [],
+        "plan": _plan(contents),
         "sweep_plot": _sweep(contents),
         "curves": _curves(contents),
         "confusion_plot": confusion_plot,

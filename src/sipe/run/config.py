@@ -127,10 +127,10 @@ class RunConfig:
     ``seg``, ``eval``, ``export``, and optionally ``seed``, ``synthetic`` and ``pretrain`` (see the module)."""
 
     seed: int | None = None
-    # Apply the segmentation settings derived from the folder's statistics (sipe.run.plan: sampling, crop
-    # size, steps, batch norm; a key you set always wins). Off until measured on real folders (docs/skewed.md):
-    # --print-config and the log show what it would set either way.
-    plan: bool = False
+    # Apply the segmentation settings derived from the folder's statistics (sipe.run.plan: sampling, loss
+    # weighting, crop size, steps, batch norm; a key you set always wins, and the paper's recipes set theirs).
+    # --print-config and the log show each value with its rule; plan=false shows them without applying them.
+    plan: bool = True
     synthetic: SyntheticSection | None = None
     pretrain: PretrainSection | None = None
     data: DataConfig = field(default_factory=_run_data)

@@ -38,7 +38,8 @@ RECORDS = ".stages"
 RUN_PREFIX = "<run>/"  # how records and keys write a path inside the run folder
 # Settings that change how fast or how loudly a stage runs, not what it writes: a rerun may change them.
 _INCIDENTAL = ("num_workers", "progress", "log_every", "device", "resume", "ckpt_minutes", "ckpt_every",
-               "stop_after")
+               "stop_after",
+               "plan")  # sipe run's plan: what it changes is in the keys it sets, keyed there
 
 
 class RunConfigChanged(UsageError):

@@ -11,6 +11,9 @@ Rules (docs/skewed.md):
   the rarest class that has any) is at least :data:`SKEW_IMBALANCE`, else ``uniform``.
   ``seg.repeat_threshold`` keeps its default (0.3, the value measured in docs/skewed.md): a class in
   fewer than 30 % of the images is drawn more often.
+- ``seg.loss_weighting``: ``inverse_sqrt_frequency`` under the same condition (each class's pixels weighted by
+  the inverse square root of its share of the pseudo labels' pixels), else ``none``: on the skewed synthetic
+  set the two together take segmentation from 0.106 to 0.024 below its labels (docs/skewed.md).
 - ``seg.aug.crop_size``: the median shorter side of the images rounded up to 16, at most 512 (a crop larger
   than the images is padding, which trains nothing).
 - ``seg.engine.max_steps``: ``epochs`` x images // batch, raised to ``engine.min_steps``.
@@ -34,7 +37,7 @@ import numpy as np
 from sipe.run.config import RunConfig
 
 __all__ = ["SKEW_IMBALANCE", "Fingerprint", "dataset_fingerprint", "derive_plan", "explicit_keys", "fingerprint_of",
-           "plan_lines"]
+           "plan_lines", "plan_record"]
 
 # Imbalance (most / fewest images per class) from which a folder counts as skewed. VOC train (person in
 # ~30 % of the images, the rarest class in ~4 %) is about 8; the demo's balanced classes about 1.
@@ -151,8 +154,11 @@ def _rules(cfg: RunConfig, fp: Fingerprint) -> list[Rule]:
     if imb >= SKEW_IMBALANCE:
         out.append(("seg.sampling", "repeat_factor", f"imbalance {imb:.1f} >= {SKEW_IMBALANCE:g}: rare classes drawn "
                     "more often"))
+        out.append(("seg.loss_weighting", "inverse_sqrt_frequency", f"imbalance {imb:.1f} >= {SKEW_IMBALANCE:g}: a "
+                    "rare class's pixels weigh more"))
     else:
         out.append(("seg.sampling", "uniform", f"imbalance {imb:.1f} < {SKEW_IMBALANCE:g}: classes balanced enough"))
+        out.append(("seg.loss_weighting", "none", f"imbalance {imb:.1f} < {SKEW_IMBALANCE:g}: every pixel alike"))
     if fp.median_size is not None:
         short = min(fp.median_size)
         crop = min(MAX_CROP, 16 * math.ceil(short / 16))
@@ -190,6 +196,12 @@ def derive_plan(cfg: RunConfig, fp: Fingerprint, explicit: Collection[str] = ())
         _set(out, key, value)
         applied.append((key, value, rule))
     return out, applied
+
+
+def plan_record(fp: Fingerprint, rules: Sequence[Rule], applied: bool) -> dict[str, Any]:
+    """The fingerprint and the plan as plain data (``metrics.json``'s ``plan``, the results page)."""
+    return {"fingerprint": fp.to_dict(), "applied": applied,
+            "rules": [{"key": key, "value": value, "rule": rule} for key, value, rule in rules]}
 
 
 def plan_lines(fp: Fingerprint, rules: Sequence[Rule]) -> list[str]:

@@ -51,6 +51,7 @@ class _RunStages:
     def __init__(self, cfg: RunConfig, out: Path, data: RunData | None) -> None:
         self.cfg, self.out, self._data = cfg, out, data
         self.pipe: Pipeline | None = None
+        self.plan: dict[str, Any] | None = None  # the data fingerprint and the derived settings (sipe.run.plan)
         self._model: Any = None
         split, _ = eval_splits(cfg)
         in_train = data.eval_in_train if data is not None else split == cfg.data.split
@@ -247,6 +248,8 @@ class _RunStages:
         # stages are named in "stages_this_invocation" by their absence).
         metrics["seconds"] = {**timings, "total": round(sum(timings[s] for s in self.pipe.ran), 1)}
         metrics["stages_this_invocation"] = list(self.pipe.ran)
+        if self.plan is not None:
+            metrics["plan"] = self.plan
         # Checks of the run's own numbers (sipe.report.flags); the page shows the same list at its top.
         from sipe.cams.presence import write_presence
         from sipe.config import MethodConfig
@@ -270,7 +273,6 @@ class _RunStages:
 # still complete under a config that keeps that behaviour (sipe.run.pipeline). A new key that changes what a
 # stage writes belongs here, with the value that reproduces the older outputs.
 LEGACY_VALUES: dict[str, Any] = {
-    "plan": False,
     "synthetic.class_weights": None,
     "train.sampling": "uniform",
     "train.repeat_threshold": 0.3,
@@ -345,9 +347,10 @@ def _build(cfg: RunConfig, out: str | os.PathLike, data: RunData | None) -> tupl
 
 
 def run_pipeline(cfg: RunConfig, out: str | os.PathLike, start: str | None = None, until: str | None = None,
-                 data: RunData | None = None) -> dict[str, Any]:
+                 data: RunData | None = None, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``sipe run`` into ``out``; returns the metrics written to ``out/metrics.json`` (``{}`` when stopped
-    before the report stage by ``until``).
+    before the report stage by ``until``). ``plan``: the data fingerprint and the settings derived from it
+    (:func:`sipe.run.plan.plan_record`), shown in ``metrics.json`` and on the results page.
 
     Resumable: a rerun skips the finished stages, resumes an interrupted one and refuses (one line, before
     writing anything) a configuration or data that differs from the folder's, unless ``start`` redoes the
@@ -358,6 +361,7 @@ def run_pipeline(cfg: RunConfig, out: str | os.PathLike, start: str | None = Non
     out = Path(out)
     cfg = resolve(cfg, out)
     pipe, work = _build(cfg, out, data)
+    work.plan = plan
     threads = torch.get_num_threads()
 
     def setup() -> None:
