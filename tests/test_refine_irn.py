@@ -197,6 +197,16 @@ def test_without_the_displacement_branch_the_boundary_branch_and_pseudo_labels_a
         train_irn(items, tmp_path / "labels", tmp_path / "mismatch", _cfg(displacement=False), model=full)
 
 
+def test_the_irn_starts_the_same_whatever_ran_before_it(tmp_path) -> None:
+    items = make_items(tmp_path, n=4)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)  # another history of the process: e.g. a run resumed at this stage
+        path = train_irn(items, tmp_path / "labels", tmp_path / f"run{seed}", _cfg(displacement=False, epochs=1))
+        states.append(load_irn(path).state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))

@@ -257,6 +257,9 @@ def train_irn(
     if mean_set is not None:
         mean_set = usable_images(mean_set)
     if model is None:
+        # Seeded, so that the branches start the same whatever ran before in this process: a run redone or
+        # resumed from this stage trains the IRN an uninterrupted run trains (and every rank the same one).
+        torch.manual_seed(cfg.engine.seed)
         model = build_irn(cfg.backbone, cfg.weights, options=cfg.backbone_options, displacement=cfg.displacement)
     elif model.displacement != cfg.displacement:
         raise ValueError(f"the IRN given was built with displacement={model.displacement}, the config says "
