@@ -421,6 +421,7 @@ def test_the_plan_section_shows_the_fingerprint_and_each_derived_setting_with_it
     assert "<td>dog</td><td class=\"num\">5</td>" in section
     assert "<code>seg.loss_weighting</code></td><td><code>inverse_sqrt_frequency</code>" in section
     assert "imbalance 8.0 &gt;= 4: a rare class&#39;s pixels weigh more" in section and "Applied" in section
+    assert "<code>seg.model.freeze_bn</code></td><td><code>true</code>" in section  # as the YAML writes it
     off = render_report(RunContents(run_dir=tmp_path, metrics={"plan": plan_record(fp, rules, applied=False)}),
                         num_images=0, progress=False)
     assert "Not applied (plan=false)" in off

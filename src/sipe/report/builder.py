@@ -157,8 +157,11 @@ def _plan(contents: RunContents) -> dict[str, Any] | None:
         note = "Applied; a key set in the configuration or on the command line is never changed (sipe.run.plan)."
     else:
         note = "Not applied (plan=false): the run used the configuration's values."
+    # Values as the YAML config writes them (true, not True), since that is where a user overrides them.
+    rules = [{**r, "value": str(r["value"]).lower() if isinstance(r["value"], bool) else r["value"]}
+             for r in plan["rules"]]
     return {"summary": summary, "per_class": list(zip(fp["class_names"], fp["images_per_class"], strict=True)),
-            "rules": plan["rules"], "note": note}
+            "rules": rules, "note": note}
 
 
 def _random_weights(info: dict[str, Any]) -> list[tuple[str, str]]:
