@@ -278,7 +278,7 @@ class CustomDataset(SegDataset):
             without = [n for n, p in zip(names, mask_paths, strict=True) if p is None]
             if without:
                 # Named, so that a photo later dropped as unreadable is recognised here too.
-                logger.warning("%d of %d images have no mask in %s (%s); they are not scored", len(without),
+                logger.warning("%d of %d images have no mask in %s: %s", len(without),
                                len(rows), self.mask_dir, list_some(without))
         super().__init__(
             class_names=classes,
