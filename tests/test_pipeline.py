@@ -134,6 +134,25 @@ def test_a_key_added_later_keeps_old_folders_complete_while_it_holds_the_old_beh
     newer("new").run(start="b")
     assert fake.calls == ["a", "b", "c", "b", "c"]
     assert newer("new").complete() and not newer("old").complete()
+    # A folder made while the key existed keeps its records when the key is named legacy later.
+    recent = Fake(tmp_path / "recent")
+    config = _with(b={"n": 2, "mode": "old"})
+    Pipeline(recent.out, recent.pipeline(config).stages, config).run()
+    assert Pipeline(recent.out, recent.pipeline(config).stages, config, legacy=legacy).complete()
+
+
+def test_a_recorded_key_that_becomes_incidental_keeps_the_folder_complete(tmp_path, monkeypatch):
+    import sipe.run.pipeline as pipeline
+
+    fake = Fake(tmp_path / "run")
+    config = _with(a={"lr": 1, "plan": False})  # in stage a's section, so in its key while significant
+    later = pipeline._INCIDENTAL
+    monkeypatch.setattr(pipeline, "_INCIDENTAL", tuple(k for k in later if k != "plan"))
+    fake.pipeline(config).run()  # "plan" recorded with the folder, as sipe run did before it became incidental
+    assert not fake.pipeline(_with(a={"lr": 1, "plan": True})).complete()
+    monkeypatch.setattr(pipeline, "_INCIDENTAL", later)
+    assert fake.pipeline(_with(a={"lr": 1, "plan": True})).complete()
+    assert not Fake(tmp_path / "new").pipeline(config).complete()  # a new folder: nothing recorded
 
 
 def test_every_legacy_key_of_sipe_run_is_a_key_of_its_config():

@@ -10,8 +10,9 @@ recorded stage and reuses its result; an interrupted stage resumes by its own me
 another configuration stops before writing anything when a stage already started depends on what
 changed, unless ``--from`` that stage (or an earlier one) redoes it. A key added to the configuration after
 a folder was made is absent from its records; ``legacy`` names such keys with the behaviour they stand for
-when absent (``LEGACY_VALUES`` for ``sipe run``), and a key holding that value is keyed as if absent, so that
-new keys do not invalidate old folders unless set otherwise.
+when absent (``LEGACY_VALUES`` for ``sipe run``), and for a folder that lacks the key, a key holding that
+value is keyed as if absent, so that new keys do not invalidate old folders unless set otherwise. A key a
+folder recorded that has since become incidental keeps the folder's value in its keys, for the same reason.
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def significant(config: Mapping[str, Any], legacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The flattened ``config`` without the settings that do not change a stage's outputs (workers, logging),
-    nor the flattened keys of ``legacy`` that hold the value they stand for when absent."""
-    legacy = legacy or {}
-    return {k: v for k, v in flatten(config).items()
-            if k.rsplit(".", 1)[-1] not in _INCIDENTAL and not (k in legacy and legacy[k] == v)}
+def _incidental(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _INCIDENTAL
+
+
+def significant(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened ``config`` without the settings that do not change a stage's outputs (workers, logging)."""
+    return {k: v for k, v in flatten(config).items() if not _incidental(k)}
 
 
 def relative_to_run(value: Any, out: Path) -> Any:
@@ -136,7 +138,7 @@ class Pipeline:
         self.dir = self.out / RECORDS
         self.stages = list(stages)
         self.legacy = dict(legacy or {})  # flattened key -> what folders made before the key existed did
-        self.config = relative_to_run(significant(config, self.legacy), self.out)
+        self.config = self._as_recorded(relative_to_run(significant(config), self.out))
         self.command = command
         self.derived = derived  # key prefixes copied or computed from other keys: named last when they differ
         self.timings: dict[str, float] = {}
@@ -195,10 +197,19 @@ class Pipeline:
 
     def _stored_config(self) -> dict[str, Any] | None:
         try:
-            stored = json.loads((self.dir / "config.json").read_text(encoding="utf-8"))
+            return json.loads((self.dir / "config.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None
-        return {k: v for k, v in stored.items() if not (k in self.legacy and self.legacy[k] == v)}
+
+    def _as_recorded(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` in the terms of the folder's stored configuration, so that its records keep their keys:
+        without a key the folder lacks while it holds its legacy value, and with the folder's value of a key
+        that has become incidental since. A new folder: ``config`` as it is."""
+        stored = self._stored_config()
+        if stored is None:
+            return config
+        out = {k: v for k, v in config.items() if k in stored or k not in self.legacy or self.legacy[k] != v}
+        return {**out, **{k: v for k, v in stored.items() if k not in out and _incidental(k)}}
 
     def check_config(self, start: str | None = None) -> None:
         """Raise :class:`RunConfigChanged` (one line, before anything is written) when the folder's stored
