@@ -157,7 +157,7 @@ def estimate_mean_shift(
     Under torch.distributed every rank takes every world-th image and the per-image means are
     summed over ranks, so the result does not depend on the number of processes.
     """
-    if not getattr(model, "displacement", True):
+    if not model.displacement:
         raise ValueError("this IRN has no displacement branch (irn.displacement=false): there is no mean shift")
     rank, world = rank_and_world()
     device = model_device(model)

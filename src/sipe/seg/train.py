@@ -301,6 +301,8 @@ def train_seg(cfg: SegTrainConfig, out_dir: str | os.PathLike, images: Any | Non
     )
     spec = model_spec(cfg, model, class_names)
     class_weights = loss_weights(train_set, cfg.loss_weighting)
+    if class_weights is not None:
+        class_weights = class_weights.to(info.device)  # once, not at every step of the loss
     step_fn, groups = arch.step_fn(cfg, class_weights), arch.param_groups(model, cfg)
     if is_main_process():
         log.info(
