@@ -13,7 +13,8 @@ Rules (docs/skewed.md):
   fewer than 30 % of the images is drawn more often.
 - ``seg.loss_weighting``: ``inverse_sqrt_frequency`` under the same condition (each class's pixels weighted by
   the inverse square root of its share of the pseudo labels' pixels), else ``none``: on the skewed synthetic
-  set the two together take segmentation from 0.106 to 0.024 below its labels (docs/skewed.md).
+  set the two together took segmentation from 0.106 to 0.024 below its labels with the first-round demo
+  design; with the final one it still ends 0.083 below its (better) labels (docs/skewed.md).
 - ``seg.aug.crop_size``: the median shorter side of the images rounded up to 16, at most 512 (a crop larger
   than the images is padding, which trains nothing).
 - ``seg.engine.max_steps``: ``epochs`` x images // batch, raised to ``engine.min_steps``.
