@@ -80,9 +80,14 @@ def run_demo(out, overrides=TINY_DEMO, **kwargs):
     """``sipe demo`` (``sipe run`` with the packaged configs/demo.yaml) into ``out``; returns its metrics."""
     from sipe.config import load_config
     from sipe.run import run_pipeline
-    from sipe.run.config import DEMO_CONFIG, RunConfig
+    from sipe.run.config import DEMO_CONFIG, RunConfig, resolve
+    from sipe.run.plan import apply_plan, explicit_keys, synthetic_fingerprint
 
-    return run_pipeline(load_config(RunConfig, DEMO_CONFIG, overrides), out, **kwargs)
+    cfg = load_config(RunConfig, DEMO_CONFIG, overrides)
+    # as `sipe demo` does: the plan derived from the generated set's fingerprint
+    fingerprint = synthetic_fingerprint(resolve(cfg, out).synthetic)
+    cfg, _, plan = apply_plan(cfg, fingerprint, explicit_keys(DEMO_CONFIG, overrides))
+    return run_pipeline(cfg, out, plan=plan, **kwargs)
 
 
 # A user's backbone module, written to the test's folder and imported by name (module:function).

@@ -38,7 +38,7 @@ def test_skewed_folder_gets_repeat_factor_sampling_and_rules():
     cfg, rules = derive_plan(RunConfig(), fp)
     assert cfg.seg.sampling == "repeat_factor"
     assert cfg.seg.aug.crop_size == 304  # shorter side 300 rounded up to 16
-    assert cfg.seg.engine.max_steps == 500  # 30 epochs x 6 steps, raised to min_steps
+    assert cfg.seg.engine.max_steps == 1000  # 30 epochs x 6 steps, raised to 2 x min_steps on a skewed folder
     assert cfg.seg.model.freeze_bn is True
     assert cfg.seg.loss_weighting == "inverse_sqrt_frequency"
     keys = {k for k, _, _ in rules}
@@ -53,6 +53,18 @@ def test_balanced_folder_keeps_uniform_sampling():
     cfg, _ = derive_plan(RunConfig(), fingerprint_of(labels, [(96, 160)] * 100, list("abcd")))
     assert cfg.seg.sampling == "uniform" and cfg.seg.loss_weighting == "none"
     assert cfg.seg.aug.crop_size == 96
+    assert cfg.seg.engine.max_steps == 500  # 30 epochs x 6 steps, raised to min_steps (balanced: no factor)
+
+
+def test_skew_raises_only_the_floor_of_steps():
+    """A folder large enough for its epochs to set the steps keeps them; min_steps=null has no floor."""
+    fp = fingerprint_of(_skewed(4000), [(300, 400)] * 4000, list("abcd"))
+    cfg, _ = derive_plan(RunConfig(), fp)
+    assert cfg.seg.engine.max_steps == 30 * (4000 // 16)
+    base = RunConfig()
+    base.seg.engine.min_steps = None
+    cfg, _ = derive_plan(base, fingerprint_of(_skewed(), [(300, 400)] * 100, list("abcd")))
+    assert cfg.seg.engine.max_steps == 30 * 6
 
 
 def test_explicit_keys_win(tmp_path):
@@ -158,3 +170,35 @@ def test_the_run_names_classes_without_images_once_even_behind_a_quiet_logger(tm
         warn_classes_without_images(ds, run_log)
         CustomDataset(tmp_path, tmp_path / "labels.csv", class_names=["background", "cat", "cow"])
     assert sum("no image" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_generated_set_gets_its_plan_before_it_is_written(tmp_path, capsys):
+    """The demo's data do not exist when the run starts: the plan reads the labels and sizes drawn in memory,
+    the same as those the data stage then writes; the skewed set gets the skewed rules, the demo none."""
+    import yaml
+
+    from sipe.cli import main
+    from sipe.data import generate_synthetic
+    from sipe.data.synthetic import SyntheticDataset
+    from sipe.run.config import SyntheticSection
+    from sipe.run.plan import dataset_fingerprint, synthetic_fingerprint
+
+    section = SyntheticSection(seed=3, n_train=40, n_val=0, image_size=(40, 56), class_weights=(60, 20, 10, 5))
+    drawn = synthetic_fingerprint(section)
+    assert not any(tmp_path.iterdir())  # nothing written
+    root = generate_synthetic(tmp_path / "d", seed=3, n_train=40, n_val=0, image_size=(40, 56), max_objects=2,
+                              body_radius=section.body_radius, class_weights=(60, 20, 10, 5), progress=False)
+    assert drawn == dataset_fingerprint(SyntheticDataset(root, "train"))
+    assert drawn.imbalance >= 4
+
+    args = ["demo", "--out", str(tmp_path / "run"), "--print-config", "synthetic.n_train=40"]
+    assert main([*args, "synthetic.class_weights=[60,20,10,5]"]) == 0
+    out = capsys.readouterr().out
+    assert "# data fingerprint: 40 images" in out and "# derived: seg.sampling=repeat_factor" in out
+    cfg = yaml.safe_load(out)
+    assert cfg["seg"]["sampling"] == "repeat_factor" and cfg["seg"]["loss_weighting"] == "inverse_sqrt_frequency"
+    assert cfg["seg"]["engine"]["max_steps"] is None  # configs/demo.yaml sets its steps: the rule stands back
+    assert not (tmp_path / "run").exists()
+    assert main(args) == 0  # the demo's balanced classes: the defaults
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["seg"]["sampling"] == "uniform" and cfg["seg"]["loss_weighting"] == "none"

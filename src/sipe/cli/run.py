@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
 
 EPILOG = """\
 examples:
@@ -49,50 +48,35 @@ def run_config(config: str | None, overrides: list[str], out: str, print_only: b
     from sipe.config import load_config
     from sipe.run.config import RunConfig, resolve
     from sipe.run.data import run_data
+    from sipe.run.plan import apply_plan, dataset_fingerprint, explicit_keys, synthetic_fingerprint
 
     cfg = load_config(RunConfig, config, overrides)
     resolved = resolve(cfg, out)
-    if print_only:
-        if resolved.synthetic is not None:
-            print("# data fingerprint: none, the synthetic data does not exist yet (no plan: its keys decide)")
-            return print_config(resolved)
+    data = None
+    if resolved.synthetic is not None:
+        # The plan reads the generated set's labels and sizes, drawn in memory (its stage writes it later).
+        fingerprint = synthetic_fingerprint(resolved.synthetic)
+    else:
         try:
             data = run_data(resolved)
         except (OSError, ValueError) as err:  # the dataset errors subclass these
+            if not print_only:
+                raise
             print(f"# data fingerprint: not computed, the data cannot be read ({str(err).splitlines()[0]})")
             return print_config(resolved)
-        planned, lines, _ = _plan(cfg, data, config, overrides)
+        fingerprint = dataset_fingerprint(data.train)
+    planned, lines, plan = apply_plan(cfg, fingerprint, explicit_keys(config, overrides))
+    if print_only:
         print("\n".join(lines))
         return print_config(resolve(planned, out))
     setup_logging()
     from sipe.run.stages import run_pipeline
 
-    data = run_data(resolved) if resolved.synthetic is None else None  # generated data: by its first stage
-    plan = None
-    if data is not None:
-        cfg, lines, plan = _plan(cfg, data, config, overrides)
-        for line in lines:
-            logging.getLogger("sipe.run").info(line.lstrip("# "))
-    metrics = run_pipeline(cfg, out, start, until, data=data, plan=plan)
+    for line in lines:
+        logging.getLogger("sipe.run").info(line.lstrip("# "))
+    metrics = run_pipeline(planned, out, start, until, data=data, plan=plan)
     print_summary(metrics, out)
     return 0
-
-
-def _plan(cfg: Any, data: Any, config: str | None, overrides: list[str]) -> tuple[Any, list[str], dict[str, Any]]:
-    """The configuration to run (``cfg`` with the settings derived from the folder's statistics unless
-    ``plan=false``; the user's own keys win), the lines that say what the plan sets (YAML comments) and the
-    same as data (:func:`sipe.run.plan.plan_record`, for ``metrics.json`` and the results page)."""
-    from sipe.run.plan import dataset_fingerprint, derive_plan, explicit_keys, plan_lines, plan_record
-
-    fingerprint = dataset_fingerprint(data.train)
-    planned, rules = derive_plan(cfg, fingerprint, explicit_keys(config, overrides))
-    lines = plan_lines(fingerprint, rules)
-    record = plan_record(fingerprint, rules, applied=cfg.plan)
-    if cfg.plan:
-        return planned, lines, record
-    if rules:
-        lines.append("# plan not applied (plan=false); without it, plan=true (the default) applies the values above")
-    return cfg, lines, record
 
 
 def print_summary(metrics: dict, out: str) -> None:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -273,6 +274,34 @@ def draw_synthetic_image(
     return np.round(img).clip(0, 255).astype(np.uint8), mask, objects
 
 
+def _draw_item(seed: int, split: str, index: int, size: tuple[int, int], **draw: Any
+               ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Image ``index`` of ``split`` from its own generator: (image, mask, objects) as
+    :func:`draw_synthetic_image`, its height and width uniform in ``size``."""
+    rng = np.random.default_rng([int(seed), _SPLIT_IDS[split], index])
+    h = int(rng.integers(size[0], size[1] + 1))
+    w = int(rng.integers(size[0], size[1] + 1))
+    return draw_synthetic_image(rng, h, w, **draw)
+
+
+def synthetic_train_labels(seed: int = 0, n_train: int = 400, image_size: int | tuple[int, int] = (96, 160),
+                           num_classes: int = 4, max_objects: int = 3, body_radius: tuple[float, float] = (0.18, 0.27),
+                           part_scale: float = 0.5, class_weights: tuple[float, ...] | None = None,
+                           ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The image-level labels (N, C) bool over the C foreground classes and the (H, W) of each image of the
+    ``train`` split :func:`generate_synthetic` writes with these arguments, drawn in memory (nothing is
+    written): what a run's plan is derived from before its data stage has generated the set."""
+    lo, hi = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    labels = np.zeros((n_train, num_classes), bool)
+    sizes = []
+    for i in range(n_train):
+        _, mask, objects = _draw_item(seed, "train", i, (lo, hi), num_classes=num_classes, max_objects=max_objects,
+                                      body_radius=body_radius, part_scale=part_scale, class_weights=class_weights)
+        labels[i, [o["class"] - 1 for o in objects]] = True
+        sizes.append((int(mask.shape[0]), int(mask.shape[1])))
+    return labels, sizes
+
+
 def _weighted_class(rng: np.random.Generator, weights: tuple[float, ...]) -> int:
     """A class index 1..len(weights) drawn with probabilities proportional to ``weights``."""
     p = np.asarray(weights, np.float64)
@@ -354,14 +383,11 @@ def generate_synthetic(
 
     jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
     split_names: dict[str, list[str]] = {"train": [], "val": []}
+    draw = dict(num_classes=num_classes, max_objects=max_objects, body_radius=body_radius, part_scale=part_scale,
+                class_weights=class_weights)
     for split, i in tqdm(jobs, desc="synthetic data", unit="img", disable=not progress):
-        rng = np.random.default_rng([int(seed), _SPLIT_IDS[split], i])
-        h = int(rng.integers(lo, hi + 1))
-        w = int(rng.integers(lo, hi + 1))
-        image, mask, objects = draw_synthetic_image(
-            rng, h, w, num_classes=num_classes, max_objects=max_objects, body_radius=body_radius, part_scale=part_scale,
-            class_weights=class_weights,
-        )
+        image, mask, objects = _draw_item(seed, split, i, (lo, hi), **draw)
+        h, w = mask.shape
         name = f"{split}_{i:05d}"
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="JPEG", quality=95)
