@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DatasetError, EmptySplitError, LikelyTypoError, UnknownClassError, check_root, list_some
-from .labelmap import normalize_class_names
+from .labelmap import label_matrix, normalize_class_names
 from .seg_dataset import SegDataset
 
 __all__ = ["CustomDataset", "check_class_typos", "read_labels_file", "warn_classes_without_images"]
@@ -46,9 +46,8 @@ _WARNED: set[tuple[str, ...]] = set()  # (source, classes): each named once per 
 def warn_classes_without_images(ds: Any, log: logging.Logger = logger) -> list[str]:
     """The foreground classes of ``ds`` that no image holds, named in one warning with the fix (once per
     source and process; a logger that drops warnings leaves it to the next call). Returns them."""
-    labels = np.stack([np.asarray(ds.get_labels(i)) > 0 for i in range(len(ds))]) if len(ds) else None
     names = list(ds.class_names)[1:]
-    empty = names if labels is None else [names[k] for k in np.flatnonzero(~labels.any(axis=0))]
+    empty = [names[k] for k in np.flatnonzero(~label_matrix(ds).any(axis=0))]
     key = (str(getattr(ds, "source", "")), *empty)
     if empty and key not in _WARNED and log.isEnabledFor(logging.WARNING):
         _WARNED.add(key)

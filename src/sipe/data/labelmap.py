@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import DatasetError, LabelMapError
 
-__all__ = ["check_label_map", "check_same_size", "normalize_class_names"]
+__all__ = ["check_label_map", "check_same_size", "label_matrix", "normalize_class_names"]
 
 
 def normalize_class_names(class_names: Sequence[str], source: str = "class list") -> list[str]:
@@ -74,3 +74,12 @@ def check_label_map(
     if size is not None:
         check_same_size(label.shape[:2], size, path, what=what, against=against, fix=fix)
     return label
+
+
+def label_matrix(ds: object) -> np.ndarray:
+    """(N, C) bool image-level labels of a dataset (``len()``, ``get_labels(i)``: (C,) multi-hot over its C
+    foreground classes, ``class_names``: background first); (0, C) for an empty one."""
+    n = len(ds)  # type: ignore[arg-type]
+    if n == 0:
+        return np.zeros((0, len(ds.class_names) - 1), bool)  # type: ignore[attr-defined]
+    return np.stack([np.asarray(ds.get_labels(i)) > 0 for i in range(n)])  # type: ignore[attr-defined]

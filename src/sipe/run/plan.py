@@ -111,8 +111,9 @@ def fingerprint_of(labels: np.ndarray, sizes: Sequence[Sequence[int] | None], cl
 def dataset_fingerprint(ds: Any, masks: bool = False) -> Fingerprint:
     """:func:`fingerprint_of` a sipe dataset (``get_labels``, the cached ``decode_checks``; with ``masks``,
     the pixel counts of its ground-truth masks, each read once)."""
-    labels = np.stack([np.asarray(ds.get_labels(i)) for i in range(len(ds))]) if len(ds) else \
-        np.zeros((0, len(ds.class_names) - 1))
+    from sipe.data.labelmap import label_matrix
+
+    labels = label_matrix(ds)
     sizes = ds.decode_checks() if hasattr(ds, "decode_checks") else [None] * len(ds)
     counts = None
     if masks:

@@ -28,8 +28,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sipe import io
 from sipe.run.config import PRETRAINED_FILE, SYNTHETIC_DIR, RunConfig, eval_splits, resolve
 from sipe.run.data import RunData, run_data
@@ -237,8 +235,10 @@ class _RunStages:
             metrics.update(results.get(stage) or {})
         files = {"sipe": "train", "seg": "seg_train", "onnx": "export"}
         metrics["checkpoints"] = {k: os.path.relpath(results[v], self.out) for k, v in files.items() if v in results}
+        from sipe.data.labelmap import label_matrix
+
         train = self.data.train
-        counts = sum((train.get_labels(i) > 0 for i in range(len(train))), np.zeros(train.num_classes - 1, np.int64))
+        counts = label_matrix(train).sum(axis=0)
         metrics["train_images_per_class"] = {n: int(c) for n, c in zip(train.class_names[1:], counts, strict=True)}
         metrics["num_train_images"] = len(train)
         if self.data.eval is not None:
