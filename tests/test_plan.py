@@ -45,6 +45,8 @@ def test_skewed_folder_gets_repeat_factor_sampling_and_rules():
     assert keys == {"seg.sampling", "seg.loss_weighting", "seg.aug.crop_size", "seg.engine.max_steps",
                     "seg.model.freeze_bn"}
     assert all(rule for _, _, rule in rules)
+    assert "at least 2 x engine.min_steps=500 on a skewed folder" in dict((k, r) for k, _, r in rules)[
+        "seg.engine.max_steps"]
     assert RunConfig().seg.sampling == "uniform"  # the input is not changed
 
 

@@ -207,7 +207,7 @@ def _rules(cfg: RunConfig, fp: Fingerprint) -> list[Rule]:
     epoch_steps = fp.num_images // e.batch_size
     if imb >= SKEW_IMBALANCE and e.min_steps:
         floor, why = SKEW_STEPS_FACTOR * e.min_steps, (f"{SKEW_STEPS_FACTOR} x engine.min_steps={e.min_steps} "
-                                                      f"(imbalance {imb:.1f}: rare classes need more steps)")
+                                                      f"on a skewed folder, imbalance {imb:.1f} >= {SKEW_IMBALANCE:g}")
     else:
         floor, why = e.min_steps or 0, f"engine.min_steps={e.min_steps}"
     steps = max(epoch_steps * e.epochs, floor)
