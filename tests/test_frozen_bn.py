@@ -91,10 +91,17 @@ def test_frozen_user_batchnorm_keeps_eps_statistics_and_eval_mode(bn_module):
                for (m, v), n in zip(before, norms, strict=True))
 
 
-def test_a_body_that_says_it_is_pretrained_gets_frozen_batchnorm(bn_module):
-    assert not any(n.training for n in _body_norms(_model(bn_module, "declared", None).train()))
+def test_a_body_that_says_it_is_pretrained_gets_frozen_batchnorm(bn_module, caplog):
+    with caplog.at_level(logging.INFO, logger="sipe.seg.train"):
+        assert not any(n.training for n in _body_norms(_model(bn_module, "declared", None).train()))
+    # the log says why it is frozen and how to train it instead
+    assert [r.getMessage() for r in caplog.records if "frozen" in r.getMessage()] == [
+        "the body's batch norm is frozen (the body declares pretrained = True); model.freeze_bn=false trains it"]
+    caplog.clear()
     # without the declaration (and without model.weights) it trains its batch norm, as before
-    assert all(n.training for n in _body_norms(_model(bn_module, "undeclared", None).train()))
+    with caplog.at_level(logging.INFO, logger="sipe.seg.train"):
+        assert all(n.training for n in _body_norms(_model(bn_module, "undeclared", None).train()))
+    assert not [r for r in caplog.records if "frozen" in r.getMessage()]
 
 
 def test_freezing_statistics_never_estimated_warns(bn_module, caplog):

@@ -144,6 +144,9 @@ def prepare_model(cfg: SegTrainConfig, num_classes: int, world_size: int, device
     frozen = m.frozen_bn() or (m.freeze_bn is None and declares_pretrained(model.backbone))
     if frozen:
         freeze_backbone_batchnorm(model)
+        why = ("model.freeze_bn=true" if m.freeze_bn else "the body starts from model.weights" if m.frozen_bn()
+               else "the body declares pretrained = True")
+        log.info("the body's batch norm is frozen (%s); model.freeze_bn=false trains it", why)
     local_batch = cfg.engine.batch_size // max(world_size, 1)
     synced = False
     if world_size > 1 and m.sync_bn:
