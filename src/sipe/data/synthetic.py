@@ -284,22 +284,19 @@ def _draw_item(seed: int, split: str, index: int, size: tuple[int, int], **draw:
     return draw_synthetic_image(rng, h, w, **draw)
 
 
-def synthetic_train_labels(seed: int = 0, n_train: int = 400, image_size: int | tuple[int, int] = (96, 160),
-                           num_classes: int = 4, max_objects: int = 3, body_radius: tuple[float, float] = (0.18, 0.27),
-                           part_scale: float = 0.5, class_weights: tuple[float, ...] | None = None,
-                           ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def synthetic_train_labels(seed: int, n_train: int, image_size: tuple[int, int], num_classes: int,
+                           **draw: Any) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The image-level labels (N, C) bool over the C foreground classes and the (H, W) of each image of the
-    ``train`` split :func:`generate_synthetic` writes with these arguments, drawn in memory (nothing is
-    written): what a run's plan is derived from before its data stage has generated the set."""
-    lo, hi = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-    labels = np.zeros((n_train, num_classes), bool)
-    sizes = []
+    ``train`` split :func:`generate_synthetic` writes with these arguments (``draw``: its ``max_objects``,
+    ``body_radius``, ``part_scale``, ``class_weights``), drawn in memory (nothing is written): what a run's
+    plan is derived from before its data stage has generated the set."""
+    size = (int(image_size[0]), int(image_size[1]))
+    labels, sizes = np.zeros((n_train, num_classes), bool), []
     for i in range(n_train):
-        _, mask, objects = _draw_item(seed, "train", i, (lo, hi), num_classes=num_classes, max_objects=max_objects,
-                                      body_radius=body_radius, part_scale=part_scale, class_weights=class_weights)
+        _, mask, objects = _draw_item(seed, "train", i, size, num_classes=num_classes, **draw)
         labels[i, [o["class"] - 1 for o in objects]] = True
-        sizes.append((int(mask.shape[0]), int(mask.shape[1])))
-    return labels, sizes
+        sizes.append(mask.shape)
+    return labels, [(int(h), int(w)) for h, w in sizes]
 
 
 def _weighted_class(rng: np.random.Generator, weights: tuple[float, ...]) -> int:

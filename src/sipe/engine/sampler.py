@@ -48,9 +48,8 @@ def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
 def image_repeat_factors(images: Any, threshold: float) -> np.ndarray:
     """(N,) :func:`repeat_factors` of a dataset's images from their image-level labels (``images``: ``len()``
     and ``get_labels(i)``, (C,) multi-hot), as the training stages weight their epochs."""
-    from sipe.data.labelmap import label_matrix
-
-    return repeat_factors(label_matrix(images), threshold)
+    labels = np.stack([np.asarray(images.get_labels(i)) > 0 for i in range(len(images))])
+    return repeat_factors(labels, threshold)
 
 
 class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
