@@ -212,3 +212,16 @@ def test_errors_found_before_real_work_do_not_import_torch(case, status, message
     assert proc.returncode == status, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "torch imported: False" in proc.stdout
+
+
+def test_overrides_after_an_option_are_overrides(tmp_path, capsys):
+    """`sipe run --config C a=1 --out D b=2`: argparse ends the positionals at --out; b=2 still counts."""
+    import yaml
+
+    args = ["demo", "--print-config", "synthetic.n_train=40", "--out", str(tmp_path / "run"), "seg.engine.epochs=7"]
+    assert main(args) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["synthetic"]["n_train"] == 40 and cfg["seg"]["engine"]["epochs"] == 7
+    with pytest.raises(SystemExit):  # anything else after an option is still refused
+        main([*args, "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     leaf = _leaf_parser(parser, args)
+    # KEY=VALUE overrides after an option (`sipe run --out D seed=1`): argparse stops the positionals at the
+    # first option, so it hands the later ones back; they are overrides like the others.
+    if isinstance(getattr(args, "overrides", None), list):
+        late = [e for e in extras if "=" in e and not e.startswith("-")]
+        args.overrides += late
+        extras = [e for e in extras if e not in late]
     if extras:  # reported with the sub-command's usage line, not the top-level one
         leaf.error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(args, "func", None):
