@@ -15,7 +15,7 @@ _EXPORTS = {
     **dict.fromkeys(("fit", "move_to_device"), "loop"),
     **dict.fromkeys(("build_optimizer", "poly_lr", "set_lr"), "optim"),
     **dict.fromkeys(("NUMERICS_ENV", "git_commit", "numerics_info", "save_run_info"), "run_info"),
-    **dict.fromkeys(("SeededBatchSampler", "image_repeat_factors", "repeat_factors", "sample_seed"), "sampler"),
+    **dict.fromkeys(("SeededBatchSampler", "repeat_factors", "sample_seed"), "sampler"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -10,14 +10,13 @@ resume work as with the plain permutation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from sipe.config.engine import check_global_batch
 
-__all__ = ["SeededBatchSampler", "image_repeat_factors", "repeat_factors", "sample_seed"]
+__all__ = ["SeededBatchSampler", "repeat_factors", "sample_seed"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -43,13 +42,6 @@ def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
         per_class = np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0)
     per_image = np.where(labels, per_class[None, :], 1.0).max(axis=1, initial=1.0)
     return np.maximum(per_image, 1.0)
-
-
-def image_repeat_factors(images: Any, threshold: float) -> np.ndarray:
-    """(N,) :func:`repeat_factors` of a dataset's images from their image-level labels (``images``: ``len()``
-    and ``get_labels(i)``, (C,) multi-hot), as the training stages weight their epochs."""
-    labels = np.stack([np.asarray(images.get_labels(i)) > 0 for i in range(len(images))])
-    return repeat_factors(labels, threshold)
 
 
 class SeededBatchSampler(Sampler[list[tuple[int, int]]]):

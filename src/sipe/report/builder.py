@@ -142,7 +142,7 @@ def _times(contents: RunContents) -> tuple[list[tuple[str, Any, str]], str]:
 
 
 def _plan(contents: RunContents) -> dict[str, Any] | None:
-    """The data fingerprint and the derived settings of ``metrics.json`` (``sipe run`` on a folder), or None."""
+    """The data fingerprint and the derived settings of ``metrics.json`` (written by ``sipe run``), or None."""
     plan = (contents.metrics or {}).get("plan")
     if not plan:
         return None

@@ -19,7 +19,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sipe.config.common import DataConfig
 from sipe.config.irn import IRNConfig
@@ -54,6 +54,14 @@ class SyntheticSection:
     # Relative frequency of each class among the objects, e.g. [60, 20, 10, 5] (a skewed set,
     # docs/skewed.md); null: uniform, the demo's balanced classes.
     class_weights: tuple[float, ...] | None = None
+
+    def generator_args(self) -> dict[str, Any]:
+        """The arguments of the training split's generator (:func:`sipe.data.generate_synthetic` takes them with
+        ``n_val``; :func:`sipe.data.synthetic.synthetic_train_labels`, the plan's in-memory draw, as they are)."""
+        return {"seed": self.seed, "n_train": self.n_train, "image_size": tuple(self.image_size),
+                "num_classes": self.num_classes, "max_objects": self.max_objects,
+                "body_radius": tuple(self.body_radius),
+                "class_weights": None if self.class_weights is None else tuple(self.class_weights)}
 
 
 @dataclass

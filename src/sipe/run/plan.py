@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from sipe.run.config import RunConfig
+from sipe.run.config import RunConfig, SyntheticSection
 
 __all__ = ["SKEW_IMBALANCE", "SKEW_STEPS_FACTOR", "Fingerprint", "apply_plan", "dataset_fingerprint", "derive_plan",
            "explicit_keys", "fingerprint_of", "plan_lines", "plan_record", "synthetic_fingerprint"]
@@ -129,15 +129,12 @@ def dataset_fingerprint(ds: Any, masks: bool = False) -> Fingerprint:
     return fingerprint_of(labels, sizes, list(ds.class_names)[1:], counts)
 
 
-def synthetic_fingerprint(section: Any) -> Fingerprint:
+def synthetic_fingerprint(section: SyntheticSection) -> Fingerprint:
     """:func:`fingerprint_of` the training split a run's ``synthetic`` section (``SyntheticSection``) generates,
     drawn in memory before the data stage has written it (the same labels and sizes, nothing written)."""
     from sipe.data.synthetic import synthetic_class_names, synthetic_train_labels
 
-    labels, sizes = synthetic_train_labels(
-        seed=section.seed, n_train=section.n_train, image_size=tuple(section.image_size),
-        num_classes=section.num_classes, max_objects=section.max_objects, body_radius=tuple(section.body_radius),
-        class_weights=None if section.class_weights is None else tuple(section.class_weights))
+    labels, sizes = synthetic_train_labels(**section.generator_args())
     return fingerprint_of(labels, sizes, synthetic_class_names(section.num_classes)[1:])
 
 

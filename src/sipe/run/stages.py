@@ -82,10 +82,7 @@ class _RunStages:
 
         s = self.cfg.synthetic
         assert s is not None
-        return str(generate_synthetic(self.out / SYNTHETIC_DIR, seed=s.seed, n_train=s.n_train, n_val=s.n_val,
-                                      image_size=s.image_size, num_classes=s.num_classes,
-                                      max_objects=s.max_objects, body_radius=s.body_radius,
-                                      class_weights=s.class_weights))
+        return str(generate_synthetic(self.out / SYNTHETIC_DIR, n_val=s.n_val, **s.generator_args()))
 
     def pretrain(self) -> str:
         from sipe.data import SyntheticBackgrounds

@@ -27,11 +27,11 @@ from sipe.config.seg import SegEngineConfig, SegTrainConfig, pseudo_label_folder
 from sipe.data import dataset_from_config
 from sipe.data.fingerprint import images_fingerprint
 from sipe.data.image import read_label_png
-from sipe.data.labelmap import check_label_map
+from sipe.data.labelmap import check_label_map, label_matrix
 from sipe.data.skiplist import SKIPPED_FILE, SkipCounter
 from sipe.data.transforms import mean_std, random_resize_flip_crop, rescale
 from sipe.engine import fit, is_main_process, setup_distributed
-from sipe.engine.sampler import image_repeat_factors
+from sipe.engine.sampler import repeat_factors
 from sipe.seg.architectures import architecture
 from sipe.seg.backbones import declares_pretrained, freeze_backbone_batchnorm, sync_batchnorm
 from sipe.seg.deeplabv3 import param_groups
@@ -252,7 +252,7 @@ def planned_engine(engine: SegEngineConfig, num_samples: int) -> SegEngineConfig
 def sampling_weights(images: Any, threshold: float) -> np.ndarray:
     """(N,) repeat factors of ``images`` (:func:`sipe.engine.sampler.repeat_factors`) from their image-level
     labels, logged: how often the rarest class is seen more than under uniform sampling."""
-    factors = image_repeat_factors(images, threshold)
+    factors = repeat_factors(label_matrix(images), threshold)
     if is_main_process():
         log.info("repeat-factor sampling (threshold %g): images drawn up to %.1fx as often, %d of %d boosted",
                  threshold, float(factors.max()), int((factors > 1).sum()), len(factors))

@@ -28,8 +28,9 @@ from sipe.config import STRIDE, AugConfig, to_dict
 from sipe.config.train import SIPETrainConfig
 from sipe.data import SKIPPED_FILE
 from sipe.data.fingerprint import images_fingerprint
+from sipe.data.labelmap import label_matrix
 from sipe.engine import fit, is_main_process, setup_distributed
-from sipe.engine.sampler import image_repeat_factors
+from sipe.engine.sampler import repeat_factors
 from sipe.models.layers import model_device
 from sipe.train.inputs import TrainingData, training_data
 
@@ -231,7 +232,7 @@ def train_sipe(cfg: SIPETrainConfig, out_dir: str | os.PathLike, data: TrainingD
                "model.backbone": cfg.model.backbone}
     weights = None
     if cfg.sampling != "uniform":
-        weights = image_repeat_factors(train_base, cfg.repeat_threshold)
+        weights = repeat_factors(label_matrix(train_base), cfg.repeat_threshold)
         run_key["sampling"] = f"{cfg.sampling} {cfg.repeat_threshold:g}"  # another draw: not the same run
     fit(model, SIPETrainSet.from_config(train_base, cfg.aug), step, groups, cfg.engine, out_dir,
         val_fn=val_fn, val_name="validation IS-CAM mIoU", meta=meta, run_config=cfg, run_key=run_key,
